@@ -1,0 +1,138 @@
+"""The schema of ``model_repo/<model>/config.yaml``: the source of truth for a model.
+
+Torch-free on purpose: the router, the runtime and the Ray replicas read configs without
+importing PyTorch. Every field has bounds and a description; unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+__all__ = [
+    "ArchitectureConfig",
+    "ArtifactsConfig",
+    "BatchingConfig",
+    "InputConfig",
+    "ModelConfig",
+    "OutputConfig",
+    "WeightsConfig",
+    "load_model_config",
+]
+
+
+class StrictModel(BaseModel):
+    """Base for config sections: a typo in a config file is an error, not a silent default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ArchitectureConfig(StrictModel):
+    timm_name: str = Field(description="Name in timm's registry (the in-house NA family is registered there too).")
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword overrides passed to timm.create_model (depth, img_size, ...)."
+    )
+
+
+class WeightsConfig(StrictModel):
+    source: Literal["random", "file"] = Field(
+        default="random", description="`random`: fixed-seed initialisation (untrained); `file`: a local checkpoint."
+    )
+    path: str | None = Field(
+        default=None, description="Checkpoint path (timm state dict or .safetensors), relative to the config file."
+    )
+    seed: int = Field(default=0, ge=0, description="Seed for random initialisation.")
+    strict: bool = Field(default=True, description="Refuse checkpoints with missing or unexpected keys.")
+
+    @model_validator(mode="after")
+    def _path_iff_file(self) -> WeightsConfig:
+        if self.source == "file" and not self.path:
+            raise ValueError("weights.source is 'file' but weights.path is not set")
+        return self
+
+
+class InputConfig(StrictModel):
+    native_size: int = Field(ge=16, le=8192, description="Square side the architecture was designed for.")
+    patch_size: int = Field(ge=1, le=64, description="Pixels per token side at the stem.")
+    window_size: int | None = Field(default=None, ge=1, le=64, description="Swin window (tokens), if any.")
+    kernel_size: int | None = Field(default=None, ge=3, le=63, description="Neighbourhood kernel, if any.")
+    sizes: list[int] = Field(
+        default_factory=list,
+        description="Square input sizes (buckets) the model accepts; empty means only native_size.",
+    )
+    mean: tuple[float, float, float] = Field(default=(0.485, 0.456, 0.406), description="Per-channel mean (0-1).")
+    std: tuple[float, float, float] = Field(default=(0.229, 0.224, 0.225), description="Per-channel std (0-1).")
+    interpolation: Literal["bilinear", "bicubic", "nearest"] = Field(
+        default="bicubic", description="Resampling filter for resizes."
+    )
+    fit: Literal["letterbox", "resize"] = Field(
+        default="letterbox",
+        description="letterbox: keep aspect and pad to the square input; resize: stretch to the square input.",
+    )
+
+    @property
+    def buckets(self) -> list[int]:
+        return sorted(set(self.sizes or [self.native_size]))
+
+
+class OutputConfig(StrictModel):
+    embedding_dim: int = Field(ge=1, le=65536, description="Width of the pooled embedding.")
+    num_classes: int = Field(default=1000, ge=0, le=100000, description="Logit count; 0 for none.")
+
+
+class BatchingConfig(StrictModel):
+    max_batch_size: int = Field(default=8, ge=1, le=1024, description="Largest batch one replica runs.")
+    batch_wait_timeout_s: float = Field(
+        default=0.01, ge=0.0, le=1.0, description="How long a replica waits to fill a batch."
+    )
+    max_ongoing_requests: int = Field(default=32, ge=1, le=4096, description="In-flight requests per replica.")
+    max_queued_requests: int = Field(
+        default=64, ge=-1, le=100000, description="Requests queued for the deployment before 503; -1 unbounded."
+    )
+    num_replicas: int = Field(default=1, ge=1, le=1024, description="Replicas of this backbone.")
+    num_cpus: float = Field(default=0.5, ge=0.0, le=256.0, description="Ray CPU request per replica.")
+    num_gpus: float = Field(default=0.0, ge=0.0, le=16.0, description="Ray GPU request per replica.")
+
+
+class ArtifactsConfig(StrictModel):
+    onnx: bool = Field(default=True, description="Export model.onnx (fp32).")
+    optimize: bool = Field(default=True, description="Run ONNX Runtime's transformer optimizer on the export.")
+    fp16: bool = Field(default=False, description="Also build model.fp16.onnx (fp32 inputs/outputs).")
+    tensorrt: bool = Field(default=False, description="Also build model.plan on a GPU host with TensorRT.")
+    opset: int = Field(default=18, ge=17, le=23, description="ONNX opset.")
+    parity_atol: float = Field(default=1e-3, gt=0, le=1.0, description="Max abs error accepted vs PyTorch (fp32).")
+
+
+class ModelConfig(StrictModel):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_\-]{0,62}$", description="Model name used in URLs.")
+    version: int = Field(default=1, ge=1, le=100000, description="Version; artifacts go to <model>/<version>/.")
+    family: Literal["vit", "swin", "nat"] = Field(description="Attention family: global, windowed, neighbourhood.")
+    description: str = Field(default="", description="One line for humans.")
+    architecture: ArchitectureConfig
+    weights: WeightsConfig = Field(default_factory=WeightsConfig)
+    input: InputConfig
+    output: OutputConfig
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    artifacts: ArtifactsConfig = Field(default_factory=ArtifactsConfig)
+
+    @property
+    def trained(self) -> bool:
+        return self.weights.source == "file"
+
+
+def load_model_config(path: str | Path) -> ModelConfig:
+    """Read and validate one config.yaml; errors name the file and the bad field."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    try:
+        return ModelConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ValueError(f"{path}: {exc}") from exc

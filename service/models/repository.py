@@ -1,0 +1,72 @@
+"""The model repository on disk, laid out like Triton's (torch-free).
+
+    model_repo/
+      routes.yaml
+      <model>/config.yaml          committed: the source of truth
+      <model>/<version>/model.onnx built: never committed
+      <model>/<version>/manifest.json
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from service.errors import NotFound
+from service.models.config import ModelConfig, load_model_config
+from service.models.manifest import Manifest
+
+__all__ = ["ModelRepository"]
+
+
+class ModelRepository:
+    def __init__(self, root: str | Path):
+        self.root = Path(root).resolve()
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"model repository {self.root} does not exist")
+        self._configs: dict[str, ModelConfig] = {}
+        for cfg_path in sorted(self.root.glob("*/config.yaml")):
+            cfg = load_model_config(cfg_path)
+            if cfg.name != cfg_path.parent.name:
+                raise ValueError(f"{cfg_path}: name {cfg.name!r} differs from its folder {cfg_path.parent.name!r}")
+            self._configs[cfg.name] = cfg
+
+    def names(self) -> list[str]:
+        return list(self._configs)
+
+    def configs(self) -> dict[str, ModelConfig]:
+        return dict(self._configs)
+
+    def config(self, name: str) -> ModelConfig:
+        try:
+            return self._configs[name]
+        except KeyError:
+            raise NotFound(f"unknown model {name!r}; known: {', '.join(self._configs) or 'none'}",
+                           param="model") from None
+
+    def model_dir(self, name: str) -> Path:
+        self.config(name)
+        return self.root / name
+
+    def version_dir(self, name: str, version: int | None = None) -> Path:
+        cfg = self.config(name)
+        if version is not None and version != cfg.version:
+            raise NotFound(f"model {name!r} has no version {version} (serving version {cfg.version})",
+                           param="version")
+        return self.root / name / str(cfg.version)
+
+    def manifest_path(self, name: str) -> Path:
+        return self.version_dir(name) / "manifest.json"
+
+    def manifest(self, name: str) -> Manifest | None:
+        path = self.manifest_path(name)
+        return Manifest.read(path) if path.exists() else None
+
+    def require_manifest(self, name: str) -> Manifest:
+        manifest = self.manifest(name)
+        if manifest is None:
+            raise FileNotFoundError(f"model {name!r} is not built: run `tessera build --model {name}`")
+        return manifest
+
+    @property
+    def routes_path(self) -> Path:
+        return self.root / "routes.yaml"

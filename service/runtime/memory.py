@@ -1,0 +1,41 @@
+"""Memory accounting: resident memory of this process on CPU, allocator statistics on GPU."""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+from dataclasses import asdict, dataclass
+
+__all__ = ["MemoryReport", "current_rss_bytes", "host_memory", "peak_rss_bytes"]
+
+
+@dataclass(frozen=True)
+class MemoryReport:
+    """``device`` names where the model's memory lives; ``peak_bytes`` is the high-water mark of
+    that memory for the process running the model (on CPU, its peak resident set)."""
+
+    device: str
+    peak_bytes: int
+    allocated_bytes: int
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def peak_rss_bytes() -> int:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)  # Linux reports KiB
+
+
+def current_rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as fh:
+            pages = int(fh.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return peak_rss_bytes()
+
+
+def host_memory() -> MemoryReport:
+    return MemoryReport(device="cpu", peak_bytes=peak_rss_bytes(), allocated_bytes=current_rss_bytes())
