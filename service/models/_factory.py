@@ -84,7 +84,9 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, strict: bool = True) 
         import logging
 
         logging.getLogger(__name__).warning(
-            "checkpoint %s: %d missing and %d unexpected keys", path, len(result.missing_keys),
+            "checkpoint %s: %d missing and %d unexpected keys",
+            path,
+            len(result.missing_keys),
             len(result.unexpected_keys),
         )
 

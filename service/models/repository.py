@@ -1,10 +1,10 @@
 """The model repository on disk, laid out like Triton's (torch-free).
 
-    model_repo/
-      routes.yaml
-      <model>/config.yaml          committed: the source of truth
-      <model>/<version>/model.onnx built: never committed
-      <model>/<version>/manifest.json
+model_repo/
+  routes.yaml
+  <model>/config.yaml          committed: the source of truth
+  <model>/<version>/model.onnx built: never committed
+  <model>/<version>/manifest.json
 """
 
 from __future__ import annotations
@@ -40,8 +40,9 @@ class ModelRepository:
         try:
             return self._configs[name]
         except KeyError:
-            raise NotFound(f"unknown model {name!r}; known: {', '.join(self._configs) or 'none'}",
-                           param="model") from None
+            raise NotFound(
+                f"unknown model {name!r}; known: {', '.join(self._configs) or 'none'}", param="model"
+            ) from None
 
     def model_dir(self, name: str) -> Path:
         self.config(name)
@@ -50,8 +51,7 @@ class ModelRepository:
     def version_dir(self, name: str, version: int | None = None) -> Path:
         cfg = self.config(name)
         if version is not None and version != cfg.version:
-            raise NotFound(f"model {name!r} has no version {version} (serving version {cfg.version})",
-                           param="version")
+            raise NotFound(f"model {name!r} has no version {version} (serving version {cfg.version})", param="version")
         return self.root / name / str(cfg.version)
 
     def manifest_path(self, name: str) -> Path:

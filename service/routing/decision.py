@@ -21,6 +21,22 @@ class Candidate(BaseModel):
     predicted_latency_ms: float | None = Field(default=None, description="Calibrated latency prediction.")
     predicted_peak_bytes: int | None = Field(default=None, description="Predicted peak activation memory.")
     note: str = ""
+    fit: str | None = Field(default=None, description="How the image would be fitted to this model's input.")
+    stage_tokens: list[int] = Field(default_factory=list, description="Tokens per image at each stage.")
+    attention_gmacs: float = Field(default=0.0, description="Predicted attention GMACs (QK^T and AV) per image.")
+    calibrated: bool = Field(
+        default=False, description="Latency from a host calibration; False: the analytic fallback (MACs / rate)."
+    )
+    latency_source: str = Field(default="", description="Where the latency prediction comes from.")
+    within_latency_target: bool | None = Field(
+        default=None, description="Predicted latency at or under the device's latency target."
+    )
+    fused_attention: bool = Field(default=False, description="Whether the memory prediction assumes fused attention.")
+    attention_score_bytes: int = Field(
+        default=0, description="One layer's materialised attention scores for the memory batch; 0 when fused."
+    )
+    memory_batch: int = Field(default=1, description="Batch size the peak-memory prediction is for.")
+    tiles: int = Field(default=1, description="Tiles the image is cut into (1 unless tiled).")
 
 
 class RouteDecision(BaseModel):
@@ -33,3 +49,14 @@ class RouteDecision(BaseModel):
     input_size: tuple[int, int] = Field(description="(height, width) the model runs at.")
     original_size: tuple[int, int] = Field(description="(height, width) of the image as sent.")
     candidates: list[Candidate] = Field(default_factory=list)
+    content_size: tuple[int, int] | None = Field(
+        default=None,
+        description="(height, width) the image occupies inside input_size once fitted (None: not computed).",
+    )
+    tile_grid: tuple[int, int] | None = Field(
+        default=None, description="(rows, cols) of input_size tiles when fit is 'tile', edge tiles padded."
+    )
+    predicted_latency_ms: float | None = Field(default=None, description="The chosen candidate's latency.")
+    predicted_peak_bytes: int | None = Field(default=None, description="The chosen candidate's peak memory.")
+    calibrated: bool = Field(default=False, description="Whether the chosen latency comes from a calibration.")
+    device: str | None = Field(default=None, description="Device the costs were predicted for.")

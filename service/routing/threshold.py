@@ -42,6 +42,12 @@ class ThresholdRouter:
             tokens = (side // cfg.input.patch_size) ** 2
             candidates.append(Candidate(model=name, fits=True, input_size=(side, side), tokens=tokens))
         side = self.configs[chosen].input.native_size
-        return RouteDecision(model=chosen, reason=reason, explanation=explanation,
-                             fit=self.configs[chosen].input.fit, input_size=(side, side),
-                             original_size=(height, width), candidates=candidates)
+        return RouteDecision(
+            model=chosen,
+            reason=reason,
+            explanation=explanation,
+            fit=self.configs[chosen].input.fit,
+            input_size=(side, side),
+            original_size=(height, width),
+            candidates=candidates,
+        )

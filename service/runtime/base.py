@@ -51,8 +51,9 @@ class Backend(ABC):
         start = time.perf_counter()
         outputs = self._run(pixels)
         latency_ms = (time.perf_counter() - start) * 1e3
-        return InferenceResult(outputs=outputs, latency_ms=latency_ms, memory=self.memory(),
-                               batch_size=int(pixels.shape[0]))
+        return InferenceResult(
+            outputs=outputs, latency_ms=latency_ms, memory=self.memory(), batch_size=int(pixels.shape[0])
+        )
 
     def memory(self) -> MemoryReport:
         """Peak and current memory of what runs the model (the host process on CPU)."""

@@ -15,8 +15,14 @@ log = logging.getLogger(__name__)
 RuntimePreference = Literal["auto", "onnxruntime", "tensorrt", "torch"]
 
 
-def load_backend(repo: ModelRepository, model: str, *, prefer: RuntimePreference = "auto",
-                 providers: str = "auto", intra_op_threads: int = 0) -> Backend:
+def load_backend(
+    repo: ModelRepository,
+    model: str,
+    *,
+    prefer: RuntimePreference = "auto",
+    providers: str = "auto",
+    intra_op_threads: int = 0,
+) -> Backend:
     """Load ``model``'s best artifact.
 
     ``auto`` order: a TensorRT plan (when TensorRT and a GPU are present and a plan was built),
@@ -41,9 +47,11 @@ def load_backend(repo: ModelRepository, model: str, *, prefer: RuntimePreference
     on_gpu = chosen[0] != "CPUExecutionProvider"
     if on_gpu and "onnx_fp16" in manifest.artifacts:
         record = manifest.artifacts["onnx_fp16"]
-        return OrtBackend(version_dir / record.file, providers=chosen, precision="fp16",
-                          intra_op_threads=intra_op_threads)
+        return OrtBackend(
+            version_dir / record.file, providers=chosen, precision="fp16", intra_op_threads=intra_op_threads
+        )
     if "onnx" not in manifest.artifacts:
         raise FileNotFoundError(f"model {model!r} has no ONNX artifact: run `tessera build --model {model}`")
-    return OrtBackend(version_dir / manifest.artifacts["onnx"].file, providers=chosen,
-                      intra_op_threads=intra_op_threads)
+    return OrtBackend(
+        version_dir / manifest.artifacts["onnx"].file, providers=chosen, intra_op_threads=intra_op_threads
+    )

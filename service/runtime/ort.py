@@ -36,21 +36,30 @@ def choose_providers(prefer: str = "auto", available: Sequence[str] | None = Non
     if prefer == "auto":
         chosen = [p for p in _PREFERENCE if p in available]
     else:
-        wanted = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
-                  "tensorrt": "TensorrtExecutionProvider"}.get(prefer)
+        wanted = {
+            "cpu": "CPUExecutionProvider",
+            "cuda": "CUDAExecutionProvider",
+            "tensorrt": "TensorrtExecutionProvider",
+        }.get(prefer)
         if wanted is None:
             raise ValueError(f"unknown provider preference {prefer!r}")
         if wanted not in available:
             raise RuntimeError(f"{wanted} requested but onnxruntime offers only {available}")
-        chosen = [p for p in _PREFERENCE[_PREFERENCE.index(wanted):] if p in available]
+        chosen = [p for p in _PREFERENCE[_PREFERENCE.index(wanted) :] if p in available]
     return chosen or ["CPUExecutionProvider"]
 
 
 class OrtBackend(Backend):
     name = "onnxruntime"
 
-    def __init__(self, model_path: str | Path, *, providers: Sequence[str] | None = None,
-                 precision: str = "fp32", intra_op_threads: int = 0):
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        providers: Sequence[str] | None = None,
+        precision: str = "fp32",
+        intra_op_threads: int = 0,
+    ):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -61,8 +70,7 @@ class OrtBackend(Backend):
         self.providers = list(providers or choose_providers())
         self.session = ort.InferenceSession(str(model_path), sess_options=opts, providers=self.providers)
         self.providers = list(self.session.get_providers())
-        self.device = "cuda:0" if self.providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider") \
-            else "cpu"
+        self.device = "cuda:0" if self.providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider") else "cpu"
         self.precision = precision
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = tuple(o.name for o in self.session.get_outputs())

@@ -1,0 +1,226 @@
+"""REST routes: thin adapters from HTTP to the serving core.
+
+``create_app()`` builds the FastAPI app; whoever hosts it (the Ray Serve ingress, or a test
+with an in-process core) puts a ``ServingCore`` at ``app.state.core``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.datastructures import UploadFile
+
+from service import __version__
+from service.api.errors import as_tessera_error, http_body, http_headers
+from service.api.protocol import ModelInfo, PredictOptions, PredictResponse
+from service.api.serving import ServingCore
+from service.errors import InvalidInput, PayloadTooLarge, TesseraError
+from service.routing.decision import RouteDecision
+
+__all__ = ["create_app", "read_body_limited"]
+
+log = logging.getLogger("tessera.access")
+
+TIMEOUT_HEADER = "x-request-timeout"
+
+
+def _core(request: Request) -> ServingCore:
+    core: ServingCore = request.app.state.core
+    return core
+
+
+async def read_body_limited(request: Request, limit: int) -> bytes:
+    """Read the body, refusing with 413 as soon as it is known to exceed ``limit``."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise InvalidInput("Content-Length is not a number", param="content-length") from None
+        if size > limit:
+            raise PayloadTooLarge(f"request body of {size} bytes exceeds the limit of {limit}", param="body")
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes", param="body")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _timeout(request: Request) -> float | None:
+    raw = request.headers.get(TIMEOUT_HEADER)
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidInput(f"{TIMEOUT_HEADER} must be a number of seconds", param=TIMEOUT_HEADER) from None
+    if not 0 < value <= 3600:
+        raise InvalidInput(f"{TIMEOUT_HEADER} must be in (0, 3600] seconds", param=TIMEOUT_HEADER)
+    return value
+
+
+async def _image_from_request(request: Request, body: bytes) -> tuple[bytes, str | None, dict[str, str]]:
+    """The image bytes and their content type, from a raw body or a multipart field ``image``."""
+    content_type = request.headers.get("content-type")
+    if not (content_type or "").lower().startswith("multipart/form-data"):
+        return body, content_type, {}
+
+    async def replay() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(request.scope, replay).form(max_files=1, max_fields=16)
+    except Exception as exc:  # malformed multipart: the client's mistake
+        raise InvalidInput(f"malformed multipart body: {exc}", param="image") from exc
+    fields = {k: v for k, v in form.items() if isinstance(v, str)}
+    upload = form.get("image")
+    if upload is None:
+        raise InvalidInput("multipart body has no field named 'image'", param="image")
+    if isinstance(upload, UploadFile):
+        return await upload.read(), upload.content_type, fields
+    return upload.encode(), None, fields
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(
+        title="Tessera",
+        version=__version__,
+        description="Vision-transformer backbones on images of any size: routing by resolution, "
+        "Open Inference Protocol, slide jobs.",
+    )
+
+    @app.middleware("http")
+    async def access_log(request: Request, call_next: Any) -> Any:
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        request.state.request_id = request_id
+        start = time.perf_counter()
+        response = await call_next(request)
+        response.headers["x-request-id"] = request_id
+        elapsed = time.perf_counter() - start
+        log.info(
+            "request",
+            extra={
+                "request_id": request_id,
+                "method": request.method,
+                "path": request.url.path,
+                "status": response.status_code,
+                "duration_ms": round(elapsed * 1e3, 3),
+                "model": getattr(request.state, "model", None),
+                "route_reason": getattr(request.state, "route_reason", None),
+            },
+        )
+        core = getattr(request.app.state, "core", None)
+        if core is not None and request.url.path.startswith(("/v1/predict", "/v2/models")):
+            core.telemetry.request(
+                request.url.path, getattr(request.state, "model", "") or "", response.status_code, elapsed
+            )
+        return response
+
+    @app.exception_handler(TesseraError)
+    async def tessera_error(request: Request, exc: TesseraError) -> JSONResponse:
+        return _error_response(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+        err = InvalidInput(f"invalid request: {first.get('msg', 'validation failed')}", param=param)
+        return _error_response(request, err)
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        return _error_response(request, as_tessera_error(exc))
+
+    # -- Open Inference Protocol: health and metadata --------------------------------------------
+    @app.get("/v2/health/live", tags=["oip"])
+    async def live() -> dict[str, bool]:
+        return {"live": True}
+
+    @app.get("/v2/health/ready", tags=["oip"])
+    async def ready(request: Request) -> JSONResponse:
+        core = _core(request)
+        is_ready = all(m is not None for m in core.manifests.values())
+        return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
+
+    @app.get("/v2", tags=["oip"])
+    async def server_metadata() -> dict[str, Any]:
+        return {"name": "tessera", "version": __version__, "extensions": ["binary_tensor_data"]}
+
+    # -- /v1 -----------------------------------------------------------------------------------
+    @app.post(
+        "/v1/predict",
+        response_model=PredictResponse,
+        tags=["v1"],
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+                    "image/png": {"schema": {"type": "string", "format": "binary"}},
+                    "image/tiff": {"schema": {"type": "string", "format": "binary"}},
+                    "image/webp": {"schema": {"type": "string", "format": "binary"}},
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {"image": {"type": "string", "format": "binary"}},
+                            "required": ["image"],
+                        }
+                    },
+                },
+            }
+        },
+    )
+    async def predict(
+        request: Request,
+        model: Annotated[str | None, Query(description="Backbone; the router picks when omitted.")] = None,
+        output: Annotated[str, Query(pattern="^(embedding|logits|both)$")] = "embedding",
+        top_k: Annotated[int, Query(ge=0, le=100)] = 5,
+    ) -> PredictResponse:
+        """Embed (or classify) one encoded image: JPEG, PNG, TIFF or WebP, raw or as multipart field ``image``."""
+        core = _core(request)
+        timeout = _timeout(request)
+        body = await read_body_limited(request, core.limits.max_bytes)
+        data, content_type, fields = await _image_from_request(request, body)
+        try:
+            options = PredictOptions(
+                model=fields.get("model", model),
+                output=fields.get("output", output),  # type: ignore[arg-type]
+                top_k=int(fields.get("top_k", top_k)),
+            )
+        except (ValueError, TypeError) as exc:
+            raise InvalidInput(f"invalid option: {exc}", param="options") from exc
+        answer = await core.predict(data, content_type, options, request_id=request.state.request_id, timeout_s=timeout)
+        request.state.model = answer.model
+        request.state.route_reason = answer.route.reason
+        return answer
+
+    @app.get("/v1/route", response_model=RouteDecision, tags=["v1"])
+    async def route(
+        request: Request,
+        width: Annotated[int, Query(ge=1, le=1 << 20)],
+        height: Annotated[int, Query(ge=1, le=1 << 20)],
+        model: str | None = None,
+    ) -> RouteDecision:
+        """The routing decision for an image of this size, without running anything."""
+        return _core(request).route(width, height, model)
+
+    @app.get("/v1/models", response_model=list[ModelInfo], tags=["v1"])
+    async def models(request: Request) -> list[ModelInfo]:
+        """Every model with its architecture facts and the artifacts built for it."""
+        return _core(request).models()
+
+    return app
+
+
+def _error_response(request: Request, err: TesseraError) -> JSONResponse:
+    oip = request.url.path.startswith("/v2")
+    return JSONResponse(http_body(err, oip=oip), status_code=err.http_status, headers=http_headers(err))

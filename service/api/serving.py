@@ -1,0 +1,219 @@
+"""The serving core: what ``/v1/predict`` does, independent of transport and of Ray.
+
+REST routes, gRPC servicers and the offline CLI all call ``ServingCore``. Model execution is
+behind ``BackboneClient``: Ray Serve deployment handles in the service, in-process backends in
+the CLI and the unit tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from service.api.protocol import (
+    InputInfo,
+    MemoryInfo,
+    ModelInfo,
+    PredictOptions,
+    PredictResponse,
+    TimingInfo,
+    TopK,
+)
+from service.api.telemetry import NullTelemetry, Telemetry
+from service.errors import DeadlineExceeded, InvalidInput, NotFound
+from service.imaging import DecodeLimits, decode_image, prepare
+from service.models import ModelRepository
+from service.routing.decision import RouteDecision
+from service.runtime import Backend
+from service.runtime.batching import run_batch
+
+__all__ = ["BackboneClient", "LocalBackboneClient", "Router", "ServingCore"]
+
+UNTRAINED_NOTE = (
+    "random initialisation with a fixed seed: outputs are deterministic but carry no learned "
+    "meaning; point weights.path in config.yaml at a checkpoint"
+)
+
+
+class BackboneClient(Protocol):
+    """Runs one preprocessed image on a named backbone; replies as ``run_batch`` does."""
+
+    async def infer(self, model: str, pixels: np.ndarray) -> dict[str, Any]: ...
+
+
+class Router(Protocol):
+    def decide(self, width: int, height: int, model: str | None = None) -> RouteDecision: ...
+
+
+class LocalBackboneClient:
+    """In-process backends (CLI, unit tests): one image per call, run in a worker thread."""
+
+    def __init__(self, backends: dict[str, Backend]):
+        self.backends = backends
+
+    async def infer(self, model: str, pixels: np.ndarray) -> dict[str, Any]:
+        backend = self.backends.get(model)
+        if backend is None:
+            raise NotFound(f"model {model!r} is not loaded", param="model")
+        replies = await asyncio.to_thread(run_batch, backend, [pixels])
+        return replies[0]
+
+
+@dataclass
+class _Clock:
+    start: float
+
+    def ms_since(self, t: float) -> float:
+        return (time.perf_counter() - t) * 1e3
+
+
+class ServingCore:
+    def __init__(
+        self,
+        repo: ModelRepository,
+        router: Router,
+        client: BackboneClient,
+        *,
+        limits: DecodeLimits | None = None,
+        timeout_s: float = 30.0,
+        telemetry: Telemetry | None = None,
+    ):
+        self.repo = repo
+        self.router = router
+        self.client = client
+        self.limits = limits or DecodeLimits()
+        self.timeout_s = timeout_s
+        self.telemetry: Telemetry = telemetry or NullTelemetry()
+        self.manifests = {name: repo.manifest(name) for name in repo.names()}
+
+    # -- /v1/predict ---------------------------------------------------------------------------
+    async def predict(
+        self,
+        data: bytes,
+        content_type: str | None,
+        options: PredictOptions,
+        *,
+        request_id: str | None = None,
+        timeout_s: float | None = None,
+    ) -> PredictResponse:
+        start = time.perf_counter()
+        budget = min(timeout_s, self.timeout_s) if timeout_s else self.timeout_s
+        deadline = start + budget
+        if options.model is not None:
+            self.repo.config(options.model)  # 404 for an unknown model before any work
+
+        t = time.perf_counter()
+        decoded = await asyncio.to_thread(decode_image, data, content_type, self.limits)
+        decode_ms = (time.perf_counter() - t) * 1e3
+
+        decision = self.router.decide(decoded.width, decoded.height, options.model)
+        self.telemetry.route(decision.model, decision.reason)
+        cfg = self.repo.config(decision.model)
+        t = time.perf_counter()
+        fit = "resize" if decision.fit == "resize" else "letterbox"
+        prepared = await asyncio.to_thread(prepare, decoded.pixels, cfg.input, decision.input_size, fit)
+        preprocess_ms = (time.perf_counter() - t) * 1e3
+
+        remaining = deadline - time.perf_counter()
+        if remaining <= 0:
+            raise DeadlineExceeded(f"deadline of {budget:.2f}s passed before inference")
+        t = time.perf_counter()
+        self.telemetry.inflight(decision.model, 1)
+        try:
+            reply = await asyncio.wait_for(self.client.infer(decision.model, prepared.pixels), remaining)
+        except TimeoutError:
+            raise DeadlineExceeded(f"no answer within the {budget:.2f}s deadline") from None
+        finally:
+            self.telemetry.inflight(decision.model, -1)
+        roundtrip_ms = (time.perf_counter() - t) * 1e3
+        inference_ms = float(reply["inference_ms"])
+        queue_ms = max(0.0, roundtrip_ms - inference_ms)
+        total_ms = (time.perf_counter() - start) * 1e3
+        for stage, ms in (
+            ("decode", decode_ms),
+            ("preprocess", preprocess_ms),
+            ("queue", queue_ms),
+            ("inference", inference_ms),
+        ):
+            self.telemetry.stage(decision.model, stage, ms / 1e3)
+
+        outputs = reply["outputs"]
+        embedding = logits = top = None
+        if options.output in ("embedding", "both"):
+            embedding = np.asarray(outputs["embedding"], dtype=np.float32).tolist()
+        if options.output in ("logits", "both"):
+            raw = np.asarray(outputs["logits"], dtype=np.float32)
+            logits = raw.tolist()
+            top = _top_k(raw, options.top_k)
+        first_stage = cfg.input.patch_size
+        tokens = (prepared.input_size[0] // first_stage) * (prepared.input_size[1] // first_stage)
+        return PredictResponse(
+            request_id=request_id or uuid.uuid4().hex,
+            model=cfg.name,
+            version=cfg.version,
+            backend=str(reply.get("backend", "unknown")),
+            precision=str(reply.get("precision", "fp32")),
+            weights="trained" if cfg.trained else "untrained",
+            weights_note="" if cfg.trained else UNTRAINED_NOTE,
+            input=InputInfo(
+                format=decoded.format,
+                original=prepared.original_size,
+                content=prepared.resized_size,
+                processed=prepared.input_size,
+                tokens=tokens,
+                fit=fit,
+            ),
+            route=decision,
+            embedding=embedding,
+            logits=logits,
+            top_k=top,
+            timing_ms=TimingInfo(
+                decode=round(decode_ms, 3),
+                preprocess=round(preprocess_ms, 3),
+                queue=round(queue_ms, 3),
+                inference=round(inference_ms, 3),
+                total=round(total_ms, 3),
+            ),
+            memory=MemoryInfo(**{k: reply["memory"][k] for k in ("device", "peak_bytes", "allocated_bytes")}),
+        )
+
+    # -- /v1/route, /v1/models -----------------------------------------------------------------
+    def route(self, width: int, height: int, model: str | None = None) -> RouteDecision:
+        if not (0 < width <= 1 << 20 and 0 < height <= 1 << 20):
+            raise InvalidInput("width and height must be between 1 and 1048576", param="width")
+        return self.router.decide(width, height, model)
+
+    def models(self) -> list[ModelInfo]:
+        return [self.model_info(name) for name in self.repo.names()]
+
+    def model_info(self, name: str) -> ModelInfo:
+        cfg = self.repo.config(name)
+        manifest = self.manifests.get(name)
+        return ModelInfo(
+            name=name,
+            version=cfg.version,
+            family=cfg.family,
+            description=cfg.description,
+            weights="trained" if cfg.trained else "untrained",
+            ready=manifest is not None,
+            input={**cfg.input.model_dump(mode="json"), "buckets": cfg.input.buckets},
+            output=cfg.output.model_dump(mode="json"),
+            arch=manifest.arch if manifest else {},
+            params=manifest.params if manifest else None,
+            gmacs_native=manifest.gmacs_native if manifest else None,
+            backends_built=sorted(manifest.artifacts) if manifest else [],
+        )
+
+
+def _top_k(logits: np.ndarray, k: int) -> list[TopK]:
+    if k == 0 or logits.size == 0:
+        return []
+    shifted = np.exp(logits - logits.max())
+    probs = shifted / shifted.sum()
+    order = np.argsort(-probs)[:k]
+    return [TopK(index=int(i), score=float(probs[i])) for i in order]

@@ -1,0 +1,193 @@
+"""The ``tessera`` command: build, serve, predict, route, slide, bench."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+
+def _settings(args: argparse.Namespace, **extra: Any) -> Any:
+    from service.settings import ServerSettings
+
+    return ServerSettings.from_env(model_repo=args.model_repo, **extra)
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from service.export import build_repository
+    from service.models import ModelRepository
+
+    repo = ModelRepository(args.model_repo)
+    models = [args.model] if args.model else None
+    rows = build_repository(repo, models, fp16=args.fp16, tensorrt=args.tensorrt, force=args.force)
+    print(f"{'model':<16} {'artifact':<10} {'status':<11} {'parity max|err|':>16} {'seconds':>8}  note")
+    for row in rows:
+        parity = f"{row.parity_max_abs:.2e}" if row.parity_max_abs is not None else "-"
+        print(f"{row.model:<16} {row.artifact:<10} {row.status:<11} {parity:>16} {row.seconds:>8.1f}  {row.note}")
+    return 1 if any(r.status == "failed" for r in rows) else 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from service.serve.runner import run_service
+
+    settings = _settings(
+        args, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port
+    )
+    if args.print_config:
+        from service.serve.config import serve_config
+
+        print(json.dumps(serve_config(settings), indent=2))
+        return 0
+    return run_service(settings, address=args.address, announce=lambda line: print(line, flush=True))
+
+
+def _local_core(model_repo: str) -> Any:
+    from service.api.serving import LocalBackboneClient, ServingCore
+    from service.models import ModelRepository
+    from service.runtime import load_backend
+    from service.routing.factory import make_router
+
+    repo = ModelRepository(model_repo)
+    backends = {name: load_backend(repo, name) for name in repo.names()}
+    return ServingCore(repo, make_router(repo), LocalBackboneClient(backends))
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import asyncio
+
+    import httpx
+
+    data = Path(args.image).read_bytes()
+    ctype = _guess_type(args.image)
+    if args.server:
+        params = {"output": args.output}
+        if args.model:
+            params["model"] = args.model
+        response = httpx.post(
+            f"{args.server.rstrip('/')}/v1/predict",
+            content=data,
+            params=params,
+            headers={"content-type": ctype},
+            timeout=120,
+        )
+        print(json.dumps(response.json(), indent=2))
+        return 0 if response.status_code == 200 else 1
+    from service.api.protocol import PredictOptions
+    from service.errors import TesseraError
+
+    core = _local_core(args.model_repo)
+    try:
+        answer = asyncio.run(core.predict(data, ctype, PredictOptions(model=args.model, output=args.output)))
+    except TesseraError as exc:
+        print(json.dumps({"error": exc.to_dict()}, indent=2), file=sys.stderr)
+        return 2
+    print(answer.model_dump_json(indent=2))
+    return 0
+
+
+def cmd_route(args: argparse.Namespace) -> int:
+    from service.models import ModelRepository
+    from service.routing.factory import make_router
+
+    repo = ModelRepository(args.model_repo)
+    decision = make_router(repo).decide(args.width, args.height, args.model)
+    if args.json:
+        print(decision.model_dump_json(indent=2))
+        return 0
+    print(
+        f"route: {decision.model} ({decision.reason}) at {decision.input_size[1]}x{decision.input_size[0]}, "
+        f"fit={decision.fit}: {decision.explanation}"
+    )
+    print(
+        f"{'candidate':<16} {'fits':<5} {'input':>11} {'tokens':>8} {'GMACs':>8} {'attn%':>6} {'pred ms':>9}"
+        f" {'pred MB':>9}"
+    )
+    for c in decision.candidates:
+        size = f"{c.input_size[1]}x{c.input_size[0]}"
+        ms = f"{c.predicted_latency_ms:.1f}" if c.predicted_latency_ms is not None else "-"
+        mb = f"{c.predicted_peak_bytes / 2**20:.0f}" if c.predicted_peak_bytes is not None else "-"
+        print(
+            f"{c.model:<16} {'yes' if c.fits else 'no':<5} {size:>11} {c.tokens:>8} {c.gmacs:>8.2f} "
+            f"{c.attention_fraction * 100:>5.1f}% {ms:>9} {mb:>9}"
+        )
+    return 0
+
+
+def _guess_type(path: str) -> str:
+    suffix = Path(path).suffix.lower()
+    return {
+        ".jpg": "image/jpeg",
+        ".jpeg": "image/jpeg",
+        ".png": "image/png",
+        ".tif": "image/tiff",
+        ".tiff": "image/tiff",
+        ".webp": "image/webp",
+    }.get(suffix, "application/octet-stream")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tessera", description=__doc__)
+    parser.add_argument(
+        "--model-repo", default=None, help="model repository (default: $TESSERA_MODEL_REPO or ./model_repo)"
+    )
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("build", help="export and check what config.yaml asks for")
+    p.add_argument("--model")
+    p.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--tensorrt", action="store_true", default=None)
+    p.add_argument("--force", action="store_true", help="rebuild even when up to date")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("serve", help="start the service (Ray embedded unless --address)")
+    p.add_argument("--address", default=None, help="existing Ray cluster address")
+    p.add_argument("--host", default=None)
+    p.add_argument("--http-port", type=int, default=None)
+    p.add_argument("--grpc-port", type=int, default=None)
+    p.add_argument("--metrics-port", type=int, default=None)
+    p.add_argument("--print-config", action="store_true", help="print the Serve config (KubeRay) and exit")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("predict", help="one prediction, locally or against --server")
+    p.add_argument("image")
+    p.add_argument("--server", default=None, help="e.g. http://127.0.0.1:8000")
+    p.add_argument("--model", default=None)
+    p.add_argument("--output", default="embedding", choices=["embedding", "logits", "both"])
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("route", help="the routing decision for WIDTH x HEIGHT")
+    p.add_argument("width", type=int)
+    p.add_argument("height", type=int)
+    p.add_argument("--model", default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_route)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    import os
+
+    args.model_repo = args.model_repo or os.environ.get("TESSERA_MODEL_REPO", "model_repo")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"tessera: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

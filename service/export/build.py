@@ -1,0 +1,192 @@
+"""``tessera build``: export what each config asks for, check it against PyTorch, write the manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from service.export.onnx_export import export_onnx, optimize_onnx
+from service.export.parity import onnx_parity
+from service.models import ArtifactRecord, Manifest, ModelConfig, ModelRepository
+from service.models._factory import EmbeddingModel, build_from_config, facts_from_model
+from service.models.manifest import sha256_file
+
+__all__ = ["BuildRow", "build_model", "build_repository", "config_fingerprint"]
+
+log = logging.getLogger(__name__)
+
+#: Bump when the artifact layout or export recipe changes, so old builds are rebuilt.
+BUILD_RECIPE = 3
+
+
+@dataclass
+class BuildRow:
+    model: str
+    artifact: str
+    status: str  # built | up-to-date | skipped | failed
+    parity_max_abs: float | None = None
+    seconds: float = 0.0
+    note: str = ""
+
+
+def config_fingerprint(cfg: ModelConfig, config_dir: Path, *, fp16: bool, tensorrt: bool) -> str:
+    """Hash of everything an artifact depends on: config, checkpoint bytes, recipe, requested artifacts."""
+    digest = hashlib.sha256()
+    digest.update((config_dir / "config.yaml").read_bytes())
+    digest.update(f"recipe={BUILD_RECIPE};fp16={fp16};trt={tensorrt}".encode())
+    for pkg in ("torch", "timm", "onnx", "onnxruntime"):
+        digest.update(f"{pkg}={_version(pkg)}".encode())
+    if cfg.weights.source == "file" and cfg.weights.path:
+        ckpt = Path(cfg.weights.path)
+        ckpt = ckpt if ckpt.is_absolute() else config_dir / ckpt
+        digest.update(sha256_file(ckpt).encode())
+    return digest.hexdigest()
+
+
+def _version(pkg: str) -> str:
+    for name in (pkg, f"{pkg}-gpu"):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return "absent"
+
+
+def _up_to_date(manifest: Manifest | None, fingerprint: str, version_dir: Path) -> bool:
+    if manifest is None or manifest.config_sha256 != fingerprint or not manifest.artifacts:
+        return False
+    for record in manifest.artifacts.values():
+        path = version_dir / record.file
+        if not path.exists() or path.stat().st_size != record.bytes:
+            return False
+    return True
+
+
+def _gmacs(model: torch.nn.Module, size: int) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(1, 3, size, size))
+    return counter.get_total_flops() / 2 / 1e9
+
+
+def build_model(
+    repo: ModelRepository, name: str, *, fp16: bool | None = None, tensorrt: bool | None = None, force: bool = False
+) -> list[BuildRow]:
+    """Build one model's artifacts; skip them when the manifest says they are current."""
+    cfg = repo.config(name)
+    model_dir = repo.model_dir(name)
+    version_dir = repo.version_dir(name)
+    want_fp16 = cfg.artifacts.fp16 if fp16 is None else fp16
+    want_trt = cfg.artifacts.tensorrt if tensorrt is None else tensorrt
+    fingerprint = config_fingerprint(cfg, model_dir, fp16=want_fp16, tensorrt=want_trt)
+    existing = repo.manifest(name)
+    if not force and _up_to_date(existing, fingerprint, version_dir):
+        assert existing is not None
+        return [
+            BuildRow(name, key, "up-to-date", rec.parity.get("max_abs"), 0.0) for key, rec in existing.artifacts.items()
+        ]
+
+    version_dir.mkdir(parents=True, exist_ok=True)
+    rows: list[BuildRow] = []
+    torch.set_grad_enabled(False)
+    backbone = build_from_config(cfg, model_dir)
+    wrapped = EmbeddingModel(backbone).eval()
+    facts = facts_from_model(backbone, cfg.family, cfg)
+    buckets = cfg.input.buckets
+    dynamic_hw = len(buckets) > 1
+    manifest = Manifest(
+        model=name,
+        version=cfg.version,
+        config_sha256=fingerprint,
+        weights="trained" if cfg.trained else "untrained",
+        arch=facts.to_dict(),
+        params=facts.params,
+        gmacs_native=round(_gmacs(wrapped, cfg.input.native_size), 4),
+        native_size=cfg.input.native_size,
+        versions={pkg: _version(pkg) for pkg in ("torch", "timm", "onnx", "onnxruntime", "onnxscript")},
+        built_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    manifest.versions["exporter"] = "torch.onnx dynamo"
+    manifest.versions["tessera_recipe"] = str(BUILD_RECIPE)
+
+    rng = np.random.default_rng(cfg.weights.seed)
+    if cfg.artifacts.onnx:
+        start = time.perf_counter()
+        raw = version_dir / "model.raw.onnx"
+        final = version_dir / "model.onnx"
+        axes = export_onnx(
+            wrapped,
+            raw,
+            size=(buckets[0], buckets[0]),
+            opset=cfg.artifacts.opset,
+            dynamic_hw=dynamic_hw,
+            max_batch=max(1024, cfg.batching.max_batch_size),
+        )
+        fused: dict[str, int] = {}
+        if cfg.artifacts.optimize:
+            fused = optimize_onnx(
+                raw, final, family=cfg.family, num_heads=facts.num_heads[0], hidden_size=facts.dims[0]
+            )
+            raw.unlink()
+        else:
+            raw.replace(final)
+        parity = onnx_parity(wrapped, final, buckets, rng=rng, providers=["CPUExecutionProvider"])
+        seconds = time.perf_counter() - start
+        record = ArtifactRecord(
+            file=final.name,
+            sha256=sha256_file(final),
+            bytes=final.stat().st_size,
+            precision="fp32",
+            kind="onnx",
+            opset=cfg.artifacts.opset,
+            input_sizes=buckets,
+            dynamic_axes=axes,
+            parity=parity,
+            fused=fused,
+            build_s=round(seconds, 2),
+        )
+        ok = parity["max_abs"] <= cfg.artifacts.parity_atol
+        rows.append(
+            BuildRow(
+                name,
+                "onnx",
+                "built" if ok else "failed",
+                parity["max_abs"],
+                seconds,
+                "" if ok else f"parity {parity['max_abs']:.2e} > {cfg.artifacts.parity_atol:.0e}",
+            )
+        )
+        if not ok:
+            raise RuntimeError(
+                f"{name}: ONNX parity {parity['max_abs']:.3e} exceeds "
+                f"{cfg.artifacts.parity_atol:.0e}; artifact not recorded"
+            )
+        manifest.artifacts["onnx"] = record
+
+        if want_fp16:
+            from service.export.fp16 import build_fp16
+
+            rows.append(build_fp16(wrapped, final, version_dir, manifest, buckets, rng))
+    if want_trt:
+        from service.export.tensorrt_build import build_plan
+
+        rows.append(build_plan(version_dir, manifest, cfg))
+    manifest.write(version_dir / "manifest.json")
+    return rows
+
+
+def build_repository(repo: ModelRepository, models: list[str] | None = None, **kwargs: bool | None) -> list[BuildRow]:
+    rows: list[BuildRow] = []
+    for name in models or repo.names():
+        rows.extend(build_model(repo, name, **kwargs))  # type: ignore[arg-type]
+    return rows

@@ -1,0 +1,44 @@
+"""Forward checks of exported artifacts against the PyTorch model they came from."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["onnx_parity"]
+
+
+def onnx_parity(
+    model: nn.Module,
+    path: Path,
+    sizes: Sequence[int],
+    *,
+    rng: np.random.Generator,
+    providers: Sequence[str],
+    batch: int = 2,
+) -> dict[str, float | list[int]]:
+    """Max absolute and relative error of every output, over random inputs at every size.
+
+    Relative error is ``max|a-b| / max|b|`` per output (elementwise ratios blow up near zero).
+    """
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(str(path), sess_options=opts, providers=list(providers))
+    max_abs = 0.0
+    max_rel = 0.0
+    for size in sizes:
+        pixels = rng.standard_normal((batch, 3, size, size)).astype(np.float32)
+        with torch.no_grad():
+            expected = [t.numpy() for t in model(torch.from_numpy(pixels))]
+        got = session.run(None, {"pixels": pixels})
+        for want, have in zip(expected, got, strict=True):
+            err = float(np.abs(want - np.asarray(have, dtype=np.float32)).max())
+            max_abs = max(max_abs, err)
+            max_rel = max(max_rel, err / max(float(np.abs(want).max()), 1e-12))
+    return {"max_abs": max_abs, "max_rel": max_rel, "sizes": list(sizes), "batch": batch}

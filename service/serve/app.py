@@ -1,0 +1,48 @@
+"""The app builder: one function builds the Ray Serve application for ``tessera serve`` and for
+KubeRay's ``serveConfigV2`` (``import_path: service.serve.app:app_builder``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.serve import Application
+
+from service.models import ModelRepository
+from service.serve.backbone import Backbone
+from service.serve.ingress import Ingress
+from service.settings import ServerSettings
+
+__all__ = ["APP_NAME", "app_builder", "backbone_deployment_name", "build_app"]
+
+APP_NAME = "tessera"
+
+
+def backbone_deployment_name(model: str) -> str:
+    return f"backbone_{model}"
+
+
+def build_app(settings: ServerSettings) -> Application:
+    settings = settings.model_copy(update={"model_repo": str(settings.resolved_repo())})
+    repo = ModelRepository(settings.model_repo)
+    handles: dict[str, Any] = {}
+    for name, cfg in repo.configs().items():
+        repo.require_manifest(name)  # fail before deploying anything if a model is not built
+        batching = cfg.batching
+        handles[name] = Backbone.options(  # type: ignore[attr-defined]
+            name=backbone_deployment_name(name),
+            num_replicas=batching.num_replicas,
+            max_ongoing_requests=batching.max_ongoing_requests,
+            max_queued_requests=batching.max_queued_requests,
+            ray_actor_options={"num_cpus": batching.num_cpus, "num_gpus": batching.num_gpus},
+        ).bind(settings.model_repo, name, settings.runtime, settings.providers, settings.intra_op_threads)
+    return Ingress.options(  # type: ignore[attr-defined, no-any-return]
+        num_replicas=settings.ingress_replicas,
+        max_ongoing_requests=settings.ingress_max_ongoing_requests,
+        max_queued_requests=settings.ingress_max_queued_requests,
+        ray_actor_options={"num_cpus": 0.1},
+    ).bind(settings.model_dump(mode="json"), handles)
+
+
+def app_builder(args: dict[str, Any]) -> Application:
+    """Entry point for ``serve run``/``serveConfigV2``: ``args`` are ServerSettings fields."""
+    return build_app(ServerSettings.from_env(**args))

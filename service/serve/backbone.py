@@ -1,0 +1,54 @@
+"""One Ray Serve deployment per backbone: dynamic batching over one runtime ``Backend``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+from service.models import ModelRepository
+from service.runtime import load_backend
+from service.runtime.batching import run_batch
+from service.serve.metrics import BackboneMetrics
+
+__all__ = ["Backbone"]
+
+log = logging.getLogger(__name__)
+
+
+@serve.deployment(graceful_shutdown_wait_loop_s=0.5, graceful_shutdown_timeout_s=30)
+class Backbone:
+    def __init__(
+        self, model_repo: str, model: str, runtime: str = "auto", providers: str = "auto", intra_op_threads: int = 0
+    ):
+        repo = ModelRepository(model_repo)
+        self.cfg = repo.config(model)
+        self.backend = load_backend(
+            repo,
+            model,
+            prefer=runtime,
+            providers=providers,  # type: ignore[arg-type]
+            intra_op_threads=intra_op_threads,
+        )
+        self.infer.set_max_batch_size(self.cfg.batching.max_batch_size)
+        self.infer.set_batch_wait_timeout_s(self.cfg.batching.batch_wait_timeout_s)
+        self.metrics = BackboneMetrics(model)
+        side = self.cfg.input.native_size
+        self.backend.infer(np.zeros((1, 3, side, side), dtype=np.float32))  # warm-up: first call allocates
+        log.info("backbone %s ready on %s", model, self.backend.describe())
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def infer(self, items: list[np.ndarray]) -> list[dict[str, Any]]:
+        replies = await asyncio.to_thread(run_batch, self.backend, items)
+        self.metrics.batch(len(items), replies[0]["memory"] if replies else None)
+        return replies
+
+    async def __call__(self, pixels: np.ndarray) -> dict[str, Any]:
+        result: dict[str, Any] = await self.infer(pixels)
+        return result
+
+    def describe(self) -> dict[str, object]:
+        return {**self.backend.describe(), "model": self.cfg.name, "version": self.cfg.version}

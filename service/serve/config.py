@@ -1,0 +1,62 @@
+"""The Serve config (``serveConfigV2`` for KubeRay) generated from the same settings and builder."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from service.models import ModelRepository
+from service.settings import ServerSettings
+
+__all__ = ["serve_config"]
+
+
+def serve_config(settings: ServerSettings, *, model_repo_in_cluster: str | None = None) -> dict[str, Any]:
+    """A ``ServeDeploySchema``-shaped dict: proxies, gRPC, and the app with per-deployment options."""
+    from service.serve.app import APP_NAME, backbone_deployment_name
+    from service.serve.grpc_options import servicer_functions
+
+    repo = ModelRepository(settings.model_repo)
+    repo_path = model_repo_in_cluster or settings.model_repo
+    args = {
+        k: v
+        for k, v in settings.model_dump(mode="json").items()
+        if k not in ("host", "http_port", "grpc_port", "metrics_port")
+    }
+    args["model_repo"] = repo_path
+    deployments: list[dict[str, Any]] = [
+        {
+            "name": "Ingress",
+            "num_replicas": settings.ingress_replicas,
+            "max_ongoing_requests": settings.ingress_max_ongoing_requests,
+            "max_queued_requests": settings.ingress_max_queued_requests,
+            "ray_actor_options": {"num_cpus": 0.1},
+        }
+    ]
+    for name, cfg in repo.configs().items():
+        b = cfg.batching
+        deployments.append(
+            {
+                "name": backbone_deployment_name(name),
+                "num_replicas": b.num_replicas,
+                "max_ongoing_requests": b.max_ongoing_requests,
+                "max_queued_requests": b.max_queued_requests,
+                "ray_actor_options": {"num_cpus": b.num_cpus, "num_gpus": b.num_gpus},
+            }
+        )
+    config: dict[str, Any] = {
+        "proxy_location": "EveryNode",
+        "http_options": {"host": "0.0.0.0", "port": settings.http_port},
+        "applications": [
+            {
+                "name": APP_NAME,
+                "route_prefix": "/",
+                "import_path": "service.serve.app:app_builder",
+                "args": args,
+                "deployments": deployments,
+            }
+        ],
+    }
+    functions = servicer_functions()
+    if functions and settings.grpc_port:
+        config["grpc_options"] = {"port": settings.grpc_port, "grpc_servicer_functions": functions}
+    return config

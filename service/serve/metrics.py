@@ -1,0 +1,78 @@
+"""Metrics inside Ray replicas, through Ray Serve's metrics API (one scrape sees every replica)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.serve import metrics
+
+from service.api.telemetry import BATCH_BUCKETS, LATENCY_BUCKETS_S
+from service.runtime.memory import current_rss_bytes
+
+__all__ = ["BackboneMetrics", "RayTelemetry"]
+
+
+class RayTelemetry:
+    """The ingress's implementation of ``service.api.telemetry.Telemetry``."""
+
+    def __init__(self) -> None:
+        self._requests = metrics.Counter(
+            "tessera_requests", "Requests by endpoint, model and status code.", tag_keys=("endpoint", "model", "code")
+        )
+        self._duration = metrics.Histogram(
+            "tessera_request_duration_seconds",
+            "Request latency.",
+            boundaries=LATENCY_BUCKETS_S,
+            tag_keys=("endpoint", "model"),
+        )
+        self._stage = metrics.Histogram(
+            "tessera_stage_duration_seconds",
+            "Time per request stage.",
+            boundaries=LATENCY_BUCKETS_S,
+            tag_keys=("model", "stage"),
+        )
+        self._route = metrics.Counter("tessera_route", "Routing decisions.", tag_keys=("model", "reason"))
+        self._rejected = metrics.Counter("tessera_rejected", "Requests shed or refused.", tag_keys=("reason",))
+        self._inflight = metrics.Gauge("tessera_inflight_requests", "Requests in flight.", tag_keys=("model",))
+        self._host = metrics.Gauge("tessera_host_memory_bytes", "Resident memory.", tag_keys=("process",))
+        self._inflight_count: dict[str, int] = {}
+
+    def request(self, endpoint: str, model: str, code: int, seconds: float) -> None:
+        self._requests.inc(1, tags={"endpoint": endpoint, "model": model, "code": str(code)})
+        self._duration.observe(seconds, tags={"endpoint": endpoint, "model": model})
+        self._host.set(current_rss_bytes(), tags={"process": "ingress"})
+
+    def stage(self, model: str, stage: str, seconds: float) -> None:
+        self._stage.observe(seconds, tags={"model": model, "stage": stage})
+
+    def route(self, model: str, reason: str) -> None:
+        self._route.inc(1, tags={"model": model, "reason": reason})
+
+    def rejected(self, reason: str) -> None:
+        self._rejected.inc(1, tags={"reason": reason})
+
+    def inflight(self, model: str, delta: int) -> None:
+        self._inflight_count[model] = self._inflight_count.get(model, 0) + delta
+        self._inflight.set(self._inflight_count[model], tags={"model": model})
+
+
+class BackboneMetrics:
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self._batch = metrics.Histogram(
+            "tessera_batch_size", "Images per backend call.", boundaries=BATCH_BUCKETS, tag_keys=("model",)
+        )
+        self._memory = metrics.Gauge(
+            "tessera_device_memory_bytes", "Model memory (RSS on CPU).", tag_keys=("model", "device", "kind")
+        )
+        self._host = metrics.Gauge("tessera_host_memory_bytes", "Resident memory.", tag_keys=("process",))
+
+    def batch(self, size: int, memory: dict[str, Any] | None) -> None:
+        self._batch.observe(size, tags={"model": self.model})
+        if memory:
+            device = str(memory["device"])
+            self._memory.set(memory["peak_bytes"], tags={"model": self.model, "device": device, "kind": "peak"})
+            self._memory.set(
+                memory["allocated_bytes"], tags={"model": self.model, "device": device, "kind": "allocated"}
+            )
+        self._host.set(current_rss_bytes(), tags={"process": f"backbone_{self.model}"})

@@ -1,0 +1,109 @@
+"""``tessera serve``: start Ray (embedded unless given an address), deploy, wait, drain, exit."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+
+import httpx
+
+from service.settings import ServerSettings
+
+__all__ = ["run_service", "start_service", "stop_service", "wait_ready"]
+
+log = logging.getLogger(__name__)
+
+
+def wait_ready(url: str, timeout_s: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            response = httpx.get(url, timeout=5.0)
+            if response.status_code == 200:
+                return
+            last = response.status_code
+        except httpx.HTTPError as exc:
+            last = exc
+        time.sleep(0.25)
+    raise TimeoutError(f"{url} not ready after {timeout_s:.0f}s (last: {last})")
+
+
+def start_service(settings: ServerSettings, *, address: str | None = None) -> None:
+    """Start Ray and Serve and deploy the app; returns once the HTTP readiness route answers 200."""
+    import ray
+    from ray import serve
+    from ray.serve.config import HTTPOptions, gRPCOptions
+
+    from service.serve.app import APP_NAME, build_app
+    from service.serve.grpc_options import servicer_functions
+
+    init_kwargs: dict[str, object] = {
+        "include_dashboard": False,
+        "log_to_driver": os.environ.get("TESSERA_RAY_LOGS", "0") == "1",
+        "logging_level": logging.WARNING,
+        "namespace": "tessera",
+    }
+    if address:
+        init_kwargs["address"] = address
+    else:
+        init_kwargs["_metrics_export_port"] = settings.metrics_port
+    ray.init(**init_kwargs)  # type: ignore[arg-type]
+    grpc_options = None
+    if settings.grpc_port:
+        grpc_options = gRPCOptions(port=settings.grpc_port, grpc_servicer_functions=servicer_functions())
+    serve.start(http_options=HTTPOptions(host=settings.host, port=settings.http_port), grpc_options=grpc_options)
+    serve.run(build_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
+    wait_ready(f"http://{_client_host(settings.host)}:{settings.http_port}/v2/health/ready")
+
+
+def stop_service() -> None:
+    """Drain: Serve deletes the app (replicas finish in-flight requests), stops proxies; then Ray."""
+    import ray
+    from ray import serve
+
+    try:
+        serve.shutdown()
+    finally:
+        ray.shutdown()
+
+
+def _client_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
+def ready_line(settings: ServerSettings) -> str:
+    host = _client_host(settings.host)
+    grpc = f" grpc://{host}:{settings.grpc_port}" if settings.grpc_port else ""
+    return f"ready: http://{host}:{settings.http_port}{grpc} metrics http://{host}:{settings.metrics_port}/metrics"
+
+
+def run_service(
+    settings: ServerSettings, *, address: str | None = None, announce: Callable[[str], None] = print
+) -> int:
+    """Run in the foreground until SIGINT/SIGTERM, then drain and return 0."""
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        log.warning("received %s: draining", signal.Signals(signum).name)
+        stop.set()
+
+    # Installed around and again after ray.init, which replaces SIGTERM's handler with its own.
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        start_service(settings, address=address)
+        for sig in previous:
+            signal.signal(sig, _on_signal)
+        if not stop.is_set():
+            announce(ready_line(settings))
+        while not stop.wait(0.5):
+            pass
+    finally:
+        stop_service()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
