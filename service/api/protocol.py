@@ -85,6 +85,7 @@ class PredictResponse(BaseModel):
     top_k: list[TopK] | None = None
     timing_ms: TimingInfo
     memory: MemoryInfo
+    batch_size: int = Field(default=1, description="Images in the backend call that ran this one.")
 
 
 class ModelInfo(BaseModel):

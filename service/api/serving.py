@@ -180,6 +180,7 @@ class ServingCore:
                 total=round(total_ms, 3),
             ),
             memory=MemoryInfo(**{k: reply["memory"][k] for k in ("device", "peak_bytes", "allocated_bytes")}),
+            batch_size=int(reply.get("batch_size", 1)),
         )
 
     # -- /v1/route, /v1/models -----------------------------------------------------------------

@@ -18,13 +18,14 @@ from service.export.parity import onnx_parity
 from service.models import ArtifactRecord, Manifest, ModelConfig, ModelRepository
 from service.models._factory import EmbeddingModel, build_from_config, facts_from_model
 from service.models.manifest import sha256_file
+from service.models.meta import ArchFacts
 
 __all__ = ["BuildRow", "build_model", "build_repository", "config_fingerprint"]
 
 log = logging.getLogger(__name__)
 
 #: Bump when the artifact layout or export recipe changes, so old builds are rebuilt.
-BUILD_RECIPE = 3
+BUILD_RECIPE = 4
 
 
 @dataclass
@@ -70,13 +71,12 @@ def _up_to_date(manifest: Manifest | None, fingerprint: str, version_dir: Path) 
     return True
 
 
-def _gmacs(model: torch.nn.Module, size: int) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
+def _gmacs(facts: ArchFacts, size: int) -> float:
+    """Analytic GMACs (the router's cost model). PyTorch's FlopCounter cannot be used on real
+    tensors here: it misses fused CPU attention kernels and the gather-based NA kernel."""
+    from service.routing.cost import estimate_cost
 
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(torch.zeros(1, 3, size, size))
-    return counter.get_total_flops() / 2 / 1e9
+    return float(estimate_cost(facts, size, size).gmacs)
 
 
 def build_model(
@@ -111,7 +111,7 @@ def build_model(
         weights="trained" if cfg.trained else "untrained",
         arch=facts.to_dict(),
         params=facts.params,
-        gmacs_native=round(_gmacs(wrapped, cfg.input.native_size), 4),
+        gmacs_native=round(_gmacs(facts, cfg.input.native_size), 4),
         native_size=cfg.input.native_size,
         versions={pkg: _version(pkg) for pkg in ("torch", "timm", "onnx", "onnxruntime", "onnxscript")},
         built_at=datetime.now(UTC).isoformat(timespec="seconds"),

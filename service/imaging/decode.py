@@ -106,7 +106,7 @@ def decode_image(data: bytes, content_type: str | None = None, limits: DecodeLim
     except (PayloadTooLarge, InvalidInput):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise PayloadTooLarge(f"image refused as a decompression bomb: {exc}", param="image") from exc
+        raise PayloadTooLarge(f"image refused before decoding: {exc}", param="image") from exc
     except UnidentifiedImageError as exc:
         raise InvalidInput(f"could not read the {fmt} image: the data is not a valid image", param="image") from exc
     except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError, MemoryError) as exc:

@@ -128,7 +128,9 @@ def facts_from_model(model: nn.Module, family: str, cfg: ModelConfig | None = No
         depths, dims, heads = [], [], []
         for stage in model.layers:
             depths.append(len(stage.blocks))
-            dims.append(int(stage.dim))
+            # ``stage.dim`` is the stage's *input* width (before patch merging); the blocks' width is
+            # what attention and the MLPs run at.
+            dims.append(int(stage.blocks[0].mlp.fc1.in_features))
             heads.append(int(stage.blocks[0].attn.num_heads))
         hidden = model.layers[0].blocks[0].mlp.fc1.out_features
         window = model.layers[0].blocks[0].window_size
@@ -141,6 +143,7 @@ def facts_from_model(model: nn.Module, family: str, cfg: ModelConfig | None = No
             mlp_ratio=hidden / dims[0],
             window_size=int(window[0] if isinstance(window, tuple | list) else window),
             params=params,
+            extra={"img_size": tuple(int(v) for v in model.patch_embed.img_size)},
         )
     if family == "nat" and hasattr(model, "arch_facts"):
         facts: ArchFacts = model.arch_facts()

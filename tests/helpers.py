@@ -1,0 +1,71 @@
+"""Shared test helpers: small model repositories built from the real configs, images, slides."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import socket
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL_REPO = ROOT / "model_repo"
+SLIDES = ROOT.parent / "shared" / "data" / "slides"
+CMU_SMALL = SLIDES / "CMU-1-Small-Region.svs"
+
+# Depth overrides that keep each family's real architecture but make export and inference fast.
+_SHRINK: dict[str, dict[str, Any]] = {
+    "vit": {"depth": 2},
+    "swin": {"depths": [1, 1, 1, 1]},
+    "nat": {"depths": [1, 1, 1, 1]},
+}
+
+
+def default_model_names() -> list[str]:
+    return sorted(p.parent.name for p in MODEL_REPO.glob("*/config.yaml"))
+
+
+def make_small_repo(dest: Path, names: list[str] | None = None) -> Path:
+    """Copy the default configs into ``dest`` with shallower networks (same families, same I/O)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in names or default_model_names():
+        raw = yaml.safe_load((MODEL_REPO / name / "config.yaml").read_text())
+        raw["architecture"]["kwargs"] = {**raw["architecture"].get("kwargs", {}), **_SHRINK[raw["family"]]}
+        (dest / name).mkdir(exist_ok=True)
+        (dest / name / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    if (MODEL_REPO / "routes.yaml").exists():
+        shutil.copy(MODEL_REPO / "routes.yaml", dest / "routes.yaml")
+    return dest
+
+
+def jpeg_bytes(width: int = 224, height: int = 224, seed: int = 0, quality: int = 90) -> bytes:
+    rng = np.random.default_rng(seed)
+    pixels = (rng.random((height, width, 3)) * 255).astype(np.uint8)
+    return encode(pixels, "JPEG", quality=quality)
+
+
+def encode(pixels: np.ndarray, fmt: str, **kwargs: Any) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, fmt, **kwargs)
+    return buf.getvalue()
+
+
+def slide_crop_jpeg(x: int = 800, y: int = 1200, size: int = 224) -> bytes:
+    """A real tissue crop from CMU-1-Small-Region.svs, read with OpenSlide."""
+    import openslide
+
+    with openslide.OpenSlide(str(CMU_SMALL)) as slide:
+        region = slide.read_region((x, y), 0, (size, size)).convert("RGB")
+    buf = io.BytesIO()
+    region.save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -1,0 +1,102 @@
+"""Export parity for every default backbone, the manifest, up-to-date skipping, and the ORT backend."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from service.export import build_model
+from service.models import ModelRepository, build_from_config
+from service.models._factory import EmbeddingModel
+from service.runtime import load_backend
+from service.runtime.batching import run_batch
+from service.runtime.ort import choose_providers
+from tests.helpers import default_model_names
+
+
+@pytest.mark.parametrize("name", default_model_names())
+def test_manifest_records_parity_and_facts(small_repo: Path, name: str) -> None:
+    repo = ModelRepository(small_repo)
+    manifest = repo.require_manifest(name)
+    onnx = manifest.artifacts["onnx"]
+    assert onnx.parity["max_abs"] < 1e-3
+    assert "max_rel" in onnx.parity
+    assert onnx.dynamic_axes[0] == "batch"
+    assert (repo.version_dir(name) / onnx.file).stat().st_size == onnx.bytes
+    assert manifest.weights == "untrained"
+    assert manifest.params > 0 and manifest.gmacs_native > 0
+    assert manifest.arch["family"] == repo.config(name).family
+    assert {"torch", "onnxruntime", "onnx"} <= set(manifest.versions)
+    assert onnx.fused["nodes"] > 0  # counts recorded, whatever the optimizer managed
+
+
+@pytest.mark.parametrize("name", default_model_names())
+def test_onnx_runtime_matches_pytorch_at_several_batch_sizes(small_repo: Path, name: str) -> None:
+    repo = ModelRepository(small_repo)
+    cfg = repo.config(name)
+    backend = load_backend(repo, name)
+    model = EmbeddingModel(build_from_config(cfg, repo.model_dir(name)))
+    for batch in (1, 3):
+        x = np.random.default_rng(batch).standard_normal((batch, 3, 224, 224)).astype(np.float32)
+        result = backend.infer(x)
+        with torch.no_grad():
+            emb, logits = model(torch.from_numpy(x))
+        assert np.abs(result.outputs["embedding"] - emb.numpy()).max() < 1e-3
+        assert np.abs(result.outputs["logits"] - logits.numpy()).max() < 1e-3
+        assert result.batch_size == batch and result.latency_ms > 0
+        assert result.memory.device == "cpu" and result.memory.peak_bytes > 0
+
+
+def test_build_skips_when_up_to_date_and_rebuilds_on_change(small_repo: Path) -> None:
+    repo = ModelRepository(small_repo)
+    name = "vit_small"
+    rows = build_model(repo, name)
+    assert [r.status for r in rows] == ["up-to-date"]
+    manifest_path = repo.manifest_path(name)
+    before = json.loads(manifest_path.read_text())["config_sha256"]
+    config = repo.model_dir(name) / "config.yaml"
+    original = config.read_text()
+    try:
+        config.write_text(original.replace("batch_wait_timeout_s: 0.01", "batch_wait_timeout_s: 0.02"))
+        rows = build_model(ModelRepository(small_repo), name)
+        assert [r.status for r in rows] == ["built"]
+        assert json.loads(manifest_path.read_text())["config_sha256"] != before
+    finally:
+        config.write_text(original)
+        build_model(ModelRepository(small_repo), name)
+
+
+def test_run_batch_never_mixes_shapes() -> None:
+    class Recorder:
+        name, device, precision = "fake", "cpu", "fp32"
+        shapes: list[tuple[int, ...]] = []
+
+        def infer(self, pixels: np.ndarray):
+            from service.runtime.base import InferenceResult
+            from service.runtime.memory import host_memory
+
+            self.shapes.append(pixels.shape)
+            return InferenceResult({"embedding": pixels.mean(axis=(2, 3))}, 1.0, host_memory(), len(pixels))
+
+        def describe(self) -> dict[str, str]:
+            return {"backend": self.name}
+
+    backend = Recorder()
+    items = [np.full((3, 8, 8), i, np.float32) for i in range(3)] + [np.full((3, 16, 16), 9, np.float32)]
+    replies = run_batch(backend, items)  # type: ignore[arg-type]
+    assert sorted(backend.shapes) == [(1, 3, 16, 16), (3, 3, 8, 8)]
+    assert [r["outputs"]["embedding"][0] for r in replies] == [0, 1, 2, 9]
+    assert [r["batch_size"] for r in replies] == [3, 3, 3, 1]
+
+
+def test_provider_choice() -> None:
+    cpu_only = ["CPUExecutionProvider"]
+    gpu = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert choose_providers("auto", cpu_only) == cpu_only
+    assert choose_providers("auto", gpu) == gpu
+    assert choose_providers("cuda", gpu) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert choose_providers("cpu", gpu) == ["CPUExecutionProvider"]
+    with pytest.raises(RuntimeError, match="CUDAExecutionProvider requested"):
+        choose_providers("cuda", cpu_only)
