@@ -18,8 +18,12 @@ class Candidate(BaseModel):
     tokens: int = Field(default=0, description="Tokens at the first stage.")
     gmacs: float = Field(default=0.0, description="Predicted GMACs for one image.")
     attention_fraction: float = Field(default=0.0, description="Share of MACs spent in attention.")
-    predicted_latency_ms: float | None = Field(default=None, description="Calibrated latency prediction.")
-    predicted_peak_bytes: int | None = Field(default=None, description="Predicted peak activation memory.")
+    predicted_latency_ms: float | None = Field(
+        default=None, description="Predicted latency for one image (calibrated or the analytic fallback)."
+    )
+    predicted_peak_bytes: int | None = Field(
+        default=None, description="Predicted peak memory (weights, activations, unfused scores) for memory_batch."
+    )
     note: str = ""
     fit: str | None = Field(default=None, description="How the image would be fitted to this model's input.")
     stage_tokens: list[int] = Field(default_factory=list, description="Tokens per image at each stage.")
