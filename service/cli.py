@@ -49,8 +49,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _local_core(model_repo: str) -> Any:
     from service.api.serving import LocalBackboneClient, ServingCore
     from service.models import ModelRepository
-    from service.runtime import load_backend
     from service.routing.factory import make_router
+    from service.runtime import load_backend
 
     repo = ModelRepository(model_repo)
     backends = {name: load_backend(repo, name) for name in repo.names()}

@@ -11,7 +11,7 @@ import asyncio
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -115,7 +115,7 @@ class ServingCore:
         self.telemetry.route(decision.model, decision.reason)
         cfg = self.repo.config(decision.model)
         t = time.perf_counter()
-        fit = "resize" if decision.fit == "resize" else "letterbox"
+        fit: Literal["letterbox", "resize"] = "resize" if decision.fit == "resize" else "letterbox"
         prepared = await asyncio.to_thread(prepare, decoded.pixels, cfg.input, decision.input_size, fit)
         preprocess_ms = (time.perf_counter() - t) * 1e3
 

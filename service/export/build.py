@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -15,6 +14,7 @@ import torch
 
 from service.export.onnx_export import export_onnx, optimize_onnx
 from service.export.parity import onnx_parity
+from service.export.rows import BuildRow
 from service.models import ArtifactRecord, Manifest, ModelConfig, ModelRepository
 from service.models._factory import EmbeddingModel, build_from_config, facts_from_model
 from service.models.manifest import sha256_file
@@ -26,16 +26,6 @@ log = logging.getLogger(__name__)
 
 #: Bump when the artifact layout or export recipe changes, so old builds are rebuilt.
 BUILD_RECIPE = 4
-
-
-@dataclass
-class BuildRow:
-    model: str
-    artifact: str
-    status: str  # built | up-to-date | skipped | failed
-    parity_max_abs: float | None = None
-    seconds: float = 0.0
-    note: str = ""
 
 
 def config_fingerprint(cfg: ModelConfig, config_dir: Path, *, fp16: bool, tensorrt: bool) -> str:

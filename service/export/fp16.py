@@ -5,12 +5,14 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 from torch import nn
 
 from service.export.parity import onnx_parity
+from service.export.rows import BuildRow
 from service.models import ArtifactRecord, Manifest
 from service.models.manifest import sha256_file
 
@@ -37,13 +39,13 @@ def build_fp16(
     manifest: Manifest,
     sizes: Sequence[int],
     rng: np.random.Generator,
-) -> object:
-    from service.export.build import BuildRow
+) -> BuildRow:
 
     start = time.perf_counter()
     dst = version_dir / "model.fp16.onnx"
     convert_fp16(fp32_path, dst)
     note = ""
+    parity: dict[str, Any]
     try:
         parity = onnx_parity(model, dst, sizes, rng=rng, providers=["CPUExecutionProvider"])
     except Exception as exc:  # an fp16 kernel missing on this provider is a finding, not a crash

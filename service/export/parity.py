@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,7 +21,7 @@ def onnx_parity(
     rng: np.random.Generator,
     providers: Sequence[str],
     batch: int = 2,
-) -> dict[str, float | list[int]]:
+) -> dict[str, Any]:
     """Max absolute and relative error of every output, over random inputs at every size.
 
     Relative error is ``max|a-b| / max|b|`` per output (elementwise ratios blow up near zero).

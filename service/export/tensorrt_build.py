@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from service.export.rows import BuildRow
 from service.models import ArtifactRecord, Manifest, ModelConfig
 from service.models.manifest import sha256_file
 
@@ -34,13 +35,12 @@ def plan_name(compute_capability: tuple[int, int]) -> str:
     return f"model.sm{compute_capability[0]}{compute_capability[1]}.plan"
 
 
-def build_plan(version_dir: Path, manifest: Manifest, cfg: ModelConfig) -> object:
-    from service.export.build import BuildRow
+def build_plan(version_dir: Path, manifest: Manifest, cfg: ModelConfig) -> BuildRow:
     from service.runtime.tensorrt import tensorrt_available
 
     if not tensorrt_available():
         return BuildRow(cfg.name, "tensorrt", "skipped", note="TensorRT or a CUDA GPU is not available here")
-    import tensorrt as trt  # type: ignore[import-not-found]
+    import tensorrt as trt
     import torch
 
     start = time.perf_counter()
@@ -67,18 +67,20 @@ def build_plan(version_dir: Path, manifest: Manifest, cfg: ModelConfig) -> objec
     dst = version_dir / plan_name(capability)
     dst.write_bytes(bytes(serialized))
     seconds = time.perf_counter() - start
-    manifest.artifacts["tensorrt"] = ArtifactRecord(
-        file=dst.name,
-        sha256=sha256_file(dst),
-        bytes=dst.stat().st_size,
-        precision="fp16",
-        kind="tensorrt",
-        input_sizes=cfg.input.buckets,
-        dynamic_axes=["batch"],
-        build_s=round(seconds, 2),
-        profiles=[{k: list(v) for k, v in p.items()} for p in profiles],
-        gpu=torch.cuda.get_device_name(),
-        compute_capability=list(capability),
+    manifest.artifacts["tensorrt"] = ArtifactRecord.model_validate(
+        {
+            "file": dst.name,
+            "sha256": sha256_file(dst),
+            "bytes": dst.stat().st_size,
+            "precision": "fp16",
+            "kind": "tensorrt",
+            "input_sizes": cfg.input.buckets,
+            "dynamic_axes": ["batch"],
+            "build_s": round(seconds, 2),
+            "profiles": [{k: list(v) for k, v in p.items()} for p in profiles],
+            "gpu": torch.cuda.get_device_name(),
+            "compute_capability": list(capability),
+        }
     )
     manifest.versions["tensorrt"] = trt.__version__
     return BuildRow(cfg.name, "tensorrt", "built", None, seconds)

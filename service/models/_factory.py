@@ -44,7 +44,7 @@ class EmbeddingModel(nn.Module):
 
     def __init__(self, backbone: nn.Module):
         super().__init__()
-        self.backbone = backbone
+        self.backbone: Any = backbone
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.backbone.forward_features(pixels)
@@ -62,6 +62,7 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, strict: bool = True) 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    state: Any
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -106,7 +107,7 @@ def build_from_config(cfg: ModelConfig, config_dir: str | Path) -> nn.Module:
     return model.eval()
 
 
-def facts_from_model(model: nn.Module, family: str, cfg: ModelConfig | None = None) -> ArchFacts:
+def facts_from_model(model: Any, family: str, cfg: ModelConfig | None = None) -> ArchFacts:
     """Read the architecture facts off an instantiated timm ViT, Swin or in-house NAT."""
     params = sum(p.numel() for p in model.parameters())
     if family == "vit":

@@ -15,7 +15,7 @@ def gpu_memory(device: str) -> MemoryReport:
     index = int(device.split(":")[1]) if ":" in device else 0
     used = 0
     try:
-        import pynvml  # type: ignore[import-not-found]
+        import pynvml
 
         pynvml.nvmlInit()
         handle = pynvml.nvmlDeviceGetHandleByIndex(index)

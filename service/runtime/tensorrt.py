@@ -15,7 +15,7 @@ __all__ = ["TensorRTBackend", "tensorrt_available"]
 def tensorrt_available() -> bool:
     """True when the ``tensorrt`` module imports and a CUDA device is visible."""
     try:
-        import tensorrt  # type: ignore[import-not-found]  # noqa: F401
+        import tensorrt  # noqa: F401
         import torch
     except ImportError:
         return False

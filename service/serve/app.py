@@ -35,7 +35,7 @@ def build_app(settings: ServerSettings) -> Application:
             max_queued_requests=batching.max_queued_requests,
             ray_actor_options={"num_cpus": batching.num_cpus, "num_gpus": batching.num_gpus},
         ).bind(settings.model_repo, name, settings.runtime, settings.providers, settings.intra_op_threads)
-    return Ingress.options(  # type: ignore[attr-defined, no-any-return]
+    return Ingress.options(  # type: ignore[attr-defined]
         num_replicas=settings.ingress_replicas,
         max_ongoing_requests=settings.ingress_max_ongoing_requests,
         max_queued_requests=settings.ingress_max_queued_requests,

@@ -12,6 +12,7 @@ from ray import serve
 from service.models import ModelRepository
 from service.runtime import load_backend
 from service.runtime.batching import run_batch
+from service.runtime.loader import RuntimePreference
 from service.serve.metrics import BackboneMetrics
 
 __all__ = ["Backbone"]
@@ -22,7 +23,12 @@ log = logging.getLogger(__name__)
 @serve.deployment(graceful_shutdown_wait_loop_s=0.5, graceful_shutdown_timeout_s=30)
 class Backbone:
     def __init__(
-        self, model_repo: str, model: str, runtime: str = "auto", providers: str = "auto", intra_op_threads: int = 0
+        self,
+        model_repo: str,
+        model: str,
+        runtime: RuntimePreference = "auto",
+        providers: str = "auto",
+        intra_op_threads: int = 0,
     ):
         repo = ModelRepository(model_repo)
         self.cfg = repo.config(model)
@@ -30,11 +36,12 @@ class Backbone:
             repo,
             model,
             prefer=runtime,
-            providers=providers,  # type: ignore[arg-type]
+            providers=providers,
             intra_op_threads=intra_op_threads,
         )
-        self.infer.set_max_batch_size(self.cfg.batching.max_batch_size)
-        self.infer.set_batch_wait_timeout_s(self.cfg.batching.batch_wait_timeout_s)
+        batched: Any = self.infer  # serve.batch adds the setters; per-model values from config.yaml
+        batched.set_max_batch_size(self.cfg.batching.max_batch_size)
+        batched.set_batch_wait_timeout_s(self.cfg.batching.batch_wait_timeout_s)
         self.metrics = BackboneMetrics(model)
         side = self.cfg.input.native_size
         self.backend.infer(np.zeros((1, 3, side, side), dtype=np.float32))  # warm-up: first call allocates

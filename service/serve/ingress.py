@@ -13,8 +13,8 @@ from service.api.rest import create_app
 from service.api.serving import ServingCore
 from service.imaging import DecodeLimits
 from service.models import ModelRepository
-from service.serve.metrics import RayTelemetry
 from service.routing.factory import make_router
+from service.serve.metrics import RayTelemetry
 from service.settings import ServerSettings
 
 __all__ = ["HandleClient", "Ingress"]

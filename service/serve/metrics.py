@@ -1,4 +1,9 @@
-"""Metrics inside Ray replicas, through Ray Serve's metrics API (one scrape sees every replica)."""
+"""Metrics inside Ray replicas, through Ray Serve's metrics API (one scrape sees every replica).
+
+Ray exports these with a ``ray_`` prefix (``ray_tessera_requests_total``); the contract's names
+are restored by ``service.api.metrics_text.restore_contract_names`` wherever Tessera serves
+``/metrics`` itself, and by a relabel rule in the Kubernetes PodMonitor.
+"""
 
 from __future__ import annotations
 
@@ -12,29 +17,37 @@ from service.runtime.memory import current_rss_bytes
 __all__ = ["BackboneMetrics", "RayTelemetry"]
 
 
+def _keys(*names: str) -> Any:
+    """Ray's stubs type ``tag_keys`` as a 1-tuple; any tuple of names is what it accepts."""
+    return names
+
+
 class RayTelemetry:
     """The ingress's implementation of ``service.api.telemetry.Telemetry``."""
 
     def __init__(self) -> None:
+        latency = list(LATENCY_BUCKETS_S)
         self._requests = metrics.Counter(
-            "tessera_requests", "Requests by endpoint, model and status code.", tag_keys=("endpoint", "model", "code")
+            "tessera_requests",
+            "Requests by endpoint, model and status code.",
+            tag_keys=_keys("endpoint", "model", "code"),
         )
         self._duration = metrics.Histogram(
             "tessera_request_duration_seconds",
             "Request latency.",
-            boundaries=LATENCY_BUCKETS_S,
-            tag_keys=("endpoint", "model"),
+            boundaries=latency,
+            tag_keys=_keys("endpoint", "model"),
         )
         self._stage = metrics.Histogram(
             "tessera_stage_duration_seconds",
             "Time per request stage.",
-            boundaries=LATENCY_BUCKETS_S,
-            tag_keys=("model", "stage"),
+            boundaries=latency,
+            tag_keys=_keys("model", "stage"),
         )
-        self._route = metrics.Counter("tessera_route", "Routing decisions.", tag_keys=("model", "reason"))
-        self._rejected = metrics.Counter("tessera_rejected", "Requests shed or refused.", tag_keys=("reason",))
-        self._inflight = metrics.Gauge("tessera_inflight_requests", "Requests in flight.", tag_keys=("model",))
-        self._host = metrics.Gauge("tessera_host_memory_bytes", "Resident memory.", tag_keys=("process",))
+        self._route = metrics.Counter("tessera_route", "Routing decisions.", tag_keys=_keys("model", "reason"))
+        self._rejected = metrics.Counter("tessera_rejected", "Requests shed or refused.", tag_keys=_keys("reason"))
+        self._inflight = metrics.Gauge("tessera_inflight_requests", "Requests in flight.", tag_keys=_keys("model"))
+        self._host = metrics.Gauge("tessera_host_memory_bytes", "Resident memory.", tag_keys=_keys("process"))
         self._inflight_count: dict[str, int] = {}
 
     def request(self, endpoint: str, model: str, code: int, seconds: float) -> None:
@@ -60,12 +73,15 @@ class BackboneMetrics:
     def __init__(self, model: str) -> None:
         self.model = model
         self._batch = metrics.Histogram(
-            "tessera_batch_size", "Images per backend call.", boundaries=BATCH_BUCKETS, tag_keys=("model",)
+            "tessera_batch_size",
+            "Images per backend call.",
+            boundaries=[float(b) for b in BATCH_BUCKETS],
+            tag_keys=_keys("model"),
         )
         self._memory = metrics.Gauge(
-            "tessera_device_memory_bytes", "Model memory (RSS on CPU).", tag_keys=("model", "device", "kind")
+            "tessera_device_memory_bytes", "Model memory (RSS on CPU).", tag_keys=_keys("model", "device", "kind")
         )
-        self._host = metrics.Gauge("tessera_host_memory_bytes", "Resident memory.", tag_keys=("process",))
+        self._host = metrics.Gauge("tessera_host_memory_bytes", "Resident memory.", tag_keys=_keys("process"))
 
     def batch(self, size: int, memory: dict[str, Any] | None) -> None:
         self._batch.observe(size, tags={"model": self.model})
