@@ -1,0 +1,456 @@
+"""Whole-slide readers: one small interface over OpenSlide and tiffslide.
+
+``open_slide`` tries OpenSlide first (openslide-python over the openslide-bin wheel: every
+vendor format it knows) and falls back to tiffslide for TIFFs OpenSlide cannot open (stripped
+or oddly laid out TIFFs). A file neither can open is an :class:`InvalidInput`.
+
+Coordinates follow OpenSlide: ``read_region(x0, y0, level, w, h)`` takes the top-left corner in
+level-0 pixels and a size in pixels of ``level``. Regions past the slide's edge are white, the
+same for both backends, so edge tiles look like background rather than black.
+
+The resolution of level 0 (µm per pixel) is resolved once, by one rule (:func:`resolve_mpp`):
+the slide's metadata, else the caller's ``slide_mpp``, else ``10 / objective power`` (40x →
+0.25, 20x → 0.5), else an :class:`InvalidInput` that names ``slide_mpp``.
+
+A reader may be shared by threads: each thread gets its own native handle on first use
+(neither OpenSlide's cache nor tiffslide's file handle is meant to be shared by concurrent
+readers), and :meth:`SlideReader.close` closes them all.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image
+
+from service.errors import InvalidInput
+
+__all__ = ["MppSource", "SlideInfo", "SlideReader", "open_slide", "resolve_mpp"]
+
+log = logging.getLogger(__name__)
+
+MppSource = Literal["metadata", "caller", "objective"]
+
+#: a level whose µm/px exceeds the target by less than this fraction still counts as "at or
+#: finer than the target" (pyramid downsamples are rarely exact: 2.0005 instead of 2)
+LEVEL_TOLERANCE = 0.01
+#: pixels per chunk side when a thumbnail is assembled from a large level
+_THUMBNAIL_CHUNK = 2048
+#: decoded-tile cache shared by the OpenSlide handles of one reader
+OPENSLIDE_CACHE_BYTES = 64 << 20
+#: metadata MPP and a caller's slide_mpp that differ by more than this are logged
+_MPP_DISAGREEMENT = 0.05
+
+
+@dataclass(frozen=True)
+class SlideInfo:
+    """Facts about an opened slide, as reported in ``report.json`` and job status."""
+
+    path: str
+    backend: str
+    vendor: str | None
+    level_count: int
+    level_dimensions: tuple[tuple[int, int], ...]
+    level_downsamples: tuple[float, ...]
+    mpp: float | None
+    mpp_source: MppSource | None
+    metadata_mpp: float | None
+    objective_power: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "backend": self.backend,
+            "vendor": self.vendor,
+            "level_count": self.level_count,
+            "level_dimensions": [list(d) for d in self.level_dimensions],
+            "level_downsamples": list(self.level_downsamples),
+            "mpp": self.mpp,
+            "mpp_source": self.mpp_source,
+            "metadata_mpp": self.metadata_mpp,
+            "objective_power": self.objective_power,
+        }
+
+
+class SlideReader(ABC):
+    """A whole-slide image: pyramid geometry, resolution, region reads and a thumbnail.
+
+    Subclasses open native handles (``_open_handle``) and read in-bounds regions (``_read``);
+    this class adds per-thread handles, white padding past the edge, level selection by
+    resolution and a chunked thumbnail whose memory does not depend on the slide's size.
+    """
+
+    backend: str = "abstract"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+        self._handles: list[Any] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        first = self._handle()
+        self.level_dimensions: tuple[tuple[int, int], ...] = tuple(
+            (int(w), int(h)) for w, h in self._native_dimensions(first)
+        )
+        self.level_downsamples: tuple[float, ...] = tuple(float(d) for d in self._native_downsamples(first))
+        self.metadata_mpp: float | None = self._native_mpp(first)
+        self.objective_power: float | None = self._native_objective(first)
+        self.vendor: str | None = self._native_vendor(first)
+        #: level-0 µm/px after the resolution rule; set by :func:`open_slide`
+        self.mpp: float | None = self.metadata_mpp
+        self.mpp_source: MppSource | None = "metadata" if self.metadata_mpp else None
+
+    # -- native layer ------------------------------------------------------------------------
+    @abstractmethod
+    def _open_handle(self) -> Any: ...
+
+    @abstractmethod
+    def _close_handle(self, handle: Any) -> None: ...
+
+    @abstractmethod
+    def _native_dimensions(self, handle: Any) -> tuple[tuple[int, int], ...]: ...
+
+    @abstractmethod
+    def _native_downsamples(self, handle: Any) -> tuple[float, ...]: ...
+
+    @abstractmethod
+    def _native_mpp(self, handle: Any) -> float | None: ...
+
+    @abstractmethod
+    def _native_objective(self, handle: Any) -> float | None: ...
+
+    @abstractmethod
+    def _native_vendor(self, handle: Any) -> str | None: ...
+
+    @abstractmethod
+    def _read(self, handle: Any, x0: int, y0: int, level: int, w: int, h: int) -> np.ndarray:
+        """An in-bounds region as (h', w', 3|4) uint8 (may be smaller at the edges)."""
+
+    # -- handles -----------------------------------------------------------------------------
+    def _handle(self) -> Any:
+        if self._closed:
+            raise RuntimeError(f"slide {self.path} is closed")
+        handle = getattr(self._local, "handle", None)
+        if handle is None:
+            with self._lock:
+                if self._closed:
+                    raise RuntimeError(f"slide {self.path} is closed")
+                handle = self._open_handle()
+                self._handles.append(handle)
+            self._local.handle = handle
+        return handle
+
+    @property
+    def open_handles(self) -> int:
+        """Native handles opened so far (one per thread that has read)."""
+        with self._lock:
+            return len(self._handles)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            handles, self._handles = self._handles, []
+        for handle in handles:
+            try:
+                self._close_handle(handle)
+            except Exception:  # a failing close must not hide the error that got us here
+                log.debug("closing a slide handle failed", exc_info=True)
+
+    def __enter__(self) -> SlideReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- geometry ----------------------------------------------------------------------------
+    @property
+    def level_count(self) -> int:
+        return len(self.level_dimensions)
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        return self.level_dimensions[0]
+
+    def level_mpp(self, level: int) -> float:
+        """µm per pixel of ``level`` (needs the resolved level-0 mpp)."""
+        return self.require_mpp() * self.level_downsamples[level]
+
+    def require_mpp(self) -> float:
+        if self.mpp is None:
+            raise InvalidInput(_no_mpp_message(self.path), param="slide_mpp")
+        return self.mpp
+
+    def best_level_for_mpp(self, target_mpp: float) -> int:
+        """The coarsest level whose resolution is at or finer than ``target_mpp``.
+
+        Reading there and resampling down never upsamples (except when the target is finer
+        than level 0, where level 0 is the only choice).
+        """
+        best = 0
+        for level in range(self.level_count):
+            if self.level_mpp(level) <= target_mpp * (1.0 + LEVEL_TOLERANCE):
+                best = level
+        return best
+
+    def best_level_for_downsample(self, downsample: float) -> int:
+        """The coarsest level with a downsample not above ``downsample`` (OpenSlide's rule)."""
+        best = 0
+        for level, ds in enumerate(self.level_downsamples):
+            if ds <= downsample * (1.0 + LEVEL_TOLERANCE):
+                best = level
+        return best
+
+    # -- pixels ------------------------------------------------------------------------------
+    def read_region(self, x0: int, y0: int, level: int, w: int, h: int) -> np.ndarray:
+        """RGB uint8 (h, w, 3): top-left ``(x0, y0)`` in level-0 pixels, size in ``level`` pixels.
+
+        Parts outside the slide are white.
+        """
+        if not 0 <= level < self.level_count:
+            raise ValueError(f"level {level} out of range 0..{self.level_count - 1}")
+        if w <= 0 or h <= 0:
+            raise ValueError(f"region size must be positive, got {w}x{h}")
+        if x0 < 0 or y0 < 0:
+            raise ValueError(f"region origin must be inside the slide, got ({x0}, {y0})")
+        out = np.full((h, w, 3), 255, dtype=np.uint8)
+        lw, lh = self.level_dimensions[level]
+        ds = self.level_downsamples[level]
+        lx, ly = int(x0 / ds), int(y0 / ds)
+        cw, ch = min(w, lw - lx), min(h, lh - ly)
+        if cw <= 0 or ch <= 0:
+            return out
+        region = self._read(self._handle(), x0, y0, level, cw, ch)
+        rh, rw = min(ch, region.shape[0]), min(cw, region.shape[1])
+        out[:rh, :rw] = _to_rgb(region[:rh, :rw])
+        return out
+
+    def thumbnail(self, max_size: int = 1024) -> np.ndarray:
+        """RGB uint8 image of the whole slide, longest side ``max_size`` (or less).
+
+        Read from the best level for the needed downsample in chunks of at most
+        2048 x 2048 level pixels, so even a single-level gigapixel slide is never decoded whole.
+        """
+        width, height = self.dimensions
+        scale = max(width, height) / max_size
+        if scale < 1.0:
+            scale = 1.0
+        tw, th = max(1, round(width / scale)), max(1, round(height / scale))
+        level = self.best_level_for_downsample(scale)
+        ds = self.level_downsamples[level]
+        lw, lh = self.level_dimensions[level]
+        out = np.empty((th, tw, 3), dtype=np.uint8)
+        # level pixels per thumbnail pixel along each axis
+        fx, fy = lw / tw, lh / th
+        step_x = max(1, int(_THUMBNAIL_CHUNK // fx)) if fx > 0 else tw
+        step_y = max(1, int(_THUMBNAIL_CHUNK // fy)) if fy > 0 else th
+        for ty0 in range(0, th, step_y):
+            ty1 = min(th, ty0 + step_y)
+            ly0, ly1 = round(ty0 * fy), min(lh, max(round(ty0 * fy) + 1, round(ty1 * fy)))
+            for tx0 in range(0, tw, step_x):
+                tx1 = min(tw, tx0 + step_x)
+                lx0, lx1 = round(tx0 * fx), min(lw, max(round(tx0 * fx) + 1, round(tx1 * fx)))
+                chunk = self.read_region(round(lx0 * ds), round(ly0 * ds), level, lx1 - lx0, ly1 - ly0)
+                image = Image.fromarray(chunk).resize((tx1 - tx0, ty1 - ty0), Image.Resampling.BOX)
+                out[ty0:ty1, tx0:tx1] = np.asarray(image)
+        return out
+
+    def info(self) -> SlideInfo:
+        return SlideInfo(
+            path=str(self.path),
+            backend=self.backend,
+            vendor=self.vendor,
+            level_count=self.level_count,
+            level_dimensions=self.level_dimensions,
+            level_downsamples=self.level_downsamples,
+            mpp=self.mpp,
+            mpp_source=self.mpp_source,
+            metadata_mpp=self.metadata_mpp,
+            objective_power=self.objective_power,
+        )
+
+
+class _OpenSlideReader(SlideReader):
+    """OpenSlide handles that share one bounded tile cache.
+
+    By default every OpenSlide handle has its own 32 MiB cache; with a handle per thread that
+    multiplies, and neighbouring tiles read by different threads would decode the same JPEG
+    tiles twice. One shared cache (OpenSlide's caches are thread-safe) bounds the memory and
+    lets the threads reuse each other's decoded tiles.
+    """
+
+    backend = "openslide"
+
+    def __init__(self, path: Path, cache_bytes: int = OPENSLIDE_CACHE_BYTES) -> None:
+        import openslide
+
+        self._cache = openslide.OpenSlideCache(cache_bytes)
+        super().__init__(path)
+
+    def _open_handle(self) -> Any:
+        import openslide
+
+        handle = openslide.OpenSlide(str(self.path))
+        handle.set_cache(self._cache)
+        return handle
+
+    def _close_handle(self, handle: Any) -> None:
+        handle.close()
+
+    def _native_dimensions(self, handle: Any) -> tuple[tuple[int, int], ...]:
+        return tuple(handle.level_dimensions)
+
+    def _native_downsamples(self, handle: Any) -> tuple[float, ...]:
+        return tuple(handle.level_downsamples)
+
+    def _native_mpp(self, handle: Any) -> float | None:
+        return _mean_mpp(handle.properties.get("openslide.mpp-x"), handle.properties.get("openslide.mpp-y"))
+
+    def _native_objective(self, handle: Any) -> float | None:
+        return _positive_float(handle.properties.get("openslide.objective-power"))
+
+    def _native_vendor(self, handle: Any) -> str | None:
+        return handle.properties.get("openslide.vendor")
+
+    def _read(self, handle: Any, x0: int, y0: int, level: int, w: int, h: int) -> np.ndarray:
+        return np.asarray(handle.read_region((x0, y0), level, (w, h)))
+
+
+class _TiffSlideReader(SlideReader):
+    backend = "tiffslide"
+
+    def _open_handle(self) -> Any:
+        import tiffslide
+
+        return tiffslide.TiffSlide(str(self.path))
+
+    def _close_handle(self, handle: Any) -> None:
+        handle.close()
+
+    def _native_dimensions(self, handle: Any) -> tuple[tuple[int, int], ...]:
+        return tuple(handle.level_dimensions)
+
+    def _native_downsamples(self, handle: Any) -> tuple[float, ...]:
+        return tuple(handle.level_downsamples)
+
+    def _native_mpp(self, handle: Any) -> float | None:
+        return _mean_mpp(handle.properties.get("tiffslide.mpp-x"), handle.properties.get("tiffslide.mpp-y"))
+
+    def _native_objective(self, handle: Any) -> float | None:
+        return _positive_float(handle.properties.get("tiffslide.objective-power"))
+
+    def _native_vendor(self, handle: Any) -> str | None:
+        vendor = handle.properties.get("tiffslide.vendor")
+        return str(vendor) if vendor else None
+
+    def _read(self, handle: Any, x0: int, y0: int, level: int, w: int, h: int) -> np.ndarray:
+        region = handle.read_region((x0, y0), level, (w, h), as_array=True, padding=False)
+        if region.ndim == 3 and region.shape[2] == 1:  # grayscale TIFF
+            region = np.repeat(region, 3, axis=2)
+        return np.asarray(region, dtype=np.uint8)
+
+
+def open_slide(path: str | Path, slide_mpp: float | None = None, *, require_mpp: bool = True) -> SlideReader:
+    """Open a whole-slide image and resolve its level-0 resolution.
+
+    Raises :class:`InvalidInput` (``param="slide"``) when the file is missing or is not a slide
+    either backend can read, and (``param="slide_mpp"``) when ``require_mpp`` and no resolution
+    can be found (see :func:`resolve_mpp`).
+    """
+    path = Path(path)
+    if slide_mpp is not None and not (math.isfinite(slide_mpp) and slide_mpp > 0):
+        raise InvalidInput(f"slide_mpp must be a positive number of µm per pixel, got {slide_mpp}", param="slide_mpp")
+    if not path.is_file():
+        raise InvalidInput(f"slide file not found: {path.name}", param="slide")
+    reader = _open_any(path)
+    try:
+        mpp, source = resolve_mpp(reader.metadata_mpp, slide_mpp, reader.objective_power)
+        if mpp is None and require_mpp:
+            raise InvalidInput(_no_mpp_message(path), param="slide_mpp")
+        reader.mpp, reader.mpp_source = mpp, source
+        if (
+            source == "metadata"
+            and slide_mpp is not None
+            and mpp is not None
+            and abs(slide_mpp - mpp) > _MPP_DISAGREEMENT * mpp
+        ):
+            log.warning("%s: slide_mpp=%s ignored, the slide's metadata says %s µm/px", path.name, slide_mpp, mpp)
+    except BaseException:
+        reader.close()
+        raise
+    return reader
+
+
+def resolve_mpp(
+    metadata_mpp: float | None, slide_mpp: float | None, objective_power: float | None
+) -> tuple[float | None, MppSource | None]:
+    """The level-0 µm/px and where it came from: metadata, else caller, else objective."""
+    if metadata_mpp is not None:
+        return metadata_mpp, "metadata"
+    if slide_mpp is not None:
+        return float(slide_mpp), "caller"
+    if objective_power is not None:
+        return 10.0 / objective_power, "objective"
+    return None, None
+
+
+def _open_any(path: Path) -> SlideReader:
+    import openslide
+
+    errors: list[str] = []
+    try:
+        return _OpenSlideReader(path)
+    except (openslide.OpenSlideError, OSError, ValueError) as exc:  # OpenSlideUnsupportedFormatError is one
+        errors.append(f"openslide: {exc or type(exc).__name__}")
+    try:
+        reader = _TiffSlideReader(path)
+    except Exception as exc:  # tiffslide raises whatever tifffile/zarr raise on a non-TIFF
+        errors.append(f"tiffslide: {exc or type(exc).__name__}")
+    else:
+        if reader.level_count and all(w > 0 and h > 0 for w, h in reader.level_dimensions):
+            return reader
+        reader.close()
+        errors.append("tiffslide: no image levels")
+    raise InvalidInput(
+        f"{path.name} is not a whole-slide image that OpenSlide or tiffslide can read ({'; '.join(errors)})",
+        param="slide",
+    )
+
+
+def _no_mpp_message(path: Path) -> str:
+    return (
+        f"{path.name} has no resolution in its metadata (no MPP, no objective power): "
+        "pass slide_mpp, the slide's level-0 µm per pixel (e.g. 0.25 for a 40x scan, 0.5 for 20x)"
+    )
+
+
+def _positive_float(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) and number > 0 else None
+
+
+def _mean_mpp(x: Any, y: Any) -> float | None:
+    mx, my = _positive_float(x), _positive_float(y)
+    if mx and my:
+        return (mx + my) / 2.0
+    return mx or my
+
+
+def _to_rgb(region: np.ndarray) -> np.ndarray:
+    """RGB uint8 from RGB or (non-premultiplied) RGBA, compositing transparency onto white."""
+    if region.shape[2] == 3:
+        return region
+    rgb, alpha = region[..., :3], region[..., 3]
+    if alpha.min() == 255:
+        return rgb
+    a = alpha[..., None].astype(np.float32) / 255.0
+    return (rgb.astype(np.float32) * a + 255.0 * (1.0 - a) + 0.5).astype(np.uint8)
