@@ -32,6 +32,27 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 1 if any(r.status == "failed" for r in rows) else 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from service.models import ModelRepository
+    from service.routing.factory import CALIBRATION_FILE
+    from service.routing.host_calibration import DEFAULT_CALIBRATION_SIZES, calibrate_repository
+
+    repo = ModelRepository(args.model_repo)
+    if args.if_missing and (repo.root / CALIBRATION_FILE).exists():
+        print(f"calibration exists: {repo.root / CALIBRATION_FILE} (use without --if-missing to redo it)")
+        return 0
+    sizes = args.sizes or list(DEFAULT_CALIBRATION_SIZES)
+    calibration = calibrate_repository(
+        repo,
+        models=[args.model] if args.model else None,
+        sizes=sizes,
+        repeats=args.repeats,
+        progress=(lambda line: print(line, flush=True)) if args.verbose else None,
+    )
+    print(calibration.report())
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from service.serve.runner import run_service
 
@@ -144,6 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tensorrt", action="store_true", default=None)
     p.add_argument("--force", action="store_true", help="rebuild even when up to date")
     p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("calibrate", help="measure the built models on this host; fit the router's latency model")
+    p.add_argument("--model")
+    p.add_argument("--sizes", type=int, nargs="+", help="square sides to measure")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--if-missing", action="store_true", help="do nothing when a calibration exists")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("serve", help="start the service (Ray embedded unless --address)")
     p.add_argument("--address", default=None, help="existing Ray cluster address")

@@ -45,6 +45,10 @@ class ServerSettings(BaseModel):
     large_model: str = Field(default="swin_tiny", description="Fallback router: model for large images.")
     threshold: int = Field(default=512, ge=16, le=65536, description="Fallback router: longer-side threshold.")
     slide_root: str | None = Field(default=None, description="Folder inside which /v1/slides may read paths.")
+    slide_model: str = Field(default="vit_small", description="Default tile encoder for slide jobs.")
+    max_slide_bytes: int = Field(
+        default=2 << 30, ge=1024, le=1 << 40, description="Largest slide upload; larger slides go by path."
+    )
     job_dir: str = Field(default=".tessera/jobs", description="Where slide jobs keep their state and results.")
     auth_tokens_file: str | None = Field(default=None, description="File of accepted bearer tokens, one a line.")
     log_level: str = Field(default="INFO", description="Python log level for the service's loggers.")

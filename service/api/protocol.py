@@ -25,7 +25,7 @@ class InputInfo(BaseModel):
     content: tuple[int, int] = Field(description="(height, width) after resizing, before padding.")
     processed: tuple[int, int] = Field(description="(height, width) the model ran at.")
     tokens: int = Field(description="Tokens at the model's first stage.")
-    fit: str = Field(description="letterbox | resize")
+    fit: str = Field(description="letterbox | resize | pad | downscale: how the image was fitted.")
 
 
 class TimingInfo(BaseModel):

@@ -13,14 +13,16 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.datastructures import UploadFile
 
 from service import __version__
 from service.api.errors import as_tessera_error, http_body, http_headers
+from service.api.metrics_text import CONTENT_TYPE
 from service.api.protocol import ModelInfo, PredictOptions, PredictResponse
+from service.api.rest_common import read_body_limited, replay_form
 from service.api.serving import ServingCore
-from service.errors import InvalidInput, PayloadTooLarge, TesseraError
+from service.errors import InvalidInput, NotFound, TesseraError
 from service.routing.decision import RouteDecision
 
 __all__ = ["create_app", "read_body_limited"]
@@ -33,26 +35,6 @@ TIMEOUT_HEADER = "x-request-timeout"
 def _core(request: Request) -> ServingCore:
     core: ServingCore = request.app.state.core
     return core
-
-
-async def read_body_limited(request: Request, limit: int) -> bytes:
-    """Read the body, refusing with 413 as soon as it is known to exceed ``limit``."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            size = int(declared)
-        except ValueError:
-            raise InvalidInput("Content-Length is not a number", param="content-length") from None
-        if size > limit:
-            raise PayloadTooLarge(f"request body of {size} bytes exceeds the limit of {limit}", param="body")
-    chunks: list[bytes] = []
-    total = 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes", param="body")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _timeout(request: Request) -> float | None:
@@ -74,13 +56,7 @@ async def _image_from_request(request: Request, body: bytes) -> tuple[bytes, str
     if not (content_type or "").lower().startswith("multipart/form-data"):
         return body, content_type, {}
 
-    async def replay() -> dict[str, Any]:
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    try:
-        form = await Request(request.scope, replay).form(max_files=1, max_fields=16)
-    except Exception as exc:  # malformed multipart: the client's mistake
-        raise InvalidInput(f"malformed multipart body: {exc}", param="image") from exc
+    form = await replay_form(request, body)
     fields = {k: v for k, v in form.items() if isinstance(v, str)}
     upload = form.get("image")
     if upload is None:
@@ -203,6 +179,14 @@ def create_app() -> FastAPI:
         request.state.route_reason = answer.route.reason
         return answer
 
+    @app.get("/metrics", tags=["metrics"], response_class=PlainTextResponse)
+    async def metrics(request: Request) -> PlainTextResponse:
+        """Prometheus text exposition (the same as the metrics port)."""
+        source = getattr(request.app.state, "metrics_source", None)
+        if source is None:
+            raise NotFound("metrics are not exported by this process", param="path")
+        return PlainTextResponse(await source(), media_type=CONTENT_TYPE)
+
     @app.get("/v1/route", response_model=RouteDecision, tags=["v1"])
     async def route(
         request: Request,
@@ -218,6 +202,9 @@ def create_app() -> FastAPI:
         """Every model with its architecture facts and the artifacts built for it."""
         return _core(request).models()
 
+    from service.api.slides_rest import router as slides_router
+
+    app.include_router(slides_router)
     return app
 
 

@@ -11,7 +11,7 @@ import asyncio
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -26,7 +26,7 @@ from service.api.protocol import (
 )
 from service.api.telemetry import NullTelemetry, Telemetry
 from service.errors import DeadlineExceeded, InvalidInput, NotFound
-from service.imaging import DecodeLimits, decode_image, prepare
+from service.imaging import DecodeLimits, decode_image, fit_size, prepare
 from service.models import ModelRepository
 from service.routing.decision import RouteDecision
 from service.runtime import Backend
@@ -115,8 +115,10 @@ class ServingCore:
         self.telemetry.route(decision.model, decision.reason)
         cfg = self.repo.config(decision.model)
         t = time.perf_counter()
-        fit: Literal["letterbox", "resize"] = "resize" if decision.fit == "resize" else "letterbox"
-        prepared = await asyncio.to_thread(prepare, decoded.pixels, cfg.input, decision.input_size, fit)
+        content = decision.content_size or fit_size(
+            decoded.height, decoded.width, decision.input_size, "resize" if decision.fit == "resize" else "letterbox"
+        )
+        prepared = await asyncio.to_thread(prepare, decoded.pixels, cfg.input, decision.input_size, content)
         preprocess_ms = (time.perf_counter() - t) * 1e3
 
         remaining = deadline - time.perf_counter()
@@ -166,7 +168,7 @@ class ServingCore:
                 content=prepared.resized_size,
                 processed=prepared.input_size,
                 tokens=tokens,
-                fit=fit,
+                fit=decision.fit,
             ),
             route=decision,
             embedding=embedding,

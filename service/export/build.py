@@ -8,11 +8,13 @@ import time
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import onnx
 import torch
 
-from service.export.onnx_export import export_onnx, optimize_onnx
+from service.export.onnx_export import count_fused, export_onnx, optimize_onnx
 from service.export.parity import onnx_parity
 from service.export.rows import BuildRow
 from service.models import ArtifactRecord, Manifest, ModelConfig, ModelRepository
@@ -69,6 +71,26 @@ def _gmacs(facts: ArchFacts, size: int) -> float:
     return float(estimate_cost(facts, size, size).gmacs)
 
 
+def _optimize(raw: Path, final: Path, cfg: ModelConfig, facts: ArchFacts) -> tuple[dict[str, int], dict[str, Any]]:
+    """ORT's transformer optimizer when it works on this graph; the exported graph when it does not.
+
+    A failure is recorded in the manifest (and the session still applies ORT's generic fusions at
+    load time): an optimizer that silently does nothing is a finding to report, not to hide.
+    """
+    if not cfg.artifacts.optimize:
+        raw.replace(final)
+        return count_fused(onnx.load(str(final), load_external_data=False)), {"applied": False, "reason": "disabled"}
+    try:
+        fused = optimize_onnx(raw, final, family=cfg.family, num_heads=facts.num_heads[0], hidden_size=facts.dims[0])
+    except Exception as exc:
+        log.warning("%s: ORT transformer optimizer failed (%s); keeping the exported graph", cfg.name, exc)
+        raw.replace(final)
+        fused = count_fused(onnx.load(str(final), load_external_data=False))
+        return fused, {"applied": False, "reason": f"optimizer failed: {type(exc).__name__}: {exc}"[:400]}
+    raw.unlink()
+    return fused, {"applied": True, "model_type": cfg.family}
+
+
 def build_model(
     repo: ModelRepository, name: str, *, fp16: bool | None = None, tensorrt: bool | None = None, force: bool = False
 ) -> list[BuildRow]:
@@ -122,14 +144,7 @@ def build_model(
             dynamic_hw=dynamic_hw,
             max_batch=max(1024, cfg.batching.max_batch_size),
         )
-        fused: dict[str, int] = {}
-        if cfg.artifacts.optimize:
-            fused = optimize_onnx(
-                raw, final, family=cfg.family, num_heads=facts.num_heads[0], hidden_size=facts.dims[0]
-            )
-            raw.unlink()
-        else:
-            raw.replace(final)
+        fused, optimizer = _optimize(raw, final, cfg, facts)
         parity = onnx_parity(wrapped, final, buckets, rng=rng, providers=["CPUExecutionProvider"])
         seconds = time.perf_counter() - start
         record = ArtifactRecord(
@@ -143,6 +158,7 @@ def build_model(
             dynamic_axes=axes,
             parity=parity,
             fused=fused,
+            optimizer=optimizer,
             build_s=round(seconds, 2),
         )
         ok = parity["max_abs"] <= cfg.artifacts.parity_atol

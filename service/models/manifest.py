@@ -25,6 +25,9 @@ class ArtifactRecord(BaseModel):
     dynamic_axes: list[str] = Field(default_factory=list)
     parity: dict[str, Any] = Field(default_factory=dict, description="max_abs / max_rel error vs PyTorch.")
     fused: dict[str, int] = Field(default_factory=dict, description="Fused-operator counts in the graph.")
+    optimizer: dict[str, Any] = Field(
+        default_factory=dict, description="Whether ORT's transformer optimizer was applied, and why not if it failed."
+    )
     build_s: float = 0.0
 
 

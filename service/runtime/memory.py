@@ -7,7 +7,7 @@ import resource
 import sys
 from dataclasses import asdict, dataclass
 
-__all__ = ["MemoryReport", "current_rss_bytes", "host_memory", "peak_rss_bytes"]
+__all__ = ["MemoryReport", "current_rss_bytes", "host_memory", "peak_rss_bytes", "reset_peak_rss"]
 
 
 @dataclass(frozen=True)
@@ -24,8 +24,26 @@ class MemoryReport:
 
 
 def peak_rss_bytes() -> int:
+    """High-water mark of this process's resident set (VmHWM; resettable with ``reset_peak_rss``)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)  # Linux reports KiB
+
+
+def reset_peak_rss() -> bool:
+    """Reset the high-water mark to the current RSS (Linux ``clear_refs``); False where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def current_rss_bytes() -> int:

@@ -3,6 +3,7 @@ KubeRay's ``serveConfigV2`` (``import_path: service.serve.app:app_builder``)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from ray.serve import Application
@@ -10,6 +11,7 @@ from ray.serve import Application
 from service.models import ModelRepository
 from service.serve.backbone import Backbone
 from service.serve.ingress import Ingress
+from service.serve.slides import SlideJobs
 from service.settings import ServerSettings
 
 __all__ = ["APP_NAME", "app_builder", "backbone_deployment_name", "build_app"]
@@ -22,7 +24,14 @@ def backbone_deployment_name(model: str) -> str:
 
 
 def build_app(settings: ServerSettings) -> Application:
-    settings = settings.model_copy(update={"model_repo": str(settings.resolved_repo())})
+    # Replicas do not share the driver's working directory: every path travels absolute.
+    settings = settings.model_copy(
+        update={
+            "model_repo": str(settings.resolved_repo()),
+            "job_dir": str(Path(settings.job_dir).resolve()),
+            "slide_root": str(Path(settings.slide_root).resolve()) if settings.slide_root else None,
+        }
+    )
     repo = ModelRepository(settings.model_repo)
     handles: dict[str, Any] = {}
     for name, cfg in repo.configs().items():
@@ -35,12 +44,15 @@ def build_app(settings: ServerSettings) -> Application:
             max_queued_requests=batching.max_queued_requests,
             ray_actor_options={"num_cpus": batching.num_cpus, "num_gpus": batching.num_gpus},
         ).bind(settings.model_repo, name, settings.runtime, settings.providers, settings.intra_op_threads)
+    slide_jobs = SlideJobs.options(  # type: ignore[attr-defined]
+        name="SlideJobs", ray_actor_options={"num_cpus": 0.1}
+    ).bind(settings.model_dump(mode="json"), handles)
     return Ingress.options(  # type: ignore[attr-defined]
         num_replicas=settings.ingress_replicas,
         max_ongoing_requests=settings.ingress_max_ongoing_requests,
         max_queued_requests=settings.ingress_max_queued_requests,
         ray_actor_options={"num_cpus": 0.1},
-    ).bind(settings.model_dump(mode="json"), handles)
+    ).bind(settings.model_dump(mode="json"), handles, slide_jobs)
 
 
 def app_builder(args: dict[str, Any]) -> Application:

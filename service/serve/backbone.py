@@ -53,6 +53,19 @@ class Backbone:
         self.metrics.batch(len(items), replies[0]["memory"] if replies else None)
         return replies
 
+    async def infer_batch(self, pixels: np.ndarray) -> dict[str, Any]:
+        """A caller that already holds a batch (slide tiles, OIP tensors) runs it as one call."""
+        result = await asyncio.to_thread(self.backend.infer, pixels)
+        memory = result.memory.to_dict()
+        self.metrics.batch(result.batch_size, memory)
+        return {
+            "outputs": result.outputs,
+            "inference_ms": result.latency_ms,
+            "batch_size": result.batch_size,
+            "memory": memory,
+            **self.backend.describe(),
+        }
+
     async def __call__(self, pixels: np.ndarray) -> dict[str, Any]:
         result: dict[str, Any] = await self.infer(pixels)
         return result

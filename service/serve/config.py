@@ -43,6 +43,7 @@ def serve_config(settings: ServerSettings, *, model_repo_in_cluster: str | None 
                 "ray_actor_options": {"num_cpus": b.num_cpus, "num_gpus": b.num_gpus},
             }
         )
+    deployments.append({"name": "SlideJobs", "num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}})
     config: dict[str, Any] = {
         "proxy_location": "EveryNode",
         "http_options": {"host": "0.0.0.0", "port": settings.http_port},

@@ -41,7 +41,12 @@ class HandleClient:
 @serve.deployment(graceful_shutdown_wait_loop_s=0.5, graceful_shutdown_timeout_s=30)
 @serve.ingress()
 class Ingress:
-    def __init__(self, settings: dict[str, Any], backbones: dict[str, DeploymentHandle]):
+    def __init__(
+        self,
+        settings: dict[str, Any],
+        backbones: dict[str, DeploymentHandle],
+        slide_jobs: DeploymentHandle | None = None,
+    ):
         self.settings = ServerSettings.model_validate(settings)
         repo = ModelRepository(self.settings.model_repo)
         limits = DecodeLimits(
@@ -49,6 +54,9 @@ class Ingress:
             max_pixels=self.settings.max_image_pixels,
             max_side=self.settings.max_image_side,
         )
+        from service.serve.slides import HandleSlideService
+
+        self.slides = HandleSlideService(slide_jobs) if slide_jobs is not None else None
         self.core = ServingCore(
             repo,
             make_router(repo, self.settings),
@@ -58,9 +66,21 @@ class Ingress:
             telemetry=RayTelemetry(),
         )
 
+    async def _metrics(self) -> str:
+        import asyncio
+
+        from service.serve.metrics_relay import fetch_metrics
+        from service.serve.runner import node_metrics_url
+
+        return await asyncio.to_thread(fetch_metrics, node_metrics_url())
+
     def __serve_build_asgi_app__(self) -> Any:
         """Ray Serve calls this after ``__init__``: the REST app of this replica, over its core."""
         app = create_app()
         app.state.core = self.core
         app.state.settings = self.settings
+        app.state.metrics_source = self._metrics
+        app.state.max_slide_bytes = self.settings.max_slide_bytes
+        if self.slides is not None:
+            app.state.slides = self.slides
         return app

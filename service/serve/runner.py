@@ -51,7 +51,7 @@ def start_service(settings: ServerSettings, *, address: str | None = None) -> No
     if address:
         init_kwargs["address"] = address
     else:
-        init_kwargs["_metrics_export_port"] = settings.metrics_port
+        init_kwargs["_metrics_export_port"] = _free_port()
     ray.init(**init_kwargs)  # type: ignore[arg-type]
     grpc_options = None
     if settings.grpc_port:
@@ -59,6 +59,25 @@ def start_service(settings: ServerSettings, *, address: str | None = None) -> No
     serve.start(http_options=HTTPOptions(host=settings.host, port=settings.http_port), grpc_options=grpc_options)
     serve.run(build_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
     wait_ready(f"http://{_client_host(settings.host)}:{settings.http_port}/v2/health/ready")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def node_metrics_url() -> str:
+    """Where this node's Ray metrics agent exports (the internal port behind the relay)."""
+    import ray
+
+    node_id = ray.get_runtime_context().get_node_id()
+    for node in ray.nodes():
+        if node["NodeID"] == node_id:
+            return f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
+    raise RuntimeError("this Ray node is not in ray.nodes()")
 
 
 def stop_service() -> None:
@@ -94,8 +113,12 @@ def run_service(
 
     # Installed around and again after ray.init, which replaces SIGTERM's handler with its own.
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    relay = None
     try:
         start_service(settings, address=address)
+        from service.serve.metrics_relay import MetricsRelay
+
+        relay = MetricsRelay(settings.host, settings.metrics_port, node_metrics_url()).start()
         for sig in previous:
             signal.signal(sig, _on_signal)
         if not stop.is_set():
@@ -103,6 +126,8 @@ def run_service(
         while not stop.wait(0.5):
             pass
     finally:
+        if relay is not None:
+            relay.stop()
         stop_service()
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -78,6 +78,13 @@ def test_serve_predict_and_drain_on_sigterm(small_repo: Path, tmp_path: Path, cm
         body = response.json()
         assert body["weights"] == "untrained" and len(body["embedding"]) == 384
 
+        metrics = ""
+        deadline = time.monotonic() + 60
+        while "tessera_requests_total" not in metrics and time.monotonic() < deadline:
+            metrics = httpx.get(f"http://127.0.0.1:{ports['metrics']}/metrics", timeout=10).text
+            time.sleep(1)
+        assert "tessera_requests_total" in metrics and "ray_tessera_" not in metrics
+
         children = _descendants(proc.pid)
         assert children, "Ray should have started worker processes"
 

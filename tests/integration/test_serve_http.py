@@ -63,3 +63,36 @@ def test_errors_over_http(serve_url: str) -> None:
     assert unsupported.status_code == 415
     assert httpx.get(f"{serve_url}/v1/models").status_code == 200
     assert httpx.get(f"{serve_url}/v2/health/ready").json() == {"ready": True}
+
+
+def test_metrics_scrape_after_traffic(serve_url: str) -> None:
+    import time
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for _ in range(3):
+        httpx.post(f"{serve_url}/v1/predict", content=jpeg_bytes(seed=9), headers=JPEG, timeout=60)
+    wanted = {
+        "tessera_requests",
+        "tessera_request_duration_seconds",
+        "tessera_stage_duration_seconds",
+        "tessera_batch_size",
+        "tessera_route",
+        "tessera_device_memory_bytes",
+        "tessera_host_memory_bytes",
+    }
+    deadline = time.monotonic() + 60
+    names: set[str] = set()
+    while time.monotonic() < deadline:  # Ray's agent exports on an interval
+        text = httpx.get(f"{serve_url}/metrics", timeout=30).text
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        names = set(families)
+        if wanted <= names:
+            break
+        time.sleep(2)
+    assert wanted <= names, f"missing: {wanted - names}"
+    assert not any(n.startswith("ray_tessera_") for n in names)
+    stages = {s.labels["stage"] for s in families["tessera_stage_duration_seconds"].samples if "stage" in s.labels}
+    assert {"decode", "preprocess", "queue", "inference"} <= stages
+    ok = [s for s in families["tessera_requests"].samples if s.labels.get("code") == "200"]
+    assert ok and sum(s.value for s in ok if s.name.endswith("_total")) >= 3

@@ -86,7 +86,16 @@ def test_letterbox_keeps_aspect_and_pads_with_zero_after_normalising() -> None:
     assert np.all(prepared.pixels[:, 112:] == 0)
 
 
-def test_resize_stretches() -> None:
-    prepared = prepare(RGB, CFG, fit="resize")
+def test_resize_stretches_and_pad_keeps_scale() -> None:
+    prepared = prepare(RGB, CFG, content=fit_size(48, 64, (224, 224), "resize"))
     assert prepared.resized_size == (224, 224)
     assert fit_size(48, 64, (224, 224), "letterbox") == (168, 224)
+    assert fit_size(48, 64, (224, 224), "pad") == (48, 64)
+    assert fit_size(480, 64, (224, 224), "pad") == (224, 30)  # larger than the input: letterboxed
+    padded = prepare(RGB, CFG, target=(224, 224), content=(48, 64))
+    assert padded.resized_size == (48, 64) and np.all(padded.pixels[:, 48:] == 0)
+
+
+def test_content_larger_than_the_input_is_refused() -> None:
+    with pytest.raises(ValueError, match="does not fit"):
+        prepare(RGB, CFG, target=(32, 32), content=(48, 64))

@@ -35,7 +35,7 @@ def test_a_typo_in_a_config_is_an_error(tmp_path: Path) -> None:
 def test_file_weights_need_a_path() -> None:
     raw = yaml.safe_load((MODEL_REPO / "vit_small" / "config.yaml").read_text())
     raw["weights"] = {"source": "file"}
-    with pytest.raises(ValueError, match="weights.path"):
+    with pytest.raises(ValueError, match=r"weights\.path"):
         ModelConfig.model_validate(raw)
 
 

@@ -65,15 +65,25 @@ def test_same_image_gives_same_embedding(client: TestClient) -> None:
     assert a["embedding"] == b["embedding"]
 
 
-def test_large_images_route_to_the_windowed_model(client: TestClient) -> None:
+def test_answer_follows_the_cheapest_fitting_route(client: TestClient) -> None:
     body = client.post(
-        "/v1/predict?output=both&top_k=3", content=jpeg_bytes(1024, 768), headers={"content-type": "image/jpeg"}
+        "/v1/predict?output=both&top_k=3", content=jpeg_bytes(1000, 750), headers={"content-type": "image/jpeg"}
     ).json()
-    assert body["model"] == "swin_tiny"
-    assert body["input"]["content"] == [168, 224]  # letterboxed, aspect kept
+    route = body["route"]
+    fitting = [c for c in route["candidates"] if c["fits"]]
+    cheapest = min(fitting, key=lambda c: c["predicted_latency_ms"])
+    assert body["model"] == route["model"] == cheapest["model"]
+    # pad policy: a 1000x750 image goes unscaled into the 1024 bucket
+    assert body["input"]["processed"] == [1024, 1024] and body["input"]["content"] == [750, 1000]
     assert len(body["logits"]) == 1000 and len(body["top_k"]) == 3
     scores = [t["score"] for t in body["top_k"]]
     assert scores == sorted(scores, reverse=True)
+
+
+def test_oversize_images_are_downscaled_into_the_largest_bucket(client: TestClient) -> None:
+    body = client.post("/v1/predict", content=jpeg_bytes(3000, 600), headers={"content-type": "image/jpeg"}).json()
+    assert body["route"]["fit"] == "downscale"
+    assert max(body["input"]["content"]) == max(body["input"]["processed"])
 
 
 def test_explicit_model(client: TestClient) -> None:
@@ -124,7 +134,7 @@ def test_png_is_accepted(client: TestClient) -> None:
 
 def test_route_models_and_health(client: TestClient) -> None:
     route = client.get("/v1/route", params={"width": 2048, "height": 2048}).json()
-    assert route["model"] == "swin_tiny" and len(route["candidates"]) == 2
+    assert route["model"] == "swin_tiny" and len(route["candidates"]) == 2  # ViT allows at most 1024
     assert client.get("/v1/route", params={"width": 0, "height": 5}).status_code == 400
     models = {m["name"]: m for m in client.get("/v1/models").json()}
     assert models["vit_small"]["arch"]["patch_size"] == 16 and models["vit_small"]["ready"]

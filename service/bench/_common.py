@@ -1,0 +1,77 @@
+"""Shared pieces of the benchmarks: host facts, timing, result files."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import statistics
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+__all__ = ["host_facts", "median_time", "results_dir", "write_result"]
+
+
+def results_dir() -> Path:
+    return Path(os.environ.get("TESSERA_BENCH_RESULTS", "bench/results"))
+
+
+def host_facts() -> dict[str, Any]:
+    versions = {}
+    for pkg in ("torch", "timm", "onnxruntime", "onnx", "ray"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = "absent"
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    gpu = None
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = torch.cuda.get_device_name()
+    except ImportError:
+        pass
+    return {
+        "host": socket.gethostname(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "gpu": gpu,
+        "python": platform.python_version(),
+        "versions": versions,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def median_time(fn: Callable[[], object], *, repeats: int, warmup: int = 1) -> tuple[float, list[float]]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), times
+
+
+def write_result(name: str, payload: dict[str, Any]) -> Path:
+    out = results_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    facts = payload.setdefault("host", host_facts())
+    day = facts["date"][:10]
+    path = out / f"{facts['host']}-{day}-{name}.json"
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    return path

@@ -1,0 +1,126 @@
+"""The slide-jobs deployment: one replica running the ``JobManager``, encoding through the
+same backbone deployments as ``/v1/predict``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+import numpy as np
+from ray import serve
+from ray.serve import metrics
+from ray.serve.handle import DeploymentHandle
+
+from service.api.slides_service import LocalSlideService
+from service.errors import NotFound
+from service.models import ModelConfig, ModelRepository
+from service.serve.metrics import _keys
+from service.settings import ServerSettings
+from service.slides.encoder import TileEncoder
+from service.slides.jobs import JobManager, JobState
+
+__all__ = ["HandleEncoder", "SlideJobs"]
+
+log = logging.getLogger(__name__)
+
+
+class HandleEncoder:
+    """A ``TileEncoder`` whose batches run on a backbone deployment (called from a job thread)."""
+
+    def __init__(self, handle: DeploymentHandle, cfg: ModelConfig):
+        self.handle = handle
+        self.tile_size = cfg.input.native_size
+        self.max_batch_size = cfg.batching.max_batch_size
+        self.mean = cfg.input.mean
+        self.std = cfg.input.std
+        self.interpolation = cfg.input.interpolation
+        self.embedding_dim = cfg.output.embedding_dim
+        self.name = cfg.name
+        self.version = str(cfg.version)
+        self.weights: Literal["trained", "untrained"] = "trained" if cfg.trained else "untrained"
+
+    def encode(self, pixels: np.ndarray) -> np.ndarray:
+        reply: dict[str, Any] = self.handle.infer_batch.remote(pixels).result()
+        return np.asarray(reply["outputs"]["embedding"], dtype=np.float32)
+
+
+@serve.deployment(num_replicas=1, max_ongoing_requests=64, graceful_shutdown_timeout_s=30)
+class SlideJobs:
+    def __init__(self, settings: dict[str, Any], backbones: dict[str, DeploymentHandle]):
+        self.settings = ServerSettings.model_validate(settings)
+        repo = ModelRepository(self.settings.model_repo)
+        self._tiles = metrics.Counter("tessera_slide_tiles", "Slide tiles embedded.", tag_keys=_keys("model"))
+        self._jobs = metrics.Gauge("tessera_slide_jobs", "Slide jobs by state.", tag_keys=_keys("state"))
+
+        def encoder_factory(model: str | None) -> TileEncoder:
+            name = model or self.settings.slide_model
+            if name not in backbones:
+                raise NotFound(f"no backbone deployed for model {name!r}", param="model")
+            return HandleEncoder(backbones[name], repo.config(name))
+
+        def check_model(model: str | None) -> None:
+            name = model or self.settings.slide_model
+            if name not in backbones:
+                raise NotFound(f"unknown model {name!r}; deployed: {', '.join(backbones)}", param="model")
+
+        self.manager = JobManager(
+            self.settings.job_dir,
+            encoder_factory,
+            self.settings.slide_root,
+            check_model=check_model,
+            max_upload_bytes=self.settings.max_slide_bytes,
+            on_tiles=lambda model, n: self._tiles.inc(n, tags={"model": model}),
+            on_state=self._state_changed,
+        )
+        self.service = LocalSlideService(self.manager)
+        resumed = self.manager.resume_incomplete()
+        if resumed:
+            log.warning("resuming %d slide job(s) left unfinished: %s", len(resumed), ", ".join(resumed))
+
+    def _state_changed(self, _job_id: str, _state: JobState) -> None:
+        for state, count in self.manager.state_counts().items():
+            self._jobs.set(count, tags={"state": state})
+
+    async def submit(
+        self, path: str | None, upload: bytes | None, filename: str | None, options: dict[str, Any]
+    ) -> dict[str, Any]:
+        return await self.service.submit(path, upload, filename, options)
+
+    async def status(self, job_id: str) -> dict[str, Any]:
+        return await self.service.status(job_id)
+
+    async def cancel(self, job_id: str) -> dict[str, Any]:
+        return await self.service.cancel(job_id)
+
+    async def result(self, job_id: str, name: str) -> bytes:
+        return await self.service.result(job_id, name)
+
+    def __del__(self) -> None:
+        manager = getattr(self, "manager", None)
+        if manager is not None:
+            manager.shutdown(wait=True, timeout=20)
+
+
+class HandleSlideService:
+    """``SlideService`` over the ``SlideJobs`` deployment handle (used by the ingress)."""
+
+    def __init__(self, handle: DeploymentHandle):
+        self.handle = handle
+
+    async def submit(
+        self, path: str | None, upload: bytes | None, filename: str | None, options: dict[str, Any]
+    ) -> dict[str, Any]:
+        result: dict[str, Any] = await self.handle.submit.remote(path, upload, filename, options)
+        return result
+
+    async def status(self, job_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self.handle.status.remote(job_id)
+        return result
+
+    async def cancel(self, job_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self.handle.cancel.remote(job_id)
+        return result
+
+    async def result(self, job_id: str, name: str) -> bytes:
+        data: bytes = await self.handle.result.remote(job_id, name)
+        return data
