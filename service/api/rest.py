@@ -202,8 +202,10 @@ def create_app() -> FastAPI:
         """Every model with its architecture facts and the artifacts built for it."""
         return _core(request).models()
 
+    from service.api.oip_rest import router as oip_router
     from service.api.slides_rest import router as slides_router
 
+    app.include_router(oip_router)
     app.include_router(slides_router)
     return app
 

@@ -9,6 +9,7 @@ import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from service.api.grpc import GrpcIngressMixin
 from service.api.rest import create_app
 from service.api.serving import ServingCore
 from service.imaging import DecodeLimits
@@ -40,7 +41,7 @@ class HandleClient:
 
 @serve.deployment(graceful_shutdown_wait_loop_s=0.5, graceful_shutdown_timeout_s=30)
 @serve.ingress()
-class Ingress:
+class Ingress(GrpcIngressMixin):
     def __init__(
         self,
         settings: dict[str, Any],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,19 +12,39 @@ from tests.helpers import free_port
 
 
 @pytest.fixture(scope="session")
-def serve_url(small_repo: Path) -> Iterator[str]:
-    from service.serve.runner import start_service, stop_service
+def slide_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Slides the service may read by path: the real fixtures plus a synthetic pyramid."""
+    from service.slides import make_synthetic_slide
+    from tests.helpers import SLIDES
+
+    root = tmp_path_factory.mktemp("slide_root")
+    for slide in SLIDES.glob("*.svs"):
+        shutil.copy(slide, root / slide.name)
+    make_synthetic_slide(root / "synthetic.tiff", 6000, 4000, mpp=0.25, seed=3)
+    return root
+
+
+@pytest.fixture(scope="session")
+def serve_settings(small_repo: Path, slide_root: Path, tmp_path_factory: pytest.TempPathFactory):
     from service.settings import ServerSettings
 
-    settings = ServerSettings(
+    return ServerSettings(
         model_repo=str(small_repo),
         http_port=free_port(),
         grpc_port=free_port(),
         metrics_port=free_port(),
         request_timeout_s=60,
+        slide_root=str(slide_root),
+        job_dir=str(tmp_path_factory.mktemp("jobs")),
     )
-    start_service(settings)
+
+
+@pytest.fixture(scope="session")
+def serve_url(serve_settings) -> Iterator[str]:
+    from service.serve.runner import start_service, stop_service
+
+    start_service(serve_settings)
     try:
-        yield f"http://127.0.0.1:{settings.http_port}"
+        yield f"http://127.0.0.1:{serve_settings.http_port}"
     finally:
         stop_service()

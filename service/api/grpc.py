@@ -1,0 +1,450 @@
+"""gRPC servicers: ``inference.GRPCInferenceService`` (OIP) and ``tessera.v1.Images``, over the core.
+
+``GrpcIngressMixin`` holds one async method per RPC, named like the RPC, taking
+``(request, grpc_context=None)``: the shape Ray Serve's gRPC proxy calls on the ingress
+deployment (``service.serve.ingress.Ingress`` inherits it; the proxy registers the servicers
+named in ``SERVICER_FUNCTIONS``). Errors become the gRPC status through the one mapping
+(``service.api.errors.grpc_code``): the method sets the code and details on the context and
+returns an empty message of the right type, as Ray Serve expects.
+
+``serve_grpc_inprocess`` runs the same methods on a plain ``grpc.aio`` server, for tests and for
+running without Ray.
+
+Deadline: a plain grpc server exposes the call's deadline (``time_remaining``) and it is
+honoured. Ray Serve 2.60's proxy does not pass the deadline to the replica (its
+``RayServegRPCContext`` carries metadata, not the deadline; the proxy enforces its own
+``gRPCOptions.request_timeout_s``), so there a client sets metadata ``x-request-timeout``
+(seconds); without either, the server's default applies.
+
+The generated ``*_pb2`` modules are imported lazily, when an RPC runs or a server is built,
+never at import time: ``grpc_predict_v2_pb2`` registers the ``inference.*`` messages in
+protobuf's default pool, and so does ``tritonclient.grpc``, so a process that imports both
+fails ("duplicate symbol 'inference.ServerLiveRequest'"). Importing this module (as the Ray
+driver does through the ingress) must not commit the process to one of them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from service.api.errors import as_tessera_error, grpc_code
+from service.api.oip import InferRequest, InferResponse, InputTensor, OpenInference, RequestedOutput
+from service.api.protocol import PredictOptions, PredictResponse
+from service.api.serving import ServingCore
+from service.errors import DeadlineExceeded, InvalidInput
+
+if TYPE_CHECKING:
+    import grpc
+
+__all__ = ["SERVICER_FUNCTIONS", "TIMEOUT_METADATA", "GrpcIngressMixin", "serve_grpc_inprocess"]
+
+#: ``add_*Servicer_to_server`` functions for Ray Serve's ``gRPCOptions.grpc_servicer_functions``.
+SERVICER_FUNCTIONS = [
+    "service.api.protos.grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server",
+    "service.api.protos.tessera_images_pb2_grpc.add_ImagesServicer_to_server",
+]
+#: Metadata key carrying a deadline in seconds where the transport does not expose the call's own.
+TIMEOUT_METADATA = "x-request-timeout"
+REQUEST_ID_METADATA = "x-request-id"
+
+_OIP_PB2 = "service.api.protos.grpc_predict_v2_pb2"
+_OIP_GRPC = "service.api.protos.grpc_predict_v2_pb2_grpc"
+_IMAGES_PB2 = "service.api.protos.tessera_images_pb2"
+_IMAGES_GRPC = "service.api.protos.tessera_images_pb2_grpc"
+_OIP_METHODS = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer")
+_IMAGES_METHODS = ("Predict",)
+
+#: The typed-contents field of ``InferTensorContents`` for each datatype (FP16 only travels raw).
+_CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+def _module(name: str) -> ModuleType:
+    return importlib.import_module(name)
+
+
+class GrpcIngressMixin:
+    """The RPCs of both services as methods over ``self.core``; the host sets ``self.core``."""
+
+    core: ServingCore
+
+    # -- inference.GRPCInferenceService -----------------------------------------------------------
+    async def ServerLive(self, request: Any, grpc_context: Any = None) -> Any:
+        pb = _module(_OIP_PB2)
+
+        async def work() -> Any:
+            return pb.ServerLiveResponse(live=True)
+
+        return await _answer(grpc_context, pb.ServerLiveResponse, work)
+
+    async def ServerReady(self, request: Any, grpc_context: Any = None) -> Any:
+        pb = _module(_OIP_PB2)
+
+        async def work() -> Any:
+            return pb.ServerReadyResponse(ready=OpenInference(self.core).server_ready())
+
+        return await _answer(grpc_context, pb.ServerReadyResponse, work)
+
+    async def ModelReady(self, request: Any, grpc_context: Any = None) -> Any:
+        pb = _module(_OIP_PB2)
+
+        async def work() -> Any:
+            ready = OpenInference(self.core).model_ready(request.name, request.version or None)
+            return pb.ModelReadyResponse(ready=ready.ready)
+
+        return await _answer(grpc_context, pb.ModelReadyResponse, work)
+
+    async def ServerMetadata(self, request: Any, grpc_context: Any = None) -> Any:
+        pb = _module(_OIP_PB2)
+
+        async def work() -> Any:
+            meta = OpenInference(self.core).server_metadata()
+            return pb.ServerMetadataResponse(name=meta.name, version=meta.version, extensions=meta.extensions)
+
+        return await _answer(grpc_context, pb.ServerMetadataResponse, work)
+
+    async def ModelMetadata(self, request: Any, grpc_context: Any = None) -> Any:
+        pb = _module(_OIP_PB2)
+
+        async def work() -> Any:
+            meta = OpenInference(self.core).model_metadata(request.name, request.version or None)
+            tensor = pb.ModelMetadataResponse.TensorMetadata
+            return pb.ModelMetadataResponse(
+                name=meta.name,
+                versions=meta.versions,
+                platform=meta.platform,
+                inputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in meta.inputs],
+                outputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in meta.outputs],
+            )
+
+        return await _answer(grpc_context, pb.ModelMetadataResponse, work)
+
+    async def ModelInfer(self, request: Any, grpc_context: Any = None) -> Any:
+        pb = _module(_OIP_PB2)
+
+        async def work() -> Any:
+            parsed = infer_request_from_proto(request)
+            result = await OpenInference(self.core).infer(
+                request.model_name, request.model_version or None, parsed, timeout_s=_deadline_s(grpc_context)
+            )
+            return infer_response_to_proto(pb, result)
+
+        endpoint = "/inference.GRPCInferenceService/ModelInfer"
+        return await _answer(grpc_context, pb.ModelInferResponse, work, self.core, endpoint, request.model_name)
+
+    # -- tessera.v1.Images ------------------------------------------------------------------------
+    async def Predict(self, request: Any, grpc_context: Any = None) -> Any:
+        pb = _module(_IMAGES_PB2)
+
+        async def work() -> Any:
+            options = _predict_options(request)
+            answer = await self.core.predict(
+                bytes(request.image),
+                request.content_type or None,
+                options,
+                request_id=_request_id(grpc_context),
+                timeout_s=_deadline_s(grpc_context),
+            )
+            return predict_reply(pb, answer)
+
+        endpoint = "/tessera.v1.Images/Predict"
+        return await _answer(grpc_context, pb.PredictReply, work, self.core, endpoint, request.model)
+
+
+async def _answer(
+    context: Any,
+    empty: Callable[[], Any],
+    work: Callable[[], Awaitable[Any]],
+    core: ServingCore | None = None,
+    endpoint: str = "",
+    model: str = "",
+) -> Any:
+    """Run ``work``; on failure set the mapped status on ``context`` and return ``empty()``.
+
+    Without a context (a direct Python call) the typed error is raised instead. ``model`` labels
+    the request metric only when the call succeeded, so unknown names never become labels.
+    """
+    start = time.perf_counter()
+    status = 200
+    try:
+        return await work()
+    except Exception as exc:
+        err = as_tessera_error(exc)
+        status = err.http_status
+        if context is None:
+            raise err from exc
+        context.set_code(grpc_code(err))
+        context.set_details(err.message)
+        return empty()
+    finally:
+        if core is not None:
+            label = model if status == 200 else ""
+            core.telemetry.request(endpoint, label, status, time.perf_counter() - start)
+
+
+def _metadata(context: Any, key: str) -> str | None:
+    reader = getattr(context, "invocation_metadata", None)
+    if not callable(reader):
+        return None
+    for name, value in reader() or ():
+        if name.lower() == key:
+            return value.decode() if isinstance(value, bytes) else str(value)
+    return None
+
+
+def _deadline_s(context: Any) -> float | None:
+    """Seconds left for this call: the gRPC deadline, else metadata ``x-request-timeout``, else None."""
+    if context is None:
+        return None
+    remaining = getattr(context, "time_remaining", None)
+    if callable(remaining):
+        left = remaining()
+        if left is not None:
+            if left <= 0:
+                raise DeadlineExceeded("the call's deadline passed before it started")
+            return float(left)
+    raw = _metadata(context, TIMEOUT_METADATA)
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidInput(f"metadata {TIMEOUT_METADATA} must be a number of seconds", param=TIMEOUT_METADATA) from None
+    if not 0 < value <= 3600:
+        raise InvalidInput(f"metadata {TIMEOUT_METADATA} must be in (0, 3600] seconds", param=TIMEOUT_METADATA)
+    return value
+
+
+def _request_id(context: Any) -> str | None:
+    explicit = _metadata(context, REQUEST_ID_METADATA)
+    if explicit:
+        return explicit
+    ray_id = getattr(context, "request_id", None)  # RayServegRPCContext: the proxy's request id
+    value = ray_id() if callable(ray_id) else None
+    return str(value) if value else None
+
+
+# -- OIP messages <-> the transport-free dataclasses ------------------------------------------------
+def _param_value(parameter: Any) -> Any:
+    which = parameter.WhichOneof("parameter_choice")
+    return getattr(parameter, which) if which else None
+
+
+def _params(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: _param_value(value) for key, value in parameters.items()}
+
+
+def _set_param(target: Any, value: Any) -> None:
+    if isinstance(value, bool):
+        target.bool_param = value
+    elif isinstance(value, int):
+        target.int64_param = value
+    elif isinstance(value, float):
+        target.double_param = value
+    elif isinstance(value, str):
+        target.string_param = value
+    else:  # nested values (timing_ms, memory) travel as JSON strings
+        target.string_param = json.dumps(value, separators=(",", ":"))
+
+
+def infer_request_from_proto(message: Any) -> InferRequest:
+    """A ``ModelInferRequest`` as the transport-free request (inputs raw or typed, as sent)."""
+    raws: Sequence[bytes] = message.raw_input_contents
+    if raws and len(raws) != len(message.inputs):
+        raise InvalidInput(
+            f"raw_input_contents has {len(raws)} entries for {len(message.inputs)} inputs; send one per input",
+            param="raw_input_contents",
+        )
+    inputs = []
+    for index, tensor in enumerate(message.inputs):
+        has_contents = tensor.HasField("contents")
+        raw: bytes | None = None
+        values: Any = None
+        if raws:
+            if has_contents:
+                raise InvalidInput(
+                    f"input {tensor.name!r} sets contents but the request uses raw_input_contents; use one",
+                    param=tensor.name,
+                )
+            raw = bytes(raws[index])
+        elif has_contents:
+            field = _CONTENTS_FIELD.get(tensor.datatype)
+            if field is not None:
+                values = list(getattr(tensor.contents, field))
+        elif tensor.datatype == "FP16":
+            raise InvalidInput(
+                f"input {tensor.name!r}: FP16 data must be sent in raw_input_contents", param=tensor.name
+            )
+        inputs.append(
+            InputTensor(
+                name=tensor.name,
+                datatype=tensor.datatype,
+                shape=tuple(int(d) for d in tensor.shape),
+                raw=raw,
+                values=values,
+                parameters=_params(tensor.parameters),
+            )
+        )
+    outputs = [RequestedOutput(out.name, _params(out.parameters)) for out in message.outputs]
+    return InferRequest(inputs=inputs, outputs=outputs or None, id=message.id, parameters=_params(message.parameters))
+
+
+def infer_response_to_proto(pb: ModuleType, result: InferResponse) -> Any:
+    """The transport-free response as a ``ModelInferResponse`` with ``raw_output_contents``."""
+    message = pb.ModelInferResponse(model_name=result.model_name, model_version=result.model_version, id=result.id)
+    for key, value in result.parameters.items():
+        _set_param(message.parameters[key], value)
+    for out in result.outputs:
+        message.outputs.add(name=out.name, datatype=out.datatype, shape=list(out.shape))
+        message.raw_output_contents.append(out.raw())
+    return message
+
+
+# -- tessera.v1.Images -------------------------------------------------------------------------------
+def _predict_options(request: Any) -> PredictOptions:
+    try:
+        return PredictOptions(
+            model=request.model or None,
+            output=request.output or "embedding",
+            top_k=request.top_k if request.HasField("top_k") else 5,
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "options"
+        raise InvalidInput(f"invalid option {where}: {first.get('msg')}", param=where) from None
+
+
+def predict_reply(pb: ModuleType, answer: PredictResponse) -> Any:
+    """A ``/v1/predict`` answer as a ``tessera.v1.PredictReply``."""
+    route = answer.route
+    return pb.PredictReply(
+        request_id=answer.request_id,
+        model=answer.model,
+        version=answer.version,
+        backend=answer.backend,
+        precision=answer.precision,
+        weights=answer.weights,
+        weights_note=answer.weights_note,
+        input=pb.InputInfo(
+            format=answer.input.format,
+            original=list(answer.input.original),
+            content=list(answer.input.content),
+            processed=list(answer.input.processed),
+            tokens=answer.input.tokens,
+            fit=answer.input.fit,
+        ),
+        route=pb.Route(
+            model=route.model,
+            reason=route.reason,
+            explanation=route.explanation,
+            fit=route.fit,
+            input_size=list(route.input_size),
+            json=route.model_dump_json(),
+        ),
+        embedding=answer.embedding or [],
+        logits=answer.logits or [],
+        top_k=[pb.TopK(index=t.index, score=t.score) for t in answer.top_k or []],
+        timing_ms=pb.Timing(**answer.timing_ms.model_dump()),
+        memory=pb.Memory(**answer.memory.model_dump()),
+        batch_size=answer.batch_size,
+    )
+
+
+# -- a plain grpc.aio server (tests, running without Ray) -------------------------------------------
+class _AioContext:
+    """What the mixin needs from a context, over ``grpc.aio.ServicerContext``."""
+
+    def __init__(self, context: Any):
+        self._context = context
+        self._code: Any = None
+        self._details = ""
+
+    def set_code(self, code: Any) -> None:
+        self._code = code
+        self._context.set_code(code)
+
+    def set_details(self, details: str) -> None:
+        self._details = details
+        self._context.set_details(details)
+
+    def code(self) -> Any:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+    def time_remaining(self) -> float | None:
+        left = self._context.time_remaining()
+        return None if left is None else float(left)
+
+    def invocation_metadata(self) -> Sequence[tuple[str, Any]]:
+        return tuple(self._context.invocation_metadata() or ())
+
+
+class _Ingress(GrpcIngressMixin):
+    def __init__(self, core: ServingCore):
+        self.core = core
+
+
+def _servicer(base: type, target: GrpcIngressMixin, methods: Sequence[str]) -> Any:
+    """An instance of the generated servicer ``base`` whose RPCs call ``target``'s methods."""
+    import grpc
+
+    def delegate(name: str) -> Callable[..., Awaitable[Any]]:
+        async def handler(_self: Any, request: Any, context: Any) -> Any:
+            adapter = _AioContext(context)
+            reply = await getattr(target, name)(request, grpc_context=adapter)
+            code = adapter.code()
+            if code is not None and code != grpc.StatusCode.OK:
+                await context.abort(code, adapter.details())
+            return reply
+
+        handler.__name__ = name
+        return handler
+
+    return type(f"InProcess{base.__name__}", (base,), {name: delegate(name) for name in methods})()
+
+
+async def serve_grpc_inprocess(
+    core: ServingCore, port: int, *, host: str = "127.0.0.1", max_message_bytes: int | None = None
+) -> grpc.aio.Server:
+    """Start a ``grpc.aio`` server with both services over ``core``, listening on ``host:port``.
+
+    The caller owns the server: ``await server.stop(grace)`` ends it. Messages up to the core's
+    body limit (plus 1 MiB of framing) are accepted unless ``max_message_bytes`` says otherwise.
+    """
+    import grpc
+
+    oip_grpc, images_grpc = _module(_OIP_GRPC), _module(_IMAGES_GRPC)
+    limit = max_message_bytes or core.limits.max_bytes + (1 << 20)
+    server = grpc.aio.server(
+        options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
+    )
+    target = _Ingress(core)
+    oip_grpc.add_GRPCInferenceServiceServicer_to_server(
+        _servicer(oip_grpc.GRPCInferenceServiceServicer, target, _OIP_METHODS), server
+    )
+    images_grpc.add_ImagesServicer_to_server(_servicer(images_grpc.ImagesServicer, target, _IMAGES_METHODS), server)
+    if server.add_insecure_port(f"{host}:{port}") == 0:
+        raise OSError(f"could not bind the gRPC server to {host}:{port}")
+    await server.start()
+    return server
