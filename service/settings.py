@@ -38,6 +38,12 @@ class ServerSettings(BaseModel):
     ingress_max_ongoing_requests: int = Field(
         default=64, ge=1, le=100000, description="In-flight requests per ingress replica."
     )
+    max_pending_predictions: int = Field(
+        default=48,
+        ge=0,
+        le=100000,
+        description="Predictions in progress per ingress replica before new ones get 503 at once; 0 = no limit.",
+    )
     ingress_max_queued_requests: int = Field(
         default=128, ge=-1, le=100000, description="Queued requests at the ingress before 503; -1 unbounded."
     )

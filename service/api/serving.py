@@ -25,7 +25,7 @@ from service.api.protocol import (
     TopK,
 )
 from service.api.telemetry import NullTelemetry, Telemetry
-from service.errors import DeadlineExceeded, InvalidInput, NotFound
+from service.errors import DeadlineExceeded, InvalidInput, NotFound, Overloaded
 from service.imaging import DecodeLimits, decode_image, fit_size, prepare
 from service.models import ModelRepository
 from service.routing.decision import RouteDecision
@@ -80,6 +80,7 @@ class ServingCore:
         client: BackboneClient,
         *,
         limits: DecodeLimits | None = None,
+        max_pending: int = 0,
         timeout_s: float = 30.0,
         telemetry: Telemetry | None = None,
     ):
@@ -90,6 +91,8 @@ class ServingCore:
         self.timeout_s = timeout_s
         self.telemetry: Telemetry = telemetry or NullTelemetry()
         self.manifests = {name: repo.manifest(name) for name in repo.names()}
+        self.max_pending = max_pending
+        self._pending = 0
 
     # -- /v1/predict ---------------------------------------------------------------------------
     async def predict(
@@ -100,6 +103,25 @@ class ServingCore:
         *,
         request_id: str | None = None,
         timeout_s: float | None = None,
+    ) -> PredictResponse:
+        if self.max_pending and self._pending >= self.max_pending:
+            # Shed before any decoding: an overloaded server should answer "later" at once.
+            self.telemetry.rejected("admission")
+            raise Overloaded(f"{self._pending} requests are already in progress here; retry shortly", retry_after_s=1.0)
+        self._pending += 1
+        try:
+            return await self._predict(data, content_type, options, request_id=request_id, timeout_s=timeout_s)
+        finally:
+            self._pending -= 1
+
+    async def _predict(
+        self,
+        data: bytes,
+        content_type: str | None,
+        options: PredictOptions,
+        *,
+        request_id: str | None,
+        timeout_s: float | None,
     ) -> PredictResponse:
         start = time.perf_counter()
         budget = min(timeout_s, self.timeout_s) if timeout_s else self.timeout_s

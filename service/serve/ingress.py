@@ -7,11 +7,14 @@ from typing import Any
 
 import numpy as np
 from ray import serve
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from service.api.grpc import GrpcIngressMixin
 from service.api.rest import create_app
 from service.api.serving import ServingCore
+from service.api.telemetry import Telemetry
+from service.errors import NotFound, Overloaded
 from service.imaging import DecodeLimits
 from service.models import ModelRepository
 from service.routing.factory import make_router
@@ -26,16 +29,24 @@ log = logging.getLogger(__name__)
 class HandleClient:
     """``BackboneClient`` over Ray Serve deployment handles (batched in the backbone replicas)."""
 
-    def __init__(self, handles: dict[str, DeploymentHandle]):
+    def __init__(self, handles: dict[str, DeploymentHandle], telemetry: Telemetry):
         self.handles = handles
+        self.telemetry = telemetry
 
     async def infer(self, model: str, pixels: np.ndarray) -> dict[str, Any]:
-        from service.errors import NotFound
-
         handle = self.handles.get(model)
         if handle is None:
             raise NotFound(f"model {model!r} is not deployed", param="model")
-        reply: dict[str, Any] = await handle.infer.remote(pixels)
+        try:
+            reply: dict[str, Any] = await handle.infer.remote(pixels)
+        except BackPressureError as exc:
+            # Ray would answer this itself with a plain-text 503; the contract's envelope and
+            # Retry-After come from our error mapping instead, on REST and gRPC alike.
+            self.telemetry.rejected("backpressure")
+            raise Overloaded(
+                f"model {model!r} is at capacity: {exc.message} Retry shortly.",
+                retry_after_s=exc.retry_after_s or 1.0,
+            ) from None
         return reply
 
 
@@ -58,13 +69,15 @@ class Ingress(GrpcIngressMixin):
         from service.serve.slides import HandleSlideService
 
         self.slides = HandleSlideService(slide_jobs) if slide_jobs is not None else None
+        telemetry = RayTelemetry()
         self.core = ServingCore(
             repo,
             make_router(repo, self.settings),
-            HandleClient(backbones),
+            HandleClient(backbones, telemetry),
             limits=limits,
+            max_pending=self.settings.max_pending_predictions,
             timeout_s=self.settings.request_timeout_s,
-            telemetry=RayTelemetry(),
+            telemetry=telemetry,
         )
 
     async def _metrics(self) -> str:
