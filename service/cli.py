@@ -195,6 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_route)
+
+    from service.slides.command import add_slide_parser
+
+    add_slide_parser(sub)
     return parser
 
 
