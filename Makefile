@@ -18,6 +18,7 @@ $(STAMP): pyproject.toml
 
 build: install
 	$(BIN)/tessera build
+	$(BIN)/tessera calibrate --if-missing
 
 serve: build
 	$(BIN)/tessera serve
