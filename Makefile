@@ -36,6 +36,13 @@ test: lint typecheck
 unit: install
 	$(BIN)/python -m pytest tests/unit
 
+LOADTEST_ARGS ?= --users 8 --spawn-rate 4 --duration 60s
+loadtest: build
+	$(BIN)/tessera loadtest --start $(LOADTEST_ARGS)
+
+bench: build
+	$(BIN)/tessera bench all $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 	find model_repo -mindepth 2 -maxdepth 2 -type d -name '[0-9]*' -exec rm -rf {} +

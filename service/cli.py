@@ -199,6 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
     from service.slides.command import add_slide_parser
 
     add_slide_parser(sub)
+
+    from service.bench.command import add_bench_parser, add_loadtest_parser
+
+    add_bench_parser(sub)
+    add_loadtest_parser(sub)
     return parser
 
 

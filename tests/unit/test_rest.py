@@ -134,7 +134,10 @@ def test_png_is_accepted(client: TestClient) -> None:
 
 def test_route_models_and_health(client: TestClient) -> None:
     route = client.get("/v1/route", params={"width": 2048, "height": 2048}).json()
-    assert route["model"] == "swin_tiny" and len(route["candidates"]) == 2  # ViT allows at most 1024
+    candidates = {c["model"]: c for c in route["candidates"]}
+    assert set(candidates) == {"vit_small", "swin_tiny", "nat_tiny"}
+    assert not candidates["vit_small"]["fits"]  # routes.yaml: ViT takes at most 1024 px
+    assert route["model"] in ("swin_tiny", "nat_tiny") and route["input_size"] == [2048, 2048]
     assert client.get("/v1/route", params={"width": 0, "height": 5}).status_code == 400
     models = {m["name"]: m for m in client.get("/v1/models").json()}
     assert models["vit_small"]["arch"]["patch_size"] == 16 and models["vit_small"]["ready"]

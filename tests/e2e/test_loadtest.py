@@ -1,0 +1,84 @@
+"""End to end: ``tessera loadtest --start`` against a tiny model repository, a short bounded run.
+
+The runner starts ``tessera serve`` on free loopback ports, runs Locust headless (4 users, 15 s,
+REST predict and OIP binary tensors), stops the service with SIGTERM and writes Locust's CSV and
+HTML, the service's log and ``summary.json`` with the SLO evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.helpers import MODEL_REPO, ROOT, make_small_repo
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from service.export import build_repository
+    from service.models import ModelRepository
+
+    root = make_small_repo(tmp_path_factory.mktemp("loadtest_repo"), ["vit_small"])
+    cfg_path = root / "vit_small" / "config.yaml"
+    raw = yaml.safe_load(cfg_path.read_text())
+    raw["input"]["sizes"] = [224]
+    cfg_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    routes = yaml.safe_load((MODEL_REPO / "routes.yaml").read_text())
+    routes["models"] = {"vit_small": {"max_side": 4096, "dynamic": False}}
+    (root / "routes.yaml").write_text(yaml.safe_dump(routes))
+    rows = build_repository(ModelRepository(root))
+    assert all(r.status == "built" for r in rows), rows
+    return root
+
+
+def test_loadtest_start_writes_reports_and_checks_slos(tiny_repo: Path, tmp_path: Path) -> None:
+    out = tmp_path / "reports"
+    command = [
+        sys.executable,
+        "-m",
+        "loadtest.runner",
+        "--model-repo",
+        str(tiny_repo),
+        "--start",
+        "--users",
+        "4",
+        "--spawn-rate",
+        "4",
+        "--duration",
+        "15s",
+        "--mix",
+        "predict=3,oip=1",
+        "--sizes",
+        "224=1",
+        "--out",
+        str(out),
+    ]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    printed = done.stdout + done.stderr
+    assert done.returncode in (0, 1), printed  # 1 would be an SLO miss on a loaded machine, not a broken run
+    (report_dir,) = out.iterdir()
+    for name in ("locust_stats.csv", "locust_failures.csv", "report.html", "locust.log", "service.log"):
+        assert (report_dir / name).stat().st_size > 0, name
+    summary = json.loads((report_dir / "summary.json").read_text())
+    assert summary["service"]["started"] and summary["service"]["exit_code"] == 0
+    assert summary["service"]["ready_line"].startswith("ready: http://127.0.0.1:")
+    assert summary["locust"]["exit_code"] == 0
+    assert summary["users"] == 4 and summary["duration_s"] == 15
+
+    slo = summary["slo"]
+    endpoints = {e["endpoint"]: e for e in slo["endpoints"]}
+    assert set(endpoints) == {"POST /v1/predict 224px", "POST /v2/models/vit_small/infer"}
+    assert all(e["requests"] > 0 for e in endpoints.values())
+    assert slo["totals"]["errors"] == 0, summary["failures"]
+    checked = {(c["check"], c["endpoint"]) for c in slo["checks"] if c["ok"] is not None}
+    assert {("p95_ms", "POST /v1/predict 224px"), ("p99_ms", "POST /v2/models/vit_small/infer")} <= checked
+    assert ("max_shed_share", "all") in checked
+    assert slo["passed"] == (done.returncode == 0)
+    assert ("SLO: PASS" if slo["passed"] else "SLO: FAIL") in printed

@@ -1,0 +1,287 @@
+"""docs/performance.md from fabricated result files: tables, goals beside measurements, plots."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.bench.report import NO_GPU, evaluate_goals, load_results, main, write_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _host(date: str = "2026-11-20T10:00:00+00:00", gpu: str | None = None, host: str = "ci-box") -> dict[str, Any]:
+    return {
+        "host": host,
+        "cpu": "Test CPU @ 2.0GHz",
+        "cores": 2,
+        "gpu": gpu,
+        "python": "3.11.7",
+        "versions": {"torch": "2.14.1", "onnxruntime": "1.31.1", "ray": "2.60.0"},
+        "date": date,
+    }
+
+
+def _write(folder: Path, name: str, payload: dict[str, Any], date: str = "2026-11-20T10:00:00+00:00") -> Path:
+    payload = {"benchmark": name, **payload}
+    payload.setdefault("host", _host(date))
+    path = folder / f"{payload['host']['host']}-{payload['host']['date'][:10]}-{name}.json"
+    path.write_text(json.dumps(payload))
+    return path
+
+
+def _attention_rows() -> list[dict[str, Any]]:
+    rows = []
+    for model, family in (("vit_small", "vit"), ("swin_tiny", "swin")):
+        for backend in ("onnxruntime", "torch"):
+            for size in (224, 512, 2048):
+                if family == "vit" and backend == "onnxruntime" and size == 2048:
+                    rows.append({"model": model, "backend": backend, "size": size, "skipped": "unfused attention"})
+                    continue
+                latency = 10.0 * (size / 224) ** 2 * (1.05 if size == 2048 else 1.0)
+                peak = int(300 * size * size * (1.1 if size == 2048 else 1.0))
+                row: dict[str, Any] = {
+                    "model": model,
+                    "family": family,
+                    "backend": backend,
+                    "size": size,
+                    "latency_ms": round(latency, 2),
+                    "peak_delta_bytes": peak,
+                    "ms_per_mpixel": round(latency / (size * size / 1e6), 3),
+                    "bytes_per_pixel": round(peak / (size * size), 2),
+                }
+                rows.append(row)
+    return rows
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> Path:
+    folder = tmp_path / "results"
+    folder.mkdir()
+    # an older ort_vs_torch that must be ignored in favour of the newer one
+    _write(
+        folder,
+        "ort_vs_torch",
+        {"rows": [{"model": "vit_small", "batch": 8, "speedup": 9.9}]},
+        date="2026-11-01T10:00:00+00:00",
+    )
+    _write(
+        folder,
+        "ort_vs_torch",
+        {
+            "goal": ">= 2x at batch 8 on CPU",
+            "rounds": 7,
+            "rows": [
+                {
+                    "model": "vit_small",
+                    "batch": 8,
+                    "size": 224,
+                    "torch_eager_ms": 400.0,
+                    "onnxruntime_ms": 180.0,
+                    "speedup": 2.222,
+                    "torch_img_per_s": 20.0,
+                    "onnxruntime_img_per_s": 44.4,
+                },
+                {
+                    "model": "swin_tiny",
+                    "batch": 8,
+                    "size": 224,
+                    "torch_eager_ms": 600.0,
+                    "onnxruntime_ms": 400.0,
+                    "speedup": 1.5,
+                    "torch_img_per_s": 13.3,
+                    "onnxruntime_img_per_s": 20.0,
+                },
+            ],
+        },
+    )
+    rows = _attention_rows()
+    summary = [
+        {
+            "model": m,
+            "backend": b,
+            "time_per_pixel_ratio_2048_vs_512": 1.05,
+            "memory_per_pixel_ratio_2048_vs_512": 1.1,
+        }
+        for m, b in (("swin_tiny", "onnxruntime"), ("swin_tiny", "torch"), ("vit_small", "torch"))
+    ]
+    _write(folder, "attention_scaling", {"rows": rows, "summary": summary, "goal": "linear"})
+    _write(
+        folder,
+        "service_vs_raw",
+        {
+            "model": "vit_small",
+            "size": 224,
+            "max_batch_size": 8,
+            "concurrency": 32,
+            "duration_s": 15,
+            "warmup_s": 3,
+            "raw": {"before": {"img_per_s": 50.0}, "after": {"img_per_s": 48.0}, "img_per_s": 49.0},
+            "rows": [
+                {"path": "raw backend", "transport": "raw", "img_per_s": 49.0, "ratio": 1.0},
+                {
+                    "path": "REST OIP binary FP32 (1 image/request)",
+                    "transport": "rest_oip_fp32",
+                    "img_per_s": 46.0,
+                    "ratio": 0.9388,
+                    "compared": True,
+                    "runs": [{"img_per_s": 46.0, "p50_ms": 600.0, "p95_ms": 900.0, "mean_batch_size": 7.6}],
+                },
+                {
+                    "path": "gRPC OIP FP32 (1 image/request)",
+                    "transport": "grpc_oip_fp32",
+                    "img_per_s": 42.0,
+                    "ratio": 0.8571,
+                    "compared": True,
+                    "runs": [{"img_per_s": 42.0}],
+                },
+                {
+                    "path": "REST /v1/predict 224² JPEG",
+                    "transport": "rest_predict_jpeg",
+                    "img_per_s": 40.0,
+                    "ratio": 0.8163,
+                    "compared": False,
+                    "runs": [{"img_per_s": 40.0}],
+                },
+            ],
+            "summary": {
+                "rest_oip_fp32_ratio": 0.9388,
+                "grpc_oip_fp32_ratio": 0.8571,
+                "rest_predict_jpeg_ratio": 0.8163,
+                "compared": "REST OIP binary FP32 and gRPC OIP FP32",
+            },
+        },
+    )
+    _write(
+        folder,
+        "slide_vs_raw",
+        {
+            "model": "vit_small",
+            "slide": {"side": 20000, "mpp": 0.5},
+            "batch_size": 8,
+            "workers": 2,
+            "tiles": 7921,
+            "raw": {"tiles_per_s": 50.0},
+            "pipeline": {"tiles_per_s": 47.5, "timing_s": {"read": 3.0, "inference": 150.0, "total": 170.0}},
+            "rows": [
+                {"path": "raw backend (pre-generated batches)", "tiles_per_s": 50.0, "ratio": 1.0},
+                {"path": "run_slide, streaming phase", "tiles_per_s": 47.5, "ratio": 0.95, "compared": True},
+            ],
+            "summary": {"ratio": 0.95, "goal_met": True},
+        },
+    )
+    _write(
+        folder,
+        "router",
+        {
+            "goal": "within 25%",
+            "rows": [
+                {"width": 224, "height": 224, "chosen": "vit_small", "predicted_ms": 30.0, "measured_ms": 27.0},
+                {"width": 2048, "height": 2048, "chosen": "swin_tiny", "predicted_ms": 2000.0, "measured_ms": 1500.0},
+            ],
+            "summary": {"sizes": 2, "chose_cheapest": 2},
+        },
+    )
+    (folder / "not-json.json").write_text("{")
+    return folder
+
+
+def test_newest_result_per_benchmark(results: Path) -> None:
+    loaded = load_results(results)
+    assert set(loaded) == {"ort_vs_torch", "attention_scaling", "service_vs_raw", "slide_vs_raw", "router"}
+    assert loaded["ort_vs_torch"]["rows"][0]["speedup"] == 2.222
+
+
+def test_goals_beside_measured_values(results: Path) -> None:
+    goals = {g.source: g for g in evaluate_goals(load_results(results))}
+    assert goals["ort_vs_torch"].status == "not met"  # swin_tiny at 1.5x
+    assert "vit_small 2.22x" in goals["ort_vs_torch"].measured
+    assert goals["service_vs_raw"].status == "not met"  # gRPC at 85.7%
+    assert "REST (OIP FP32) 93.9%" in goals["service_vs_raw"].measured
+    assert goals["slide_vs_raw"].status == "met"
+    assert goals["router"].status == "not met"  # 2048²: 33% off
+    assert "1 of 2 sizes within 25%" in goals["router"].measured
+    all_goals = evaluate_goals(load_results(results))
+    assert [g.status for g in all_goals[3:5]] == ["met", "met"]  # linear windowed; no N² term for SDPA
+    assert all_goals[6].status.startswith(NO_GPU) and all_goals[7].status.startswith(NO_GPU)
+
+
+def test_report_writes_tables_goals_and_plots(results: Path, tmp_path: Path) -> None:
+    out = tmp_path / "docs" / "performance.md"
+    img = tmp_path / "docs" / "img"
+    assert write_report(results, out, img) == out
+    text = out.read_text()
+    assert "Measured on **ci-box** (Test CPU @ 2.0GHz; GPU: none)." in text
+    assert "| what | goal | measured | status |" in text
+    assert "| Slide pipeline tiles/s vs the raw backend's tiles/s at the same batch size | >= 90% |" in text
+    assert text.count(NO_GPU) == 2
+    for section in (
+        "## ONNX Runtime vs PyTorch eager",
+        "## Service vs raw backend",
+        "## Slide pipeline vs raw backend",
+        "## Attention scaling",
+        "## Router",
+        "## Hosts and versions",
+    ):
+        assert section in text
+    assert "| vit_small | 8 | 224 | 400 | 180 | 2.22x | 20 | 44.4 |" in text
+    assert "| swin_tiny | swin | torch | 2048 |" in text
+    assert "unfused attention" in text
+    assert "torch 2.14.1, onnxruntime 1.31.1, ray 2.60.0" in text
+    for name in (
+        "attention_latency",
+        "attention_memory",
+        "throughput_ort_vs_torch",
+        "throughput_service",
+        "throughput_slide",
+    ):
+        png = img / f"{name}.png"
+        assert png.read_bytes()[:8] == PNG_MAGIC
+        assert f"](img/{name}.png)" in text
+
+
+def test_gpu_rows_count_only_from_a_gpu_host(results: Path, tmp_path: Path) -> None:
+    payload = {
+        "host": _host(date="2026-11-21T10:00:00+00:00", gpu="NVIDIA H100 80GB HBM3", host="gpu-box"),
+        "summary": {"img_per_s": 13100.0, "fraction_of_matmul_rate": 0.57},
+    }
+    _write(results, "gpu_throughput", payload)
+    goals = evaluate_goals(load_results(results))
+    assert goals[6].status == "met"
+    assert "NVIDIA H100" in goals[6].measured
+    # the slide goal has no result from that GPU host
+    assert goals[7].status.startswith("not measured: no result for this goal from the GPU host")
+
+
+def test_empty_results_and_main(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "performance.md"
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        assert main(["--results", str(tmp_path / "none"), "--out", str(out), "--img-dir", str(tmp_path / "img")]) == 0
+    finally:
+        os.chdir(cwd)
+    assert "No results yet" in out.read_text()
+    printed = capsys.readouterr().out
+    assert "not measured: no result" in printed and f"wrote {out}" in printed
+
+
+def test_a_busy_host_marks_the_ratio_suspect(results: Path, tmp_path: Path) -> None:
+    from service.bench.service_vs_raw import quiet_host_notes
+
+    assert quiet_host_notes(50.0, 49.0, [0.93, 0.91]) == []
+    notes = quiet_host_notes(40.0, 52.0, [1.4])
+    assert len(notes) == 2 and "drifted" in notes[0] and "quiet host" in notes[1]
+
+    path = next(results.glob("*service_vs_raw.json"))
+    payload = json.loads(path.read_text())
+    payload["summary"].update(rest_oip_fp32_ratio=1.4, grpc_oip_fp32_ratio=1.3, notes=notes)
+    path.write_text(json.dumps(payload))
+    goal = next(g for g in evaluate_goals(load_results(results)) if g.source == "service_vs_raw")
+    assert goal.status == "met (suspect: the host was not quiet, see notes)"
+    out = write_report(results, tmp_path / "performance.md", tmp_path / "img")
+    assert "> Note: measured above the raw backend" in out.read_text()
