@@ -89,7 +89,7 @@ VARIANTS: dict[str, Variant] = {
         min_replicas=1,
         max_replicas=4,
     ),
-    # GPU workers have one GPU: one backbone replica per GPU (the GPU group's maxReplicas is 8).
+    # GPU workers have one GPU: one backbone replica per GPU (the GPU group's maxReplicas is 12: three backbones at 4).
     "gpu": Variant(
         name="gpu",
         path=REPO_ROOT / "deploy/overlays/gpu/rayservice-gpu.yaml",

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib
 import re
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -196,11 +196,23 @@ def validate_serve_config(text: str) -> list[str]:
 
 
 def _import_errors(where: str, module: str, attribute: str) -> list[str]:
-    try:
-        target = getattr(importlib.import_module(module), attribute)
-    except (ImportError, AttributeError) as exc:
-        return [f"{where}: cannot import ({exc})"]
-    return [] if callable(target) else [f"{where}: not callable"]
+    """Whether ``module:attribute`` imports and is callable, checked in a fresh interpreter.
+
+    Generated protobuf modules register their messages in a process-wide pool; importing the
+    OIP servicer here would clash with any OIP client (tritonclient) already loaded.
+    """
+    code = (
+        "import importlib, sys; "
+        f"t = getattr(importlib.import_module({module!r}), {attribute!r}, None); "
+        "sys.exit(0 if callable(t) else 3)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    if result.returncode == 3:
+        return [f"{where}: not callable (or no attribute {attribute!r})"]
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        return [f"{where}: cannot import ({last})"]
+    return []
 
 
 def _settings_errors(where: str, args: dict[str, Any]) -> list[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import shutil
 import socket
 from pathlib import Path
 from typing import Any
@@ -37,8 +36,15 @@ def make_small_repo(dest: Path, names: list[str] | None = None) -> Path:
         raw["architecture"]["kwargs"] = {**raw["architecture"].get("kwargs", {}), **_SHRINK[raw["family"]]}
         (dest / name).mkdir(exist_ok=True)
         (dest / name / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    if (MODEL_REPO / "routes.yaml").exists():
-        shutil.copy(MODEL_REPO / "routes.yaml", dest / "routes.yaml")
+    routes = yaml.safe_load((MODEL_REPO / "routes.yaml").read_text())
+    # Tests run uncalibrated (costs are MACs / an assumed rate, and the shallow test networks
+    # do not rank like the real ones): give small images to the global-attention model by
+    # policy so tests can rely on it; larger images are still routed by cost.
+    for name, route in routes["models"].items():
+        if name != "vit_small":
+            route["min_side"] = 257
+    routes["models"] = {k: v for k, v in routes["models"].items() if k in (names or default_model_names())}
+    (dest / "routes.yaml").write_text(yaml.safe_dump(routes, sort_keys=False))
     return dest
 
 

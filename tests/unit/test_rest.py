@@ -87,7 +87,9 @@ def test_oversize_images_are_downscaled_into_the_largest_bucket(client: TestClie
 
 
 def test_explicit_model(client: TestClient) -> None:
-    body = client.post("/v1/predict?model=swin_tiny", content=jpeg_bytes(), headers={"content-type": "image/jpeg"})
+    body = client.post(
+        "/v1/predict?model=swin_tiny", content=jpeg_bytes(300, 300), headers={"content-type": "image/jpeg"}
+    )
     assert body.json()["model"] == "swin_tiny" and body.json()["route"]["reason"] == "requested"
 
 
