@@ -34,12 +34,13 @@ BENCHMARKS: dict[str, tuple[str, bool]] = {
     "service": ("service.bench.service_vs_raw", True),
     "slide": ("service.bench.slide_vs_raw", True),
     "router": ("service.bench.router", True),
+    "latency": ("service.bench.latency", True),
     "report": ("service.bench.report", False),
 }
 
 
 def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """``tessera bench {all,ort-vs-torch,attention,service,slide,router,report} [options]``."""
+    """``tessera bench {all,ort-vs-torch,attention,service,slide,router,latency,report} [options]``."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "bench",
         help="benchmarks (ratios in one run): results in bench/results/, report in docs/performance.md",
