@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from service.api.auth import AUTHORIZATION, TokenAuth
 from service.api.errors import as_tessera_error, grpc_code
 from service.api.oip import InferRequest, InferResponse, InputTensor, OpenInference, RequestedOutput
 from service.api.protocol import PredictOptions, PredictResponse
@@ -86,6 +87,13 @@ class GrpcIngressMixin:
     """The RPCs of both services as methods over ``self.core``; the host sets ``self.core``."""
 
     core: ServingCore
+    auth: TokenAuth | None = None
+
+    def _auth(self) -> TokenAuth:
+        """Bearer tokens for every RPC but the health probes: ``self.auth``, else made from ``self.settings``."""
+        if self.auth is None:
+            self.auth = TokenAuth.from_settings(getattr(self, "settings", None))
+        return self.auth
 
     # -- inference.GRPCInferenceService -----------------------------------------------------------
     async def ServerLive(self, request: Any, grpc_context: Any = None) -> Any:
@@ -111,7 +119,7 @@ class GrpcIngressMixin:
             ready = OpenInference(self.core).model_ready(request.name, request.version or None)
             return pb.ModelReadyResponse(ready=ready.ready)
 
-        return await _answer(grpc_context, pb.ModelReadyResponse, work)
+        return await _answer(grpc_context, pb.ModelReadyResponse, work, auth=self._auth())
 
     async def ServerMetadata(self, request: Any, grpc_context: Any = None) -> Any:
         pb = _module(_OIP_PB2)
@@ -120,7 +128,7 @@ class GrpcIngressMixin:
             meta = OpenInference(self.core).server_metadata()
             return pb.ServerMetadataResponse(name=meta.name, version=meta.version, extensions=meta.extensions)
 
-        return await _answer(grpc_context, pb.ServerMetadataResponse, work)
+        return await _answer(grpc_context, pb.ServerMetadataResponse, work, auth=self._auth())
 
     async def ModelMetadata(self, request: Any, grpc_context: Any = None) -> Any:
         pb = _module(_OIP_PB2)
@@ -136,7 +144,7 @@ class GrpcIngressMixin:
                 outputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in meta.outputs],
             )
 
-        return await _answer(grpc_context, pb.ModelMetadataResponse, work)
+        return await _answer(grpc_context, pb.ModelMetadataResponse, work, auth=self._auth())
 
     async def ModelInfer(self, request: Any, grpc_context: Any = None) -> Any:
         pb = _module(_OIP_PB2)
@@ -149,7 +157,9 @@ class GrpcIngressMixin:
             return infer_response_to_proto(pb, result)
 
         endpoint = "/inference.GRPCInferenceService/ModelInfer"
-        return await _answer(grpc_context, pb.ModelInferResponse, work, self.core, endpoint, request.model_name)
+        return await _answer(
+            grpc_context, pb.ModelInferResponse, work, self.core, endpoint, request.model_name, auth=self._auth()
+        )
 
     # -- tessera.v1.Images ------------------------------------------------------------------------
     async def Predict(self, request: Any, grpc_context: Any = None) -> Any:
@@ -167,7 +177,7 @@ class GrpcIngressMixin:
             return predict_reply(pb, answer)
 
         endpoint = "/tessera.v1.Images/Predict"
-        return await _answer(grpc_context, pb.PredictReply, work, self.core, endpoint, request.model)
+        return await _answer(grpc_context, pb.PredictReply, work, self.core, endpoint, request.model, auth=self._auth())
 
 
 async def _answer(
@@ -177,15 +187,21 @@ async def _answer(
     core: ServingCore | None = None,
     endpoint: str = "",
     model: str = "",
+    *,
+    auth: TokenAuth | None = None,
 ) -> Any:
     """Run ``work``; on failure set the mapped status on ``context`` and return ``empty()``.
 
     Without a context (a direct Python call) the typed error is raised instead. ``model`` labels
     the request metric only when the call succeeded, so unknown names never become labels.
+    With ``auth`` (every RPC but ServerLive and ServerReady), the metadata ``authorization:
+    Bearer <token>`` is checked first: UNAUTHENTICATED without it, PERMISSION_DENIED when wrong.
     """
     start = time.perf_counter()
     status = 200
     try:
+        if auth is not None:
+            auth.check(_metadata(context, AUTHORIZATION))
         return await work()
     except Exception as exc:
         err = as_tessera_error(exc)
@@ -401,8 +417,9 @@ class _AioContext:
 
 
 class _Ingress(GrpcIngressMixin):
-    def __init__(self, core: ServingCore):
+    def __init__(self, core: ServingCore, auth: TokenAuth | None = None):
         self.core = core
+        self.auth = auth
 
 
 def _servicer(base: type, target: GrpcIngressMixin, methods: Sequence[str]) -> Any:
@@ -425,9 +442,16 @@ def _servicer(base: type, target: GrpcIngressMixin, methods: Sequence[str]) -> A
 
 
 async def serve_grpc_inprocess(
-    core: ServingCore, port: int, *, host: str = "127.0.0.1", max_message_bytes: int | None = None
+    core: ServingCore,
+    port: int,
+    *,
+    host: str = "127.0.0.1",
+    max_message_bytes: int | None = None,
+    auth: TokenAuth | None = None,
 ) -> grpc.aio.Server:
     """Start a ``grpc.aio`` server with both services over ``core``, listening on ``host:port``.
+
+    ``auth``: the bearer tokens to require (default: ``TESSERA_AUTH_TOKENS``, off when unset).
 
     The caller owns the server: ``await server.stop(grace)`` ends it. Messages up to the core's
     body limit (plus 1 MiB of framing) are accepted unless ``max_message_bytes`` says otherwise.
@@ -439,7 +463,7 @@ async def serve_grpc_inprocess(
     server = grpc.aio.server(
         options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
     )
-    target = _Ingress(core)
+    target = _Ingress(core, auth)
     oip_grpc.add_GRPCInferenceServiceServicer_to_server(
         _servicer(oip_grpc.GRPCInferenceServiceServicer, target, _OIP_METHODS), server
     )

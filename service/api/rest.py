@@ -17,12 +17,13 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.datastructures import UploadFile
 
 from service import __version__
+from service.api.auth import AUTHORIZATION, PUBLIC_HTTP_PATHS, app_auth, challenge_headers
 from service.api.errors import as_tessera_error, http_body, http_headers
 from service.api.metrics_text import CONTENT_TYPE
 from service.api.protocol import ModelInfo, PredictOptions, PredictResponse
 from service.api.rest_common import read_body_limited, replay_form
 from service.api.serving import ServingCore
-from service.errors import InvalidInput, NotFound, TesseraError
+from service.errors import InvalidInput, NotFound, Overloaded, TesseraError
 from service.routing.decision import RouteDecision
 
 __all__ = ["create_app", "read_body_limited"]
@@ -74,12 +75,37 @@ def create_app() -> FastAPI:
         "Open Inference Protocol, slide jobs.",
     )
 
+    @app.middleware("http")  # registered first, so it runs inside the access log (refusals are logged)
+    async def require_token(request: Request, call_next: Any) -> Any:
+        """Bearer tokens, when configured (``service.api.auth``): checked before any body is read."""
+        auth = app_auth(request.app.state)
+        if auth.enabled and request.url.path not in PUBLIC_HTTP_PATHS:
+            try:
+                auth.check(request.headers.get(AUTHORIZATION))
+            except TesseraError as err:
+                response = _error_response(request, err)
+                response.headers.update(challenge_headers(err))
+                return response
+        return await call_next(request)
+
     @app.middleware("http")
     async def access_log(request: Request, call_next: Any) -> Any:
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         request.state.request_id = request_id
         start = time.perf_counter()
-        response = await call_next(request)
+        core = getattr(request.app.state, "core", None)
+        if core is not None and core.draining and request.url.path not in ("/v2/health/live", "/metrics"):
+            # Shutting down: finish what is in flight, refuse what is new (readiness says so too).
+            response = _error_response(request, Overloaded("server is shutting down", retry_after_s=5.0))
+            response.headers["x-request-id"] = request_id
+            return response
+        if core is not None:
+            core.inflight += 1
+        try:
+            response = await call_next(request)
+        finally:
+            if core is not None:
+                core.inflight -= 1
         response.headers["x-request-id"] = request_id
         elapsed = time.perf_counter() - start
         log.info(

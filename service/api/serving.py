@@ -93,6 +93,9 @@ class ServingCore:
         self.manifests = {name: repo.manifest(name) for name in repo.names()}
         self.max_pending = max_pending
         self._pending = 0
+        #: Requests in progress on any route (maintained by the transports) and the drain flag.
+        self.inflight = 0
+        self.draining = False
 
     # -- /v1/predict ---------------------------------------------------------------------------
     async def predict(

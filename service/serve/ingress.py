@@ -88,6 +88,14 @@ class Ingress(GrpcIngressMixin):
 
         return await asyncio.to_thread(fetch_metrics, node_metrics_url())
 
+    async def begin_drain(self) -> int:
+        """Stop taking new requests; return how many are still in progress."""
+        self.core.draining = True
+        return self.core.inflight
+
+    async def inflight(self) -> int:
+        return self.core.inflight
+
     def __serve_build_asgi_app__(self) -> Any:
         """Ray Serve calls this after ``__init__``: the REST app of this replica, over its core."""
         app = create_app()

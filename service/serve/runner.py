@@ -80,12 +80,39 @@ def node_metrics_url() -> str:
     raise RuntimeError("this Ray node is not in ray.nodes()")
 
 
-def stop_service() -> None:
-    """Drain: Serve deletes the app (replicas finish in-flight requests), stops proxies; then Ray."""
+def drain(timeout_s: float = 60.0) -> int:
+    """Make the ingress refuse new requests and wait until those in progress have answered.
+
+    Returns the number still in progress when it gave up (0 when drained). ``serve.shutdown``
+    alone stops the proxies without waiting for requests in flight.
+    """
+    from ray import serve
+
+    from service.serve.app import APP_NAME
+
+    try:
+        handle = serve.get_deployment_handle("Ingress", app_name=APP_NAME)
+        remaining = int(handle.begin_drain.remote().result(timeout_s=10))
+    except Exception as exc:  # no app deployed (start failed): nothing to drain
+        log.warning("drain skipped: %s", exc)
+        return 0
+    deadline = time.monotonic() + timeout_s
+    while remaining > 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        remaining = int(handle.inflight.remote().result(timeout_s=10))
+    if remaining:
+        log.warning("drain timed out with %d request(s) still in progress", remaining)
+    return remaining
+
+
+def stop_service(*, drain_timeout_s: float = 60.0) -> None:
+    """Drain the ingress, then shut Serve (replicas, proxies) and Ray down."""
     import ray
     from ray import serve
 
     try:
+        if ray.is_initialized():
+            drain(drain_timeout_s)
         serve.shutdown()
     finally:
         ray.shutdown()

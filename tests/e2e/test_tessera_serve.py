@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -110,5 +111,7 @@ def test_serve_predict_and_drain_on_sigterm(small_repo: Path, tmp_path: Path, cm
     leftovers = [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not leftovers, f"processes left behind: {[p.name() for p in leftovers]}"
     for port in ports.values():
-        with __import__("socket").socket() as sock:
-            sock.bind(("127.0.0.1", port))  # raises if anything still listens
+        with socket.socket() as sock:
+            # SO_REUSEADDR ignores connections in TIME_WAIT; a port still listening fails to bind.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", port))

@@ -39,8 +39,9 @@ def serve_settings(small_repo: Path, slide_root: Path, tmp_path_factory: pytest.
     )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def serve_url(serve_settings) -> Iterator[str]:
+    """Ray stops when the integration tier ends, so the tiers after it start clean."""
     from service.serve.runner import start_service, stop_service
 
     start_service(serve_settings)

@@ -36,9 +36,10 @@ def test_ray_answer_equals_in_process_answer(serve_url: str, small_repo: Path) -
     data = jpeg_bytes(640, 480, seed=7)
     remote = httpx.post(f"{serve_url}/v1/predict", content=data, headers=JPEG, timeout=60).json()
     repo = ModelRepository(small_repo)
-    core = ServingCore(repo, make_router(repo), LocalBackboneClient({"swin_tiny": load_backend(repo, "swin_tiny")}))
+    backends = {name: load_backend(repo, name) for name in repo.names()}
+    core = ServingCore(repo, make_router(repo), LocalBackboneClient(backends))
     local = asyncio.run(core.predict(data, "image/jpeg", PredictOptions()))
-    assert remote["model"] == local.model == "swin_tiny"
+    assert remote["model"] == local.model and remote["route"] == local.route.model_dump(mode="json")
     assert max(abs(a - b) for a, b in zip(remote["embedding"], local.embedding or [], strict=True)) < 1e-4
 
 
