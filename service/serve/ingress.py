@@ -11,6 +11,7 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from service.api.grpc import GrpcIngressMixin
+from service.api.logs import configure_access_log
 from service.api.rest import create_app
 from service.api.serving import ServingCore
 from service.api.telemetry import Telemetry
@@ -60,6 +61,7 @@ class Ingress(GrpcIngressMixin):
         slide_jobs: DeploymentHandle | None = None,
     ):
         self.settings = ServerSettings.model_validate(settings)
+        configure_access_log(self.settings.log_level)
         repo = ModelRepository(self.settings.model_repo)
         limits = DecodeLimits(
             max_bytes=self.settings.max_body_bytes,
