@@ -311,7 +311,7 @@ def parse_infer_body(body: bytes, header_length: str | None) -> tuple[InferReque
         header, binary = body, memoryview(b"")
     try:
         payload = json.loads(header)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         hint = f" (binary tensors need the {HEADER_LENGTH} header)" if header_length is None else ""
         raise InvalidInput(f"the request's JSON is not valid: {exc}{hint}", param="body") from None
     try:

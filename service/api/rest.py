@@ -6,6 +6,7 @@ with an in-process core) puts a ``ServingCore`` at ``app.state.core``.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -15,6 +16,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import __version__
 from service.api.auth import AUTHORIZATION, PUBLIC_HTTP_PATHS, app_auth, challenge_headers
@@ -131,6 +133,23 @@ def create_app() -> FastAPI:
     async def tessera_error(request: Request, exc: TesseraError) -> JSONResponse:
         return _error_response(request, exc)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """Unknown routes and wrong methods in the contract's envelope, not FastAPI's ``detail``."""
+        err: TesseraError
+        if exc.status_code == 404:
+            err = NotFound(f"not found: no route {request.method} {request.url.path}", param="path")
+        elif exc.status_code == 405:
+            err = InvalidInput(f"method {request.method} is not allowed on {request.url.path}", param="method")
+            err.http_status = 405
+        else:
+            err = InvalidInput(str(exc.detail))
+            err.http_status = exc.status_code
+        response = _error_response(request, err)
+        for key, value in (exc.headers or {}).items():
+            response.headers[key] = value
+        return response
+
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
@@ -236,6 +255,13 @@ def create_app() -> FastAPI:
     return app
 
 
+class _AsciiJSONResponse(JSONResponse):
+    """Errors may echo what the client sent (a path, a name): escape it so any input encodes."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
 def _error_response(request: Request, err: TesseraError) -> JSONResponse:
     oip = request.url.path.startswith("/v2")
-    return JSONResponse(http_body(err, oip=oip), status_code=err.http_status, headers=http_headers(err))
+    return _AsciiJSONResponse(http_body(err, oip=oip), status_code=err.http_status, headers=http_headers(err))

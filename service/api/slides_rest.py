@@ -100,6 +100,8 @@ async def submit(
             payload = json.loads(body or b"null")
         except json.JSONDecodeError as exc:
             raise InvalidInput(f"body is not valid JSON: {exc.msg}", param="body") from None
+        except RecursionError:
+            raise InvalidInput("the body's JSON is nested too deeply", param="body") from None
         if not isinstance(payload, dict) or not isinstance(payload.get("path"), str):
             raise InvalidInput(
                 'send JSON {"path": "<slide inside the slide root>"} or a multipart upload', param="path"

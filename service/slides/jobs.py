@@ -210,11 +210,14 @@ class JobManager:
         if ".." in given.parts:
             raise InvalidInput("slide path must not contain '..'", param="path")
         candidate = given if given.is_absolute() else self.slide_root / given
-        resolved = candidate.resolve()  # follows symlinks: a link that leads out is caught below
-        if not resolved.is_relative_to(self.slide_root):
-            raise InvalidInput("slide path must lie inside the configured slide root", param="path")
-        if not resolved.is_file():
-            raise InvalidInput(f"no slide at {given}", param="path")
+        try:
+            resolved = candidate.resolve()  # follows symlinks: a link that leads out is caught below
+            if not resolved.is_relative_to(self.slide_root):
+                raise InvalidInput("slide path must lie inside the configured slide root", param="path")
+            if not resolved.is_file():
+                raise InvalidInput(f"no slide at {given}", param="path")
+        except OSError as exc:  # too long, a loop of links, ...: the client's path, not our fault
+            raise InvalidInput(f"slide path is not usable: {exc.strerror or exc}", param="path") from None
         return resolved
 
     def _save_upload(self, job_dir: Path, upload: bytes | BinaryIO, filename: str | None) -> Path:
