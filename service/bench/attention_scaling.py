@@ -84,8 +84,20 @@ def run(
     rows = []
     for name in models or repo.names():
         family = repo.config(name).family
+        largest_bucket = max(repo.config(name).input.buckets)
         for backend in backends:
             for size in sizes:
+                if backend == "onnxruntime" and size > largest_bucket:
+                    rows.append(
+                        {
+                            "model": name,
+                            "backend": backend,
+                            "size": size,
+                            "family": family,
+                            "skipped": f"beyond the ONNX artifact's checked buckets (max {largest_bucket})",
+                        }
+                    )
+                    continue
                 if family == "vit" and size > vit_max and backend == "onnxruntime":
                     # ORT on CPU materialises the N² scores: 6.4 GB per layer at 2048² for ViT-S.
                     rows.append(
