@@ -48,6 +48,26 @@ def make_small_repo(dest: Path, names: list[str] | None = None) -> Path:
     return dest
 
 
+def make_vit_only_repo(dest: Path, **batching: Any) -> Path:
+    """A built repository with only a shallow ViT at 224 px (the e2e servers), ``batching`` overrides."""
+    from service.export import build_repository
+    from service.models import ModelRepository
+
+    root = make_small_repo(dest, ["vit_small"])
+    cfg_path = root / "vit_small" / "config.yaml"
+    raw = yaml.safe_load(cfg_path.read_text())
+    raw["input"]["sizes"] = [224]
+    raw["batching"].update(batching)
+    cfg_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    routes = yaml.safe_load((MODEL_REPO / "routes.yaml").read_text())
+    routes["models"] = {"vit_small": {"max_side": 4096, "dynamic": False}}
+    (root / "routes.yaml").write_text(yaml.safe_dump(routes))
+    rows = build_repository(ModelRepository(root))
+    if not all(r.status == "built" for r in rows):
+        raise RuntimeError(f"test repository did not build: {rows}")
+    return root
+
+
 def jpeg_bytes(width: int = 224, height: int = 224, seed: int = 0, quality: int = 90) -> bytes:
     rng = np.random.default_rng(seed)
     pixels = (rng.random((height, width, 3)) * 255).astype(np.uint8)

@@ -25,9 +25,8 @@ import httpx
 import numpy as np
 import psutil
 import pytest
-import yaml
 
-from tests.helpers import MODEL_REPO, free_port, jpeg_bytes, make_small_repo
+from tests.helpers import free_port, jpeg_bytes, make_vit_only_repo
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -51,18 +50,7 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    from service.export import build_repository
-    from service.models import ModelRepository
-
-    root = make_small_repo(tmp_path_factory.mktemp("faults_repo"), ["vit_small"])
-    cfg_path = root / "vit_small" / "config.yaml"
-    raw = yaml.safe_load(cfg_path.read_text())
-    raw["input"]["sizes"] = [224]
-    cfg_path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    routes = yaml.safe_load((MODEL_REPO / "routes.yaml").read_text())
-    routes["models"] = {"vit_small": {"max_side": 4096, "dynamic": False}}
-    (root / "routes.yaml").write_text(yaml.safe_dump(routes))
-    build_repository(ModelRepository(root))
+    root = make_vit_only_repo(tmp_path_factory.mktemp("faults_repo"))
 
     ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
     proc = subprocess.Popen(

@@ -13,28 +13,15 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.helpers import MODEL_REPO, ROOT, make_small_repo
+from tests.helpers import ROOT, make_vit_only_repo
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
 def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from service.export import build_repository
-    from service.models import ModelRepository
-
-    root = make_small_repo(tmp_path_factory.mktemp("loadtest_repo"), ["vit_small"])
-    cfg_path = root / "vit_small" / "config.yaml"
-    raw = yaml.safe_load(cfg_path.read_text())
-    raw["input"]["sizes"] = [224]
-    cfg_path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    routes = yaml.safe_load((MODEL_REPO / "routes.yaml").read_text())
-    routes["models"] = {"vit_small": {"max_side": 4096, "dynamic": False}}
-    (root / "routes.yaml").write_text(yaml.safe_dump(routes))
-    rows = build_repository(ModelRepository(root))
-    assert all(r.status == "built" for r in rows), rows
+    root = make_vit_only_repo(tmp_path_factory.mktemp("loadtest_repo"))
     return root
 
 

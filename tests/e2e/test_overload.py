@@ -19,9 +19,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import yaml
 
-from tests.helpers import MODEL_REPO, free_port, jpeg_bytes, make_small_repo
+from tests.helpers import free_port, jpeg_bytes, make_vit_only_repo
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -31,19 +30,9 @@ BURST = 48
 
 @pytest.fixture(scope="module")
 def tiny_queue_server(tmp_path_factory: pytest.TempPathFactory):
-    from service.export import build_repository
-    from service.models import ModelRepository
-
-    root = make_small_repo(tmp_path_factory.mktemp("overload_repo"), ["vit_small"])
-    cfg_path = root / "vit_small" / "config.yaml"
-    raw = yaml.safe_load(cfg_path.read_text())
-    raw["input"]["sizes"] = [224]
-    raw["batching"].update(max_batch_size=2, max_ongoing_requests=2, max_queued_requests=2)
-    cfg_path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    routes = yaml.safe_load((MODEL_REPO / "routes.yaml").read_text())
-    routes["models"] = {"vit_small": {"max_side": 4096, "dynamic": False}}
-    (root / "routes.yaml").write_text(yaml.safe_dump(routes))
-    build_repository(ModelRepository(root))
+    root = make_vit_only_repo(
+        tmp_path_factory.mktemp("overload_repo"), max_batch_size=2, max_ongoing_requests=2, max_queued_requests=2
+    )
 
     ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
     proc = subprocess.Popen(
