@@ -28,6 +28,11 @@ class ServerSettings(BaseModel):
         default="auto", description="ONNX Runtime execution provider preference."
     )
     intra_op_threads: int = Field(default=0, ge=0, le=256, description="ORT threads per replica; 0 = all cores.")
+    ort_spin: bool = Field(
+        default=False,
+        description="Let ONNX Runtime's idle threads spin. Off: replicas share the host's cores, and a "
+        "spinning pool steals them from its neighbours (docs/performance.md, CPU sharing).",
+    )
     max_body_bytes: int = Field(default=64 << 20, ge=1024, le=8 << 30, description="Largest request body.")
     max_image_pixels: int = Field(
         default=8192 * 8192, ge=1024, le=1 << 32, description="Largest decoded image (pixels) for /v1/predict."

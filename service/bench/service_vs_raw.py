@@ -387,6 +387,7 @@ def run(
         prefer=settings.runtime,
         providers=settings.providers,
         intra_op_threads=settings.intra_op_threads,
+        spin=settings.ort_spin,
     )
     print(f"raw {model} ({backend.describe()}) batch {max_batch}: measuring {raw_duration_s:.0f} s ...", flush=True)
     raw_before = measure_raw(backend, raw_batch, raw_duration_s)
@@ -467,6 +468,7 @@ def run(
         "service_ready_s": ready_s,
         "backend": backend.describe(),
         "intra_op_threads": settings.intra_op_threads,
+        "ort_spin": settings.ort_spin,
         "raw": {"before": raw_before, "after": raw_after, "img_per_s": round(raw_ips, 3)},
         "rows": rows,
         "summary": summary,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from datetime import UTC, datetime
@@ -30,10 +31,16 @@ log = logging.getLogger(__name__)
 BUILD_RECIPE = 4
 
 
+#: Config sections that only shape serving, never an artifact: changing them rebuilds nothing.
+SERVING_ONLY = frozenset({"batching", "description"})
+
+
 def config_fingerprint(cfg: ModelConfig, config_dir: Path, *, fp16: bool, tensorrt: bool) -> str:
-    """Hash of everything an artifact depends on: config, checkpoint bytes, recipe, requested artifacts."""
+    """Hash of everything an artifact depends on: config (less its serving-only sections),
+    checkpoint bytes, recipe, requested artifacts and the exporting packages' versions."""
     digest = hashlib.sha256()
-    digest.update((config_dir / "config.yaml").read_bytes())
+    exported = cfg.model_dump(mode="json", exclude=set(SERVING_ONLY))
+    digest.update(json.dumps(exported, sort_keys=True, separators=(",", ":")).encode())
     digest.update(f"recipe={BUILD_RECIPE};fp16={fp16};trt={tensorrt}".encode())
     for pkg in ("torch", "timm", "onnx", "onnxruntime"):
         digest.update(f"{pkg}={_version(pkg)}".encode())

@@ -88,6 +88,13 @@ class BatchingConfig(StrictModel):
     batch_wait_timeout_s: float = Field(
         default=0.01, ge=0.0, le=1.0, description="How long a replica waits to fill a batch."
     )
+    max_concurrent_batches: int = Field(
+        default=1,
+        ge=1,
+        le=16,
+        description="Batches one replica runs at once. 2 lets a small image run beside a large one "
+        "instead of queueing behind it (processor sharing); each running batch holds its own activations.",
+    )
     max_ongoing_requests: int = Field(default=32, ge=1, le=4096, description="In-flight requests per replica.")
     max_queued_requests: int = Field(
         default=64, ge=-1, le=100000, description="Requests queued for the deployment before 503; -1 unbounded."

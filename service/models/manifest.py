@@ -36,7 +36,9 @@ class Manifest(BaseModel):
 
     model: str
     version: int
-    config_sha256: str = Field(description="Hash of config.yaml plus the checkpoint it names.")
+    config_sha256: str = Field(
+        description="Hash of the config (less its serving-only sections) plus the checkpoint it names."
+    )
     weights: str = Field(description="trained | untrained")
     arch: dict[str, Any] = Field(description="ArchFacts as a dict.")
     params: int

@@ -22,6 +22,7 @@ def load_backend(
     prefer: RuntimePreference = "auto",
     providers: str = "auto",
     intra_op_threads: int = 0,
+    spin: bool = False,
 ) -> Backend:
     """Load ``model``'s best artifact.
 
@@ -48,10 +49,10 @@ def load_backend(
     if on_gpu and "onnx_fp16" in manifest.artifacts:
         record = manifest.artifacts["onnx_fp16"]
         return OrtBackend(
-            version_dir / record.file, providers=chosen, precision="fp16", intra_op_threads=intra_op_threads
+            version_dir / record.file, providers=chosen, precision="fp16", intra_op_threads=intra_op_threads, spin=spin
         )
     if "onnx" not in manifest.artifacts:
         raise FileNotFoundError(f"model {model!r} has no ONNX artifact: run `tessera build --model {model}`")
     return OrtBackend(
-        version_dir / manifest.artifacts["onnx"].file, providers=chosen, intra_op_threads=intra_op_threads
+        version_dir / manifest.artifacts["onnx"].file, providers=chosen, intra_op_threads=intra_op_threads, spin=spin
     )

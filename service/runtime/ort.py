@@ -59,6 +59,7 @@ class OrtBackend(Backend):
         providers: Sequence[str] | None = None,
         precision: str = "fp32",
         intra_op_threads: int = 0,
+        spin: bool = False,
     ):
         import onnxruntime as ort
 
@@ -66,6 +67,10 @@ class OrtBackend(Backend):
         # The artifact was optimised at build time; ENABLE_ALL adds the provider-specific fusions.
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.intra_op_num_threads = intra_op_threads
+        # A spinning pool keeps its cores busy between ops: fastest alone, but on a host whose cores
+        # several replicas share it slows every neighbour (measured: docs/performance.md).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "1" if spin else "0")
         opts.log_severity_level = 3
         self.providers = list(providers or choose_providers())
         self.session = ort.InferenceSession(str(model_path), sess_options=opts, providers=self.providers)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,9 @@ class TensorRTBackend(Backend):
         if self.engine is None:
             raise RuntimeError(f"could not deserialize TensorRT plan {plan_path}")
         self.context = self.engine.create_execution_context()
+        # One execution context holds one set of shapes and addresses: callers on other threads
+        # (a replica's concurrent batches, slide tiles beside /v1/predict) take turns.
+        self._lock = threading.Lock()
         self.device = "cuda:0"
         self.stream = torch.cuda.Stream()
         self._profile_sizes = []
@@ -55,7 +59,7 @@ class TensorRTBackend(Backend):
         size = pixels.shape[2]
         if size not in self._profile_sizes:
             raise ValueError(f"no optimization profile for size {size}; plan has {self._profile_sizes}")
-        with torch.cuda.stream(self.stream):
+        with self._lock, torch.cuda.stream(self.stream):
             self.context.set_optimization_profile_async(self._profile_sizes.index(size), self.stream.cuda_stream)
             inp = torch.from_numpy(pixels).to("cuda", non_blocking=True)
             self.context.set_input_shape("pixels", tuple(inp.shape))
@@ -67,7 +71,7 @@ class TensorRTBackend(Backend):
                 self.context.set_tensor_address(name, out.data_ptr())
                 outputs[name] = out
             self.context.execute_async_v3(self.stream.cuda_stream)
-        self.stream.synchronize()
+            self.stream.synchronize()
         return {k: v.cpu().numpy() for k, v in outputs.items()}
 
     def memory(self) -> MemoryReport:

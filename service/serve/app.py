@@ -43,7 +43,14 @@ def build_app(settings: ServerSettings) -> Application:
             max_ongoing_requests=batching.max_ongoing_requests,
             max_queued_requests=batching.max_queued_requests,
             ray_actor_options={"num_cpus": batching.num_cpus, "num_gpus": batching.num_gpus},
-        ).bind(settings.model_repo, name, settings.runtime, settings.providers, settings.intra_op_threads)
+        ).bind(
+            settings.model_repo,
+            name,
+            settings.runtime,
+            settings.providers,
+            settings.intra_op_threads,
+            settings.ort_spin,
+        )
     slide_jobs = SlideJobs.options(  # type: ignore[attr-defined]
         name="SlideJobs", ray_actor_options={"num_cpus": 0.1}
     ).bind(settings.model_dump(mode="json"), handles)

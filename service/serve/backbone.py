@@ -15,9 +15,24 @@ from service.runtime.batching import run_batch
 from service.runtime.loader import RuntimePreference
 from service.serve.metrics import BackboneMetrics
 
-__all__ = ["Backbone"]
+__all__ = ["Backbone", "set_max_concurrent_batches"]
 
 log = logging.getLogger(__name__)
+
+
+def set_max_concurrent_batches(batched: Any, n: int) -> None:
+    """Let a ``@serve.batch`` method run ``n`` batches at once, before its first call.
+
+    Ray fixes ``max_concurrent_batches`` at decoration time and has no setter for it (unlike the
+    batch size and wait); the decorator keeps it on the lazy queue wrapper that its public setters
+    are bound to, read when the queue is first made. The tests check the effect on the pinned Ray.
+    """
+    wrapper = getattr(getattr(batched, "set_max_batch_size", None), "__self__", None)
+    if wrapper is None or not hasattr(wrapper, "max_concurrent_batches"):
+        raise RuntimeError("this Ray Serve's @serve.batch keeps no max_concurrent_batches to set")
+    if getattr(wrapper, "_queue", None) is not None:
+        raise RuntimeError("max_concurrent_batches must be set before the first batched call")
+    wrapper.max_concurrent_batches = n
 
 
 @serve.deployment(graceful_shutdown_wait_loop_s=0.5, graceful_shutdown_timeout_s=30)
@@ -29,6 +44,7 @@ class Backbone:
         runtime: RuntimePreference = "auto",
         providers: str = "auto",
         intra_op_threads: int = 0,
+        ort_spin: bool = False,
     ):
         repo = ModelRepository(model_repo)
         self.cfg = repo.config(model)
@@ -38,10 +54,12 @@ class Backbone:
             prefer=runtime,
             providers=providers,
             intra_op_threads=intra_op_threads,
+            spin=ort_spin,
         )
         batched: Any = self.infer  # serve.batch adds the setters; per-model values from config.yaml
         batched.set_max_batch_size(self.cfg.batching.max_batch_size)
         batched.set_batch_wait_timeout_s(self.cfg.batching.batch_wait_timeout_s)
+        set_max_concurrent_batches(batched, self.cfg.batching.max_concurrent_batches)
         self.metrics = BackboneMetrics(model)
         side = self.cfg.input.native_size
         self.backend.infer(np.zeros((1, 3, side, side), dtype=np.float32))  # warm-up: first call allocates

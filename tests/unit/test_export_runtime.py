@@ -50,6 +50,7 @@ def test_onnx_runtime_matches_pytorch_at_several_batch_sizes(small_repo: Path, n
 
 
 def test_build_skips_when_up_to_date_and_rebuilds_on_change(small_repo: Path) -> None:
+    """A change to what the artifact is made from rebuilds it; a serving-only change does not."""
     repo = ModelRepository(small_repo)
     name = "vit_small"
     rows = build_model(repo, name)
@@ -59,7 +60,15 @@ def test_build_skips_when_up_to_date_and_rebuilds_on_change(small_repo: Path) ->
     config = repo.model_dir(name) / "config.yaml"
     original = config.read_text()
     try:
-        config.write_text(original.replace("batch_wait_timeout_s: 0.01", "batch_wait_timeout_s: 0.02"))
+        serving_only = original.replace("batch_wait_timeout_s: 0.01", "batch_wait_timeout_s: 0.02")
+        assert serving_only != original
+        config.write_text(serving_only)
+        rows = build_model(ModelRepository(small_repo), name)
+        assert [r.status for r in rows] == ["up-to-date"]
+        assert json.loads(manifest_path.read_text())["config_sha256"] == before
+        reseeded = original.replace("seed: 0", "seed: 1")
+        assert reseeded != original
+        config.write_text(reseeded)
         rows = build_model(ModelRepository(small_repo), name)
         assert [r.status for r in rows] == ["built"]
         assert json.loads(manifest_path.read_text())["config_sha256"] != before
@@ -100,3 +109,12 @@ def test_provider_choice() -> None:
     assert choose_providers("cpu", gpu) == ["CPUExecutionProvider"]
     with pytest.raises(RuntimeError, match="CUDAExecutionProvider requested"):
         choose_providers("cuda", cpu_only)
+
+
+@pytest.mark.parametrize("spin", [False, True])
+def test_ort_spinning_follows_the_setting(small_repo: Path, spin: bool) -> None:
+    """Idle ORT threads spin only when asked: replicas sharing a CPU host must not burn each other's cores."""
+    backend = load_backend(ModelRepository(small_repo), "vit_small", providers="cpu", spin=spin)
+    options = backend.session.get_session_options()  # type: ignore[attr-defined]
+    for key in ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning"):
+        assert options.get_session_config_entry(key) == ("1" if spin else "0")
