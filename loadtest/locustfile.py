@@ -10,7 +10,9 @@ Configuration (environment; see ``loadtest/README.md``): ``TESSERA_LT_MIX`` (use
 ``predict=6,oip=2,grpc=2,slide=1``), ``TESSERA_LT_SIZES`` (image sides for ``/v1/predict`` with
 weights, 224..2048), ``TESSERA_LT_MODEL``, ``TESSERA_LT_OIP_BATCH``, ``TESSERA_LT_GRPC``
 (``host:port``, default the HTTP host on port 9000), ``TESSERA_LT_SLIDE_PATH`` (submit slide jobs by
-path inside the server's slide root instead of uploading a synthetic slide), ``TESSERA_LT_WAIT_S``.
+path inside the server's slide root instead of uploading a synthetic slide), ``TESSERA_LT_PACE_S``
+(each user starts a request every so many seconds: an offered rate, Locust's ``constant_pacing``) or,
+when it is 0, ``TESSERA_LT_WAIT_S`` (a closed loop with think time drawn from 0..this).
 
 A request the service sheds (503, RESOURCE_EXHAUSTED) is reported under its endpoint's name with
 `` [shed]`` appended, so that the SLO check can count sheds apart from errors.
@@ -18,6 +20,7 @@ A request the service sheds (503, RESOURCE_EXHAUSTED) is reported under its endp
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import random
@@ -31,7 +34,7 @@ from urllib.parse import urlsplit
 # gRPC must cooperate with gevent before any channel exists (Locust runs users as greenlets).
 import grpc.experimental.gevent as grpc_gevent
 import numpy as np
-from locust import FastHttpUser, User, between, events, task
+from locust import FastHttpUser, User, between, constant_pacing, events, task
 from locust.env import Environment
 
 grpc_gevent.init_gevent()
@@ -131,6 +134,9 @@ def _post(client: Any, path: str, body: bytes, headers: dict[str, str], name: st
 
 
 def _wait() -> Any:
+    """Paced users offer a known rate (users / pace); unpaced ones loop with think time."""
+    if WORKLOAD.pace_s > 0:
+        return constant_pacing(WORKLOAD.pace_s)
     return between(0, WORKLOAD.wait_s)
 
 
@@ -140,8 +146,11 @@ class PredictUser(FastHttpUser):
     weight = WORKLOAD.mix.get("predict", 0)
     wait_time = _wait()
 
+    started = itertools.count()
+
     def on_start(self) -> None:
-        self.rng = random.Random()
+        # Seeded per user (TESSERA_LT_SEED, the user's start order): two runs draw the same sizes.
+        self.rng = random.Random(f"{WORKLOAD.seed}:{next(PredictUser.started)}")
 
     @task
     def predict(self) -> None:

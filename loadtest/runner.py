@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from loadtest.slo import SloResult, evaluate, load_slo, read_failures, read_stats
 from loadtest.workload import (
     DEFAULT_MIX,
+    DEFAULT_PACE_S,
     DEFAULT_SIZES,
     USER_KINDS,
     Workload,
@@ -83,13 +84,16 @@ class LoadtestOptions(BaseModel):
     start: bool = Field(default=False, description="Start `tessera serve` on loopback first and stop it after.")
     users: int = Field(default=8, ge=1, le=256, description="Concurrent Locust users.")
     spawn_rate: float = Field(default=4.0, gt=0, le=100, description="Users started per second.")
-    duration_s: int = Field(default=60, ge=1, le=MAX_DURATION_S, description="Run time in seconds.")
+    duration_s: int = Field(default=180, ge=1, le=MAX_DURATION_S, description="Run time in seconds.")
     host: str | None = Field(default=None, description="Service URL; loopback only.")
     grpc_host: str | None = Field(default=None, description="gRPC HOST:PORT; loopback only.")
     mix: str = Field(default=DEFAULT_MIX, description="User weights: predict, oip, grpc, slide.")
     sizes: str = Field(default=DEFAULT_SIZES, description="Image sides for /v1/predict with weights.")
     model: str = Field(default="vit_small", description="Model of the OIP and gRPC users.")
     oip_batch: int = Field(default=1, ge=1, le=64, description="Images per OIP/gRPC request.")
+    pace_s: float = Field(
+        default=DEFAULT_PACE_S, ge=0, le=600, description="Seconds between one user's request starts; 0 = closed loop."
+    )
     slo: Path = Field(default=LOADTEST_DIR / "slo.yaml", description="SLO file.")
     out: Path = Field(default=LOADTEST_DIR / "reports", description="Reports folder.")
     model_repo: str = Field(default="model_repo", description="Model repository for --start.")
@@ -97,6 +101,7 @@ class LoadtestOptions(BaseModel):
     grpc_port: int | None = Field(default=None, ge=1, le=65535, description="--start: gRPC port.")
     metrics_port: int | None = Field(default=None, ge=1, le=65535, description="--start: metrics port.")
     ready_timeout_s: float = Field(default=300.0, gt=0, le=1800, description="--start: wait for the ready line.")
+    record: bool = Field(default=False, description="Also write the result to bench/results for the report.")
     stop_timeout_s: int = Field(default=10, ge=0, le=300, description="Seconds users get to finish at the end.")
     locustfile: Path = Field(default=LOADTEST_DIR / "locustfile.py", description="The Locust file.")
 
@@ -128,6 +133,8 @@ class LoadtestOptions(BaseModel):
             sizes=parse_sizes(self.sizes),
             model=self.model,
             oip_batch=self.oip_batch,
+            pace_s=self.pace_s,
+            wait_s=float(os.environ.get("TESSERA_LT_WAIT_S", "0")),
             grpc_target=grpc_target,
         )
 
@@ -145,11 +152,13 @@ def options_from_args(args: argparse.Namespace) -> LoadtestOptions:
         "sizes": args.sizes or os.environ.get("TESSERA_LT_SIZES") or DEFAULT_SIZES,
         "model": args.model or os.environ.get("TESSERA_LT_MODEL") or "vit_small",
         "oip_batch": args.oip_batch or int(os.environ.get("TESSERA_LT_OIP_BATCH", "1")),
+        "pace_s": args.pace if args.pace is not None else float(os.environ.get("TESSERA_LT_PACE_S", DEFAULT_PACE_S)),
         "model_repo": getattr(args, "model_repo", None) or os.environ.get("TESSERA_MODEL_REPO", "model_repo"),
         "http_port": args.http_port,
         "grpc_port": args.grpc_port,
         "metrics_port": args.metrics_port,
         "ready_timeout_s": args.ready_timeout,
+        "record": args.record,
     }
     if args.slo:
         values["slo"] = Path(args.slo)
@@ -396,6 +405,8 @@ def run(options: LoadtestOptions, *, echo: Any = print) -> int:
         "sizes": {str(k): v for k, v in parse_sizes(options.sizes).items()},
         "model": options.model,
         "oip_batch": options.oip_batch,
+        "pace_s": options.pace_s,
+        "offered_rps": round(options.users / options.pace_s, 3) if options.pace_s > 0 else None,
         "slo_file": str(options.slo),
     }
     locust_rc: int | None = None
@@ -455,10 +466,39 @@ def run(options: LoadtestOptions, *, echo: Any = print) -> int:
     _write_summary(report_dir, summary)
     print_summary(result, echo=echo)
     echo(f"reports: {report_dir}")
+    if options.record and locust_rc == 0:
+        echo(f"recorded for the performance report: {record_result(summary)}")
     if locust_rc != 0:
         echo(f"loadtest: Locust exited with {locust_rc}; its log:\n{_tail(report_dir / 'locust.log')}")
         return 2
     return 0 if result.passed else 1
+
+
+def record_result(summary: dict[str, Any]) -> Path:
+    """The run as a benchmark result (``bench/results/<host>-<date>-loadtest.json``) for the report."""
+    from service.bench._common import host_facts, write_result
+
+    keys = ("users", "spawn_rate", "duration_s", "pace_s", "offered_rps", "mix", "sizes", "model", "oip_batch")
+    slo = summary["slo"]
+    payload = {
+        "benchmark": "loadtest",
+        "host": summary.get("host_facts") or host_facts(),
+        "load": {k: summary.get(k) for k in keys},
+        "started": bool(summary.get("service", {}).get("started")),
+        "endpoints": slo["endpoints"],
+        "totals": slo["totals"],
+        "checks": slo["checks"],
+        "summary": {
+            "passed": slo["passed"],
+            "checks": len([c for c in slo["checks"] if c["ok"] is not None]),
+            "failed": len([c for c in slo["checks"] if c["ok"] is False]),
+            "requests": slo["totals"]["requests"],
+            "error_rate": slo["totals"]["error_rate"],
+            "shed_share": slo["totals"]["shed_share"],
+            "report_dir": summary.get("report_dir"),
+        },
+    }
+    return write_result("loadtest", payload)
 
 
 def _write_summary(report_dir: Path, summary: dict[str, Any]) -> None:

@@ -26,6 +26,7 @@ from PIL import Image
 
 __all__ = [
     "DEFAULT_MIX",
+    "DEFAULT_PACE_S",
     "DEFAULT_SIZES",
     "USER_KINDS",
     "Workload",
@@ -48,6 +49,9 @@ log = logging.getLogger(__name__)
 USER_KINDS = ("predict", "oip", "grpc", "slide")
 DEFAULT_MIX = "predict=6,oip=2,grpc=2,slide=1"
 DEFAULT_SIZES = "224=8,512=4,1024=2,2048=1"
+#: Seconds between the starts of one user's requests (Locust's ``constant_pacing``): 8 users at 8 s
+#: offer one request a second, which the reference 2-core host sustains (``loadtest/README.md``).
+DEFAULT_PACE_S = 8.0
 #: Largest image side the load test cuts (the design's largest single-image size).
 MAX_SIZE = 2048
 
@@ -116,6 +120,7 @@ class Workload:
     slide_poll_s: float = 0.5
     slide_timeout_s: float = 300.0
     wait_s: float = 0.0
+    pace_s: float = 0.0
     variants: int = 4
     seed: int = 0
 
@@ -136,6 +141,7 @@ class Workload:
             slide_poll_s=float(get("TESSERA_LT_SLIDE_POLL_S", "0.5")),
             slide_timeout_s=float(get("TESSERA_LT_SLIDE_TIMEOUT_S", "300")),
             wait_s=float(get("TESSERA_LT_WAIT_S", "0")),
+            pace_s=float(get("TESSERA_LT_PACE_S", "0")),
             variants=int(get("TESSERA_LT_VARIANTS", "4")),
             seed=int(get("TESSERA_LT_SEED", "0")),
         )
@@ -151,6 +157,8 @@ class Workload:
             raise ValueError(f"TESSERA_LT_SLIDE_SIDE must be 256..20000, got {self.slide_side}")
         if not 0 <= self.wait_s <= 60:
             raise ValueError(f"TESSERA_LT_WAIT_S must be 0..60 seconds, got {self.wait_s}")
+        if not 0 <= self.pace_s <= 600:
+            raise ValueError(f"TESSERA_LT_PACE_S must be 0..600 seconds, got {self.pace_s}")
         if not 1 <= self.variants <= 64:
             raise ValueError(f"TESSERA_LT_VARIANTS must be 1..64, got {self.variants}")
         if not (0 < self.slide_poll_s <= 60 and 0 < self.slide_timeout_s <= 3600):
@@ -169,6 +177,7 @@ class Workload:
             "TESSERA_LT_SLIDE_POLL_S": str(self.slide_poll_s),
             "TESSERA_LT_SLIDE_TIMEOUT_S": str(self.slide_timeout_s),
             "TESSERA_LT_WAIT_S": str(self.wait_s),
+            "TESSERA_LT_PACE_S": str(self.pace_s),
             "TESSERA_LT_VARIANTS": str(self.variants),
             "TESSERA_LT_SEED": str(self.seed),
         }

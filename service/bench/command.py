@@ -83,7 +83,7 @@ def add_loadtest_arguments(parser: argparse.ArgumentParser) -> None:
         "-r", "--spawn-rate", type=float, default=4.0, help="users started per second (default 4, at most 100)"
     )
     parser.add_argument(
-        "-t", "--duration", default="60s", help="how long to run, e.g. 30s, 2m, 1m30s (at most 30m; default 60s)"
+        "-t", "--duration", default="3m", help="how long to run, e.g. 30s, 2m, 1m30s (at most 30m; default 3m)"
     )
     parser.add_argument(
         "--host", default=None, help="service URL, loopback only (default http://127.0.0.1:8000, or the started one)"
@@ -103,7 +103,19 @@ def add_loadtest_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--model", default=None, help="model for the OIP and gRPC users (default vit_small)")
     parser.add_argument("--oip-batch", type=int, default=None, help="images per OIP request, N in Nx3x224x224")
+    parser.add_argument(
+        "--pace",
+        type=float,
+        default=None,
+        help="seconds between the starts of one user's requests, so users/pace requests/s are offered "
+        "(default $TESSERA_LT_PACE_S or 8; 0 = closed loop, each user sends as soon as it has its answer)",
+    )
     parser.add_argument("--slo", default=None, help="SLO file (default loadtest/slo.yaml)")
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help="also write the result to bench/results/<host>-<date>-loadtest.json for `tessera bench report`",
+    )
     parser.add_argument("--out", default=None, help="reports folder (default loadtest/reports)")
     parser.add_argument("--http-port", type=int, default=None, help="with --start: REST port (default a free one)")
     parser.add_argument("--grpc-port", type=int, default=None, help="with --start: gRPC port (default a free one)")

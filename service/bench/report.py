@@ -28,7 +28,7 @@ __all__ = ["Goal", "evaluate_goals", "load_results", "main", "make_plots", "rend
 MET, NOT_MET = "met", "not met"
 NO_GPU = "not measured: no GPU on this host"
 #: Order of the benchmark sections; others follow alphabetically.
-KNOWN = ("ort_vs_torch", "service_vs_raw", "slide_vs_raw", "attention_scaling", "router")
+KNOWN = ("ort_vs_torch", "service_vs_raw", "slide_vs_raw", "attention_scaling", "router", "loadtest")
 #: An N² attention-score term makes bytes per pixel grow with the token count: 16x from 512² to 2048².
 N2_MEMORY_RATIO_LIMIT = 2.0
 
@@ -267,6 +267,34 @@ def _judge_gpu_slide(result: dict[str, Any]) -> tuple[str, bool]:
     return (f"{seconds:.1f} s for {tiles} tiles" if seconds is not None else "-"), seconds is not None and seconds < 15
 
 
+def _kind_order(kinds: tuple[str, ...], kind: str) -> int:
+    return kinds.index(kind) if kind in kinds else len(kinds)
+
+
+def describe_load(load: dict[str, Any]) -> str:
+    """``8 users, one request each every 8 s (1 req/s offered), 180 s, mix ..., sizes ...``."""
+    users, pace = load.get("users"), _num(load.get("pace_s"))
+    rate = f"one request each every {pace:g} s ({load.get('offered_rps')} req/s offered)" if pace else "closed loop"
+    kinds = ("predict", "oip", "grpc", "slide")  # the Locust file's user order (results store keys sorted)
+    mix = ",".join(
+        f"{k}={v}" for k, v in sorted((load.get("mix") or {}).items(), key=lambda kv: _kind_order(kinds, kv[0]))
+    )
+    sides = sorted((load.get("sizes") or {}).items(), key=lambda kv: int(kv[0]) if str(kv[0]).isdigit() else 0)
+    sizes = ",".join(f"{k}={v}" for k, v in sides)
+    return f"{users} users, {rate}, {load.get('duration_s')} s; users {mix}; /v1/predict sides {sizes}"
+
+
+def _goal_loadtest(results: dict[str, dict[str, Any]]) -> Goal:
+    what, goal = "Load test (`make loadtest`): every objective in `loadtest/slo.yaml`", "all pass at a stated load"
+    result = results.get("loadtest")
+    if not result:
+        return Goal(what, goal, "-", "not measured: no result (`tessera loadtest --start --record`)", "loadtest")
+    summary = result.get("summary", {})
+    checks, failed = int(summary.get("checks") or 0), int(summary.get("failed") or 0)
+    measured = f"{checks - failed}/{checks} checks pass at {describe_load(result.get('load') or {})}"
+    return Goal(what, goal, measured, MET if summary.get("passed") else NOT_MET, "loadtest")
+
+
 def evaluate_goals(results: dict[str, dict[str, Any]]) -> list[Goal]:
     """DESIGN.md's performance table, in its order, each goal with its measured value and status."""
     return [
@@ -276,6 +304,7 @@ def evaluate_goals(results: dict[str, dict[str, Any]]) -> list[Goal]:
         _goal_linear(results),
         _goal_fused(results),
         _goal_router(results),
+        _goal_loadtest(results),
         _goal_gpu(
             results,
             "On an H100: ViT-B/16 fp16 at batch 256 through the fastest backend",
@@ -545,7 +574,47 @@ def _section_generic(result: dict[str, Any]) -> list[str]:
     return out
 
 
+def _section_loadtest(result: dict[str, Any]) -> list[str]:
+    totals = result.get("totals", {})
+    out = [
+        f"Locust against `tessera serve` on loopback: {describe_load(result.get('load') or {})}. "
+        f"{totals.get('requests', '-')} requests, error rate {_pct(_num(totals.get('error_rate')))}, "
+        f"shed {_pct(_num(totals.get('shed_share')))}. Percentiles are Locust's (2 significant digits).",
+        "",
+    ]
+    targets: dict[str, dict[str, Any]] = {}
+    for check in result.get("checks", []):
+        targets.setdefault(check.get("endpoint", ""), {})[check.get("check", "")] = check
+    rows = []
+    for e in result.get("endpoints", []):
+        mine = targets.get(e.get("endpoint", ""), {})
+
+        def cell(name: str, e: dict[str, Any] = e, mine: dict[str, Any] = mine) -> str:
+            value, check = e.get(name), mine.get(name)
+            if check is None:
+                return _cell(value)
+            return f"{_cell(value)} / {_cell(check.get('target'))}" + (
+                "" if check.get("ok") is not False else " **fail**"
+            )
+
+        rows.append(
+            [
+                e.get("endpoint"),
+                e.get("requests"),
+                e.get("failures"),
+                e.get("shed"),
+                e.get("rps"),
+                cell("p50_ms"),
+                cell("p95_ms"),
+                cell("p99_ms"),
+            ]
+        )
+    out += _table(["endpoint", "requests", "failures", "shed", "req/s", "p50 ms / target", "p95", "p99"], rows)
+    return out
+
+
 _SECTIONS = {
+    "loadtest": ("Load test", _section_loadtest, []),
     "ort_vs_torch": ("ONNX Runtime vs PyTorch eager", _section_ort, ["throughput_ort_vs_torch"]),
     "service_vs_raw": ("Service vs raw backend", _section_service, ["throughput_service"]),
     "slide_vs_raw": ("Slide pipeline vs raw backend", _section_slide, ["throughput_slide"]),

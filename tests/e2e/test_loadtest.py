@@ -44,6 +44,8 @@ def test_loadtest_start_writes_reports_and_checks_slos(tiny_repo: Path, tmp_path
         "predict=3,oip=1",
         "--sizes",
         "224=1",
+        "--pace",
+        "1",
         "--out",
         str(out),
     ]
@@ -58,11 +60,14 @@ def test_loadtest_start_writes_reports_and_checks_slos(tiny_repo: Path, tmp_path
     assert summary["service"]["ready_line"].startswith("ready: http://127.0.0.1:")
     assert summary["locust"]["exit_code"] == 0
     assert summary["users"] == 4 and summary["duration_s"] == 15
+    assert summary["pace_s"] == 1 and summary["offered_rps"] == 4
 
     slo = summary["slo"]
     endpoints = {e["endpoint"]: e for e in slo["endpoints"]}
     assert set(endpoints) == {"POST /v1/predict 224px", "POST /v2/models/vit_small/infer"}
     assert all(e["requests"] > 0 for e in endpoints.values())
+    # Paced users start a request at most once a second each: a closed loop would send far more.
+    assert slo["totals"]["requests"] <= 4 * (15 + 2), slo["totals"]
     assert slo["totals"]["errors"] == 0, summary["failures"]
     checked = {(c["check"], c["endpoint"]) for c in slo["checks"] if c["ok"] is not None}
     assert {("p95_ms", "POST /v1/predict 224px"), ("p99_ms", "POST /v2/models/vit_small/infer")} <= checked

@@ -128,6 +128,7 @@ def test_workload_round_trips_through_the_environment() -> None:
         sizes=parse_sizes("224=3,2048=1"),
         oip_batch=4,
         grpc_target="127.0.0.1:9100",
+        pace_s=2.5,
     )
     again = Workload.from_env(workload.to_env())
     assert again == workload
@@ -138,6 +139,8 @@ def test_workload_round_trips_through_the_environment() -> None:
         parse_weights("predict=0,oip=0")
     with pytest.raises(ValueError):
         Workload.from_env({"TESSERA_LT_OIP_BATCH": "500"})
+    with pytest.raises(ValueError, match="PACE"):
+        Workload.from_env({"TESSERA_LT_PACE_S": "-1"})
 
 
 def test_oip_binary_body_round_trip() -> None:

@@ -207,7 +207,8 @@ def test_goals_beside_measured_values(results: Path) -> None:
     assert "1 of 2 sizes within 25%" in goals["router"].measured
     all_goals = evaluate_goals(load_results(results))
     assert [g.status for g in all_goals[3:5]] == ["met", "met"]  # linear windowed; no N² term for SDPA
-    assert all_goals[6].status.startswith(NO_GPU) and all_goals[7].status.startswith(NO_GPU)
+    assert goals["loadtest"].status.startswith("not measured")
+    assert [g.status.startswith(NO_GPU) for g in all_goals if g.source.startswith("gpu_")] == [True, True]
 
 
 def test_report_writes_tables_goals_and_plots(results: Path, tmp_path: Path) -> None:
@@ -250,11 +251,11 @@ def test_gpu_rows_count_only_from_a_gpu_host(results: Path, tmp_path: Path) -> N
         "summary": {"img_per_s": 13100.0, "fraction_of_matmul_rate": 0.57},
     }
     _write(results, "gpu_throughput", payload)
-    goals = evaluate_goals(load_results(results))
-    assert goals[6].status == "met"
-    assert "NVIDIA H100" in goals[6].measured
+    goals = {g.source: g for g in evaluate_goals(load_results(results))}
+    assert goals["gpu_throughput"].status == "met"
+    assert "NVIDIA H100" in goals["gpu_throughput"].measured
     # the slide goal has no result from that GPU host
-    assert goals[7].status.startswith("not measured: no result for this goal from the GPU host")
+    assert goals["gpu_slide"].status.startswith("not measured: no result for this goal from the GPU host")
 
 
 def test_empty_results_and_main(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -285,3 +286,70 @@ def test_a_busy_host_marks_the_ratio_suspect(results: Path, tmp_path: Path) -> N
     assert goal.status == "met (suspect: the host was not quiet, see notes)"
     out = write_report(results, tmp_path / "performance.md", tmp_path / "img")
     assert "> Note: measured above the raw backend" in out.read_text()
+
+
+def _loadtest_summary(passed: bool) -> dict[str, Any]:
+    """What ``loadtest.runner.run`` keeps in summary.json, for one endpoint."""
+    checks = [
+        {"check": "p95_ms", "endpoint": "POST /v1/predict 224px", "target": 2000.0, "value": 700.0, "ok": True},
+        {
+            "check": "p99_ms",
+            "endpoint": "POST /v1/predict 224px",
+            "target": 3000.0,
+            "value": 3100.0 if not passed else 900.0,
+            "ok": passed,
+        },
+        {"check": "p50_ms", "endpoint": "POST /v1/predict 2048px", "target": 25000.0, "value": None, "ok": None},
+    ]
+    return {
+        "users": 8,
+        "spawn_rate": 4.0,
+        "duration_s": 180,
+        "pace_s": 8.0,
+        "offered_rps": 1.0,
+        "mix": {"predict": 6, "oip": 2},
+        "sizes": {"224": 8, "2048": 1},
+        "model": "vit_small",
+        "oip_batch": 1,
+        "report_dir": "/tmp/reports/x",
+        "service": {"started": True},
+        "host_facts": _host(),
+        "slo": {
+            "passed": passed,
+            "endpoints": [
+                {
+                    "endpoint": "POST /v1/predict 224px",
+                    "requests": 40,
+                    "failures": 0,
+                    "shed": 1,
+                    "rps": 0.22,
+                    "p50_ms": 300.0,
+                    "p95_ms": 700.0,
+                    "p99_ms": 900.0 if passed else 3100.0,
+                }
+            ],
+            "totals": {"requests": 41, "errors": 0, "shed": 1, "error_rate": 0.0, "shed_share": 0.0244},
+            "checks": checks,
+        },
+    }
+
+
+@pytest.mark.parametrize("passed", [True, False])
+def test_a_recorded_load_test_is_a_goal_and_a_section(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, passed: bool
+) -> None:
+    from loadtest.runner import record_result
+
+    folder = tmp_path / "results"
+    monkeypatch.setenv("TESSERA_BENCH_RESULTS", str(folder))
+    path = record_result(_loadtest_summary(passed))
+    assert path == folder / "ci-box-2026-11-20-loadtest.json"
+    goal = {g.source: g for g in evaluate_goals(load_results(folder))}["loadtest"]
+    assert goal.status == ("met" if passed else "not met")
+    assert goal.measured.startswith(f"{2 if passed else 1}/2 checks pass at 8 users, one request each every 8 s")
+    assert "(1.0 req/s offered), 180 s; users predict=6,oip=2; /v1/predict sides 224=8,2048=1" in goal.measured
+    out = write_report(folder, tmp_path / "performance.md", tmp_path / "img")
+    text = out.read_text()
+    assert "## Load test" in text
+    row = "| POST /v1/predict 224px | 40 | 0 | 1 | 0.22 | 300 | 700 / 2000 | 900 / 3000 |"
+    assert (row if passed else row.replace("900 / 3000 |", "3100 / 3000 **fail** |")) in text
