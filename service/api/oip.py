@@ -15,8 +15,9 @@ Each model exposes two alternative inputs and two outputs:
             the elements are base64 strings.
 ``embedding``  FP32 ``[N, D]``;  ``logits``  FP32 ``[N, C]`` (absent when the model has no head).
 
-A request carries exactly one of the inputs. The N images are sent to the backbone as N
-concurrent single-image calls, which the backbone deployment batches, and stacked again.
+A request carries exactly one of the inputs. One image goes to the backbone's batcher, where it
+shares a batch with other requests' images; N images of one shape already are a batch and run as
+such (``infer_batch``), in chunks of the model's ``max_batch_size`` run concurrently.
 The response's ``parameters`` report what the request cost, as ``/v1/predict`` does:
 ``timing_ms`` (decode, preprocess, queue, inference, total), ``memory`` (device, peak_bytes,
 allocated_bytes), ``backend``, ``precision``, ``weights`` and ``batch_size``.
@@ -306,7 +307,7 @@ class OpenInference:
                     batch = self._pixels(tensor, cfg)
                 else:
                     batch = await self._images(tensor, cfg)
-                replies, roundtrip_ms = await self._run(cfg.name, batch.pixels)
+                replies, roundtrip_ms = await self._run(cfg, batch.pixels)
         except TimeoutError:
             raise DeadlineExceeded(f"no answer within the {budget:.3g} s deadline") from None
 
@@ -449,15 +450,23 @@ class OpenInference:
                 f"input {name!r} has {elements} elements; the limit is {max_elements} per request", param=name
             )
 
-    async def _run(self, model: str, pixels: list[np.ndarray]) -> tuple[list[dict[str, Any]], float]:
-        telemetry = self.core.telemetry
+    async def _run(self, cfg: ModelConfig, pixels: list[np.ndarray]) -> tuple[list[dict[str, Any]], float]:
+        """One image goes to the backbone's batcher, to share a batch with other requests; N images
+        of one shape already are a batch and run as such, in chunks of the model's batch size."""
+        model, client, telemetry = cfg.name, self.core.client, self.core.telemetry
         t = time.perf_counter()
         telemetry.inflight(model, len(pixels))
         try:
-            replies = await asyncio.gather(*(self.core.client.infer(model, p) for p in pixels))
+            if len(pixels) == 1 or len({p.shape for p in pixels}) > 1:
+                replies = list(await asyncio.gather(*(client.infer(model, p) for p in pixels)))
+            else:
+                step = cfg.batching.max_batch_size
+                chunks = [np.stack(pixels[i : i + step]) for i in range(0, len(pixels), step)]
+                parts = await asyncio.gather(*(client.infer_batch(model, chunk) for chunk in chunks))
+                replies = [reply for part in parts for reply in part]
         finally:
             telemetry.inflight(model, -len(pixels))
-        return list(replies), (time.perf_counter() - t) * 1e3
+        return replies, (time.perf_counter() - t) * 1e3
 
 
 # -- validation helpers ----------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from service.routing.decision import RouteDecision
 from service.runtime import Backend
 from service.runtime.batching import run_batch
 
-__all__ = ["BackboneClient", "LocalBackboneClient", "Router", "ServingCore"]
+__all__ = ["BackboneClient", "LocalBackboneClient", "Router", "ServingCore", "split_batch_reply"]
 
 UNTRAINED_NOTE = (
     "random initialisation with a fixed seed: outputs are deterministic but carry no learned "
@@ -41,9 +41,23 @@ UNTRAINED_NOTE = (
 
 
 class BackboneClient(Protocol):
-    """Runs one preprocessed image on a named backbone; replies as ``run_batch`` does."""
+    """Runs preprocessed images on a named backbone; replies (one per image) as ``run_batch`` does.
+
+    ``infer`` takes one (3, H, W) image, which the backbone batches with other callers' images;
+    ``infer_batch`` takes an (N, 3, H, W) batch the caller already holds and runs it as one call.
+    """
 
     async def infer(self, model: str, pixels: np.ndarray) -> dict[str, Any]: ...
+
+    async def infer_batch(self, model: str, pixels: np.ndarray) -> list[dict[str, Any]]: ...
+
+
+def split_batch_reply(reply: dict[str, Any]) -> list[dict[str, Any]]:
+    """One ``infer_batch`` reply (outputs with a leading N axis) as N per-image replies."""
+    outputs: dict[str, Any] = reply["outputs"]
+    n = int(reply["batch_size"])
+    shared = {k: v for k, v in reply.items() if k != "outputs"}
+    return [{**shared, "outputs": {name: value[i] for name, value in outputs.items()}} for i in range(n)]
 
 
 class Router(Protocol):
@@ -62,6 +76,12 @@ class LocalBackboneClient:
             raise NotFound(f"model {model!r} is not loaded", param="model")
         replies = await asyncio.to_thread(run_batch, backend, [pixels])
         return replies[0]
+
+    async def infer_batch(self, model: str, pixels: np.ndarray) -> list[dict[str, Any]]:
+        backend = self.backends.get(model)
+        if backend is None:
+            raise NotFound(f"model {model!r} is not loaded", param="model")
+        return await asyncio.to_thread(run_batch, backend, list(pixels))
 
 
 @dataclass

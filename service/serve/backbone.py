@@ -60,6 +60,9 @@ class Backbone:
         batched.set_max_batch_size(self.cfg.batching.max_batch_size)
         batched.set_batch_wait_timeout_s(self.cfg.batching.batch_wait_timeout_s)
         set_max_concurrent_batches(batched, self.cfg.batching.max_concurrent_batches)
+        # Ready-made batches (OIP tensors, slide tiles) take the same number of slots, so that many
+        # callers at once do not oversubscribe the cores with concurrent runs.
+        self._ready_batches = asyncio.Semaphore(self.cfg.batching.max_concurrent_batches)
         self.metrics = BackboneMetrics(model)
         side = self.cfg.input.native_size
         self.backend.infer(np.zeros((1, 3, side, side), dtype=np.float32))  # warm-up: first call allocates
@@ -73,7 +76,8 @@ class Backbone:
 
     async def infer_batch(self, pixels: np.ndarray) -> dict[str, Any]:
         """A caller that already holds a batch (slide tiles, OIP tensors) runs it as one call."""
-        result = await asyncio.to_thread(self.backend.infer, pixels)
+        async with self._ready_batches:
+            result = await asyncio.to_thread(self.backend.infer, pixels)
         memory = result.memory.to_dict()
         self.metrics.batch(result.batch_size, memory)
         return {

@@ -13,7 +13,7 @@ from ray.serve.handle import DeploymentHandle
 from service.api.grpc import GrpcIngressMixin
 from service.api.logs import configure_access_log
 from service.api.rest import create_app
-from service.api.serving import ServingCore
+from service.api.serving import ServingCore, split_batch_reply
 from service.api.telemetry import Telemetry
 from service.errors import NotFound, Overloaded
 from service.imaging import DecodeLimits
@@ -35,11 +35,18 @@ class HandleClient:
         self.telemetry = telemetry
 
     async def infer(self, model: str, pixels: np.ndarray) -> dict[str, Any]:
+        reply: dict[str, Any] = await self._call(model, "infer", pixels)
+        return reply
+
+    async def infer_batch(self, model: str, pixels: np.ndarray) -> list[dict[str, Any]]:
+        return split_batch_reply(await self._call(model, "infer_batch", pixels))
+
+    async def _call(self, model: str, method: str, pixels: np.ndarray) -> Any:
         handle = self.handles.get(model)
         if handle is None:
             raise NotFound(f"model {model!r} is not deployed", param="model")
         try:
-            reply: dict[str, Any] = await handle.infer.remote(pixels)
+            return await getattr(handle, method).remote(pixels)
         except BackPressureError as exc:
             # Ray would answer this itself with a plain-text 503; the contract's envelope and
             # Retry-After come from our error mapping instead, on REST and gRPC alike.
@@ -48,7 +55,6 @@ class HandleClient:
                 f"model {model!r} is at capacity: {exc.message} Retry shortly.",
                 retry_after_s=exc.retry_after_s or 1.0,
             ) from None
-        return reply
 
 
 @serve.deployment(graceful_shutdown_wait_loop_s=0.5, graceful_shutdown_timeout_s=30)

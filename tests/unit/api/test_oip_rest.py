@@ -130,6 +130,47 @@ def test_json_fp32_matches_the_backbone(client: TestClient, reference: Reference
     assert params["backend"] == "onnxruntime" and params["weights"] == "untrained"
 
 
+class _RecordingClient:
+    """The in-process backbones, noting how each call arrived."""
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+        self.calls: list[tuple[str, tuple[int, ...]]] = []
+
+    async def infer(self, model: str, pixels: np.ndarray) -> dict[str, Any]:
+        self.calls.append(("infer", pixels.shape))
+        return await self.inner.infer(model, pixels)  # type: ignore[no-any-return]
+
+    async def infer_batch(self, model: str, pixels: np.ndarray) -> list[dict[str, Any]]:
+        self.calls.append(("infer_batch", pixels.shape))
+        return await self.inner.infer_batch(model, pixels)  # type: ignore[no-any-return]
+
+
+def test_many_images_run_as_batches_of_the_models_size(core: ServingCore, reference: Reference) -> None:
+    """N images in one request are one batch already: chunks of max_batch_size, not N single calls."""
+    from service.api.oip_rest import router as oip_router
+    from service.api.rest import create_app
+
+    recording = _RecordingClient(core.client)
+    app = create_app()
+    if not any(getattr(route, "path", None) == "/v2/models/{model}/infer" for route in app.routes):
+        app.include_router(oip_router)
+    app.state.core = ServingCore(core.repo, core.router, recording)
+    step = core.repo.config("vit_small").batching.max_batch_size
+    pixels = _pixels(step + 2, seed=5)
+    body = {"inputs": [_fp32(list(pixels.shape), pixels.ravel().tolist())]}
+    response = _infer(TestClient(app), body)
+    assert response.status_code == 200, response.text
+    assert recording.calls == [("infer_batch", (step, 3, 224, 224)), ("infer_batch", (2, 3, 224, 224))]
+    outputs = {o["name"]: o for o in response.json()["outputs"]}
+    got = np.asarray(outputs["embedding"]["data"], np.float32).reshape(step + 2, -1)
+    np.testing.assert_allclose(got, reference.embed("vit_small", pixels), atol=ATOL)
+    recording.calls.clear()
+    one = _pixels(1, seed=6)
+    assert _infer(TestClient(app), {"inputs": [_fp32([1, 3, 224, 224], one.ravel().tolist())]}).status_code == 200
+    assert recording.calls == [("infer", (3, 224, 224))]  # a single image joins the backbone's batcher
+
+
 def test_nested_json_data_and_one_requested_output(client: TestClient, reference: Reference) -> None:
     pixels = _pixels(1, seed=2)
     body = {

@@ -353,3 +353,24 @@ def test_a_recorded_load_test_is_a_goal_and_a_section(
     assert "## Load test" in text
     row = "| POST /v1/predict 224px | 40 | 0 | 1 | 0.22 | 300 | 700 / 2000 | 900 / 3000 |"
     assert (row if passed else row.replace("900 / 3000 |", "3100 / 3000 **fail** |")) in text
+
+
+def test_a_batched_service_run_is_reported_beside_the_single_image_one(results: Path, tmp_path: Path) -> None:
+    _write(
+        results,
+        "service_vs_raw_oip8",
+        {
+            "oip_batch": 8,
+            "idle_busy_share": 0.078,
+            "raw": {"img_per_s": 18.0},
+            "rows": [],
+            "summary": {"rest_oip_fp32_ratio": 0.91, "grpc_oip_fp32_ratio": 0.88},
+        },
+    )
+    goal = {g.source: g for g in evaluate_goals(load_results(results))}["service_vs_raw"]
+    assert "with 8 images per request: REST 91.0%, gRPC 88.0%" in goal.measured
+    assert goal.status.startswith("not met (not met with 8)")
+    text = write_report(results, tmp_path / "performance.md", tmp_path / "img").read_text()
+    single, batched = text.index("## Service vs raw backend\n"), text.index("## Service vs raw backend, 8 images")
+    assert single < batched < text.index("## Slide pipeline vs raw backend")
+    assert "7.8% of the host's CPU time was busy" in text

@@ -149,6 +149,9 @@ class _FakeClient:
             "batch_size": 1,
         }
 
+    async def infer_batch(self, model: str, pixels: np.ndarray) -> list[dict[str, Any]]:
+        return [await self.infer(model, p) for p in pixels]
+
 
 @pytest.fixture(scope="module")
 def oip_server(core: ServingCore) -> OpenInference:
