@@ -49,9 +49,9 @@ log = logging.getLogger(__name__)
 USER_KINDS = ("predict", "oip", "grpc", "slide")
 DEFAULT_MIX = "predict=6,oip=2,grpc=2,slide=1"
 DEFAULT_SIZES = "224=8,512=4,1024=2,2048=1"
-#: Seconds between the starts of one user's requests (Locust's ``constant_pacing``): 8 users at 8 s
-#: offer one request a second, which the reference 2-core host sustains (``loadtest/README.md``).
-DEFAULT_PACE_S = 8.0
+#: Seconds between the starts of one user's requests (Locust's ``constant_pacing``): 8 users at 10 s
+#: offer 0.8 requests a second, which the reference 2-core host sustains (``loadtest/README.md``).
+DEFAULT_PACE_S = 10.0
 #: Largest image side the load test cuts (the design's largest single-image size).
 MAX_SIZE = 2048
 

@@ -108,7 +108,7 @@ def add_loadtest_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         help="seconds between the starts of one user's requests, so users/pace requests/s are offered "
-        "(default $TESSERA_LT_PACE_S or 8; 0 = closed loop, each user sends as soon as it has its answer)",
+        "(default $TESSERA_LT_PACE_S or 10; 0 = closed loop, each user sends as soon as it has its answer)",
     )
     parser.add_argument("--slo", default=None, help="SLO file (default loadtest/slo.yaml)")
     parser.add_argument(

@@ -369,7 +369,7 @@ def test_a_batched_service_run_is_reported_beside_the_single_image_one(results: 
     )
     goal = {g.source: g for g in evaluate_goals(load_results(results))}["service_vs_raw"]
     assert "with 8 images per request: REST 91.0%, gRPC 88.0%" in goal.measured
-    assert goal.status.startswith("not met (not met with 8)")
+    assert goal.status.startswith("not met; not met with 8 images per request")
     text = write_report(results, tmp_path / "performance.md", tmp_path / "img").read_text()
     single, batched = text.index("## Service vs raw backend\n"), text.index("## Service vs raw backend, 8 images")
     assert single < batched < text.index("## Slide pipeline vs raw backend")
