@@ -67,10 +67,15 @@ def reference(core: ServingCore, backends: dict[str, Backend]) -> Reference:
     return Reference(core, backends)
 
 
-@pytest.fixture(scope="package")
-def client(core: ServingCore) -> TestClient:
+def oip_client(core: ServingCore) -> TestClient:
+    """The REST app (``/v1`` and the OIP routes) over ``core``, in process."""
     app = create_app()
     if not any(getattr(route, "path", None) == "/v2/models/{model}/infer" for route in app.routes):
         app.include_router(router)  # until create_app() includes it itself
     app.state.core = core
     return TestClient(app, raise_server_exceptions=False)
+
+
+@pytest.fixture(scope="package")
+def client(core: ServingCore) -> TestClient:
+    return oip_client(core)

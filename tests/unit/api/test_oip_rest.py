@@ -18,7 +18,7 @@ from service.api.oip_rest import HEADER_LENGTH, TIMEOUT_HEADER
 from service.api.rest import TIMEOUT_HEADER as REST_TIMEOUT_HEADER
 from service.api.serving import ServingCore
 from tests.helpers import ROOT, jpeg_bytes
-from tests.unit.api.conftest import Reference
+from tests.unit.api.conftest import Reference, oip_client
 
 ATOL = 1e-4
 
@@ -148,18 +148,12 @@ class _RecordingClient:
 
 def test_many_images_run_as_batches_of_the_models_size(core: ServingCore, reference: Reference) -> None:
     """N images in one request are one batch already: chunks of max_batch_size, not N single calls."""
-    from service.api.oip_rest import router as oip_router
-    from service.api.rest import create_app
-
     recording = _RecordingClient(core.client)
-    app = create_app()
-    if not any(getattr(route, "path", None) == "/v2/models/{model}/infer" for route in app.routes):
-        app.include_router(oip_router)
-    app.state.core = ServingCore(core.repo, core.router, recording)
+    client = oip_client(ServingCore(core.repo, core.router, recording))
     step = core.repo.config("vit_small").batching.max_batch_size
     pixels = _pixels(step + 2, seed=5)
     body = {"inputs": [_fp32(list(pixels.shape), pixels.ravel().tolist())]}
-    response = _infer(TestClient(app), body)
+    response = _infer(client, body)
     assert response.status_code == 200, response.text
     assert recording.calls == [("infer_batch", (step, 3, 224, 224)), ("infer_batch", (2, 3, 224, 224))]
     outputs = {o["name"]: o for o in response.json()["outputs"]}
@@ -167,7 +161,7 @@ def test_many_images_run_as_batches_of_the_models_size(core: ServingCore, refere
     np.testing.assert_allclose(got, reference.embed("vit_small", pixels), atol=ATOL)
     recording.calls.clear()
     one = _pixels(1, seed=6)
-    assert _infer(TestClient(app), {"inputs": [_fp32([1, 3, 224, 224], one.ravel().tolist())]}).status_code == 200
+    assert _infer(client, {"inputs": [_fp32([1, 3, 224, 224], one.ravel().tolist())]}).status_code == 200
     assert recording.calls == [("infer", (3, 224, 224))]  # a single image joins the backbone's batcher
 
 
