@@ -98,7 +98,10 @@ def run(
     slide_s = round(time.perf_counter() - t, 2)
     print(f"slide {slide_path} ({side}x{side}, ready in {slide_s} s)", flush=True)
 
-    backend = load_backend(repo, model)
+    from service.settings import ServerSettings
+
+    spin = ServerSettings.from_env().ort_spin  # the runtime as configured (TESSERA_ORT_SPIN)
+    backend = load_backend(repo, model, spin=spin)
     encoder = BackendEncoder(backend, cfg)
     batch_size = encoder.max_batch_size
     batches = _tile_batches(slide_path, encoder, batch_size, batches=8)
@@ -141,6 +144,7 @@ def run(
         "slide": {"side": side, "mpp": 0.5, "file_bytes": slide_path.stat().st_size, "tissue": "everywhere"},
         "batch_size": batch_size,
         "workers": workers,
+        "ort_spin": spin,
         "tiles": processed,
         "backend": backend.describe(),
         "raw": {"before": raw_before, "after": raw_after, "tiles_per_s": round(raw_tps, 3)},

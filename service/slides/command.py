@@ -122,6 +122,7 @@ def cmd_slide(args: argparse.Namespace) -> int:
 def _run_offline(args: argparse.Namespace) -> int:
     from service.models import ModelRepository
     from service.runtime import load_backend
+    from service.settings import ServerSettings
     from service.slides.encoder import BackendEncoder
     from service.slides.offline import run_slide
 
@@ -135,7 +136,9 @@ def _run_offline(args: argparse.Namespace) -> int:
     settings = PipelineSettings(workers=args.workers) if args.workers is not None else None
     repo = ModelRepository(_model_repo(args))
     config = repo.config(name)
-    encoder = BackendEncoder(load_backend(repo, name), config)
+    # one process owns the cores here: TESSERA_ORT_SPIN=1 lets ORT's idle threads spin (docs/architecture.md)
+    spin = ServerSettings.from_env().ort_spin
+    encoder = BackendEncoder(load_backend(repo, name, spin=spin), config)
     out_dir = Path(args.out_dir)
     report = run_slide(slide, out_dir, encoder, options, progress=True, settings=settings)
     print(_summary(slide.name, report, out_dir))
