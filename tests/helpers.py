@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import io
+import os
 import socket
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import yaml
 from PIL import Image
 
@@ -95,3 +101,45 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def start_tessera_serve(
+    *,
+    model_repo: Path | None = None,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    ready_timeout_s: float = 240.0,
+) -> tuple[subprocess.Popen[str], dict[str, int], str]:
+    """``tessera serve`` as a subprocess on free ports: the process, its ports and its ready line.
+
+    Returns once the ready line is printed (its output is drained from then on); fails the test if
+    the process exits first or prints none within ``ready_timeout_s``. Stopping it is the caller's.
+    """
+    ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
+    command = [str(Path(sys.executable).with_name("tessera"))]
+    if model_repo is not None:
+        command += ["--model-repo", str(model_repo)]
+    command += ["serve", *(f"--{name}-port={port}" for name, port in ports.items())]
+    proc = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+    )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + ready_timeout_s
+    lines: list[str] = []
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            if proc.poll() is not None:
+                pytest.fail("tessera serve exited early:\n" + "".join(lines))
+            continue
+        lines.append(line)
+        if line.startswith("ready: "):
+            threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep draining output
+            return proc, ports, line.strip()
+    proc.kill()
+    pytest.fail(f"no ready line within {ready_timeout_s:.0f} s:\n" + "".join(lines))

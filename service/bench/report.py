@@ -277,18 +277,13 @@ def _judge_gpu_slide(result: dict[str, Any]) -> tuple[str, bool]:
     return (f"{seconds:.1f} s for {tiles} tiles" if seconds is not None else "-"), seconds is not None and seconds < 15
 
 
-def _kind_order(kinds: tuple[str, ...], kind: str) -> int:
-    return kinds.index(kind) if kind in kinds else len(kinds)
-
-
 def describe_load(load: dict[str, Any]) -> str:
     """``8 users, one request each every 8 s (1 req/s offered), 180 s, mix ..., sizes ...``."""
     users, pace = load.get("users"), _num(load.get("pace_s"))
     rate = f"one request each every {pace:g} s ({load.get('offered_rps')} req/s offered)" if pace else "closed loop"
+    weights = load.get("mix") or {}
     kinds = ("predict", "oip", "grpc", "slide")  # the Locust file's user order (results store keys sorted)
-    mix = ",".join(
-        f"{k}={v}" for k, v in sorted((load.get("mix") or {}).items(), key=lambda kv: _kind_order(kinds, kv[0]))
-    )
+    mix = ",".join(f"{k}={weights[k]}" for k in kinds if k in weights)
     sides = sorted((load.get("sizes") or {}).items(), key=lambda kv: int(kv[0]) if str(kv[0]).isdigit() else 0)
     sizes = ",".join(f"{k}={v}" for k, v in sides)
     return f"{users} users, {rate}, {load.get('duration_s')} s; users {mix}; /v1/predict sides {sizes}"

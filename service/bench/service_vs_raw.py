@@ -355,29 +355,6 @@ def host_busy_share(seconds: float) -> float:
     return (busy1 - busy0) / max(1, total1 - total0)
 
 
-def ray_processes() -> list[int]:
-    """PIDs of Ray's daemons and workers on this host (raylet, gcs_server, ray::...)."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
-        except OSError:
-            continue
-        if b"raylet" in cmdline or b"gcs_server" in cmdline or cmdline.startswith(b"ray::"):
-            pids.append(int(proc.name))
-    return pids
-
-
-def wait_for_ray_exit(timeout_s: float = 30.0) -> float:
-    """Wait until Ray's processes have exited (their teardown would be charged to the raw run after)."""
-    start = time.perf_counter()
-    while ray_processes() and time.perf_counter() - start < timeout_s:
-        time.sleep(0.25)
-    return time.perf_counter() - start
-
-
 def result_name(oip_batch: int) -> str:
     """``service_vs_raw`` for one image per OIP request, ``service_vs_raw_oip8`` for 8, ..."""
     return "service_vs_raw" if oip_batch == 1 else f"service_vs_raw_oip{oip_batch}"
@@ -469,8 +446,6 @@ def run(
                 print(f"  {transport:<18} {stats.get('img_per_s', 0):8.1f} img/s  {_brief(stats)}", flush=True)
     finally:
         stop_service()
-        settled = wait_for_ray_exit()
-        print(f"  Ray's processes gone after {settled:.1f} s", flush=True)
 
     raw_after = measure_raw(backend, raw_batch, raw_duration_s)
     print(f"  raw after:  {raw_after['img_per_s']:.1f} img/s", flush=True)

@@ -9,28 +9,23 @@ end, that the token reaches the Ray replicas and that Ray's gRPC proxy passes ``
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import numpy as np
 import psutil
 import pytest
 
-from tests.helpers import free_port, jpeg_bytes, make_vit_only_repo
+from tests.helpers import jpeg_bytes, make_vit_only_repo, start_tessera_serve
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-TESSERA = str(Path(sys.executable).with_name("tessera"))
 TOKEN = "e2e-fault-token-5b1d"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 REQUESTS = 60
@@ -52,38 +47,9 @@ class Server:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = make_vit_only_repo(tmp_path_factory.mktemp("faults_repo"))
 
-    ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
-    proc = subprocess.Popen(
-        [
-            TESSERA,
-            "--model-repo",
-            str(root),
-            "serve",
-            "--http-port",
-            str(ports["http"]),
-            "--grpc-port",
-            str(ports["grpc"]),
-            "--metrics-port",
-            str(ports["metrics"]),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "TESSERA_AUTH_TOKENS": TOKEN},
-        cwd=tmp_path_factory.mktemp("faults_cwd"),
+    proc, ports, _ = start_tessera_serve(
+        model_repo=root, env={"TESSERA_AUTH_TOKENS": TOKEN}, cwd=tmp_path_factory.mktemp("faults_cwd")
     )
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if line.startswith("ready: "):
-            threading.Thread(target=proc.stdout.read, daemon=True).start()
-            break
-        if not line and proc.poll() is not None:
-            pytest.fail("tessera serve exited early")
-    else:
-        proc.kill()
-        pytest.fail("no ready line")
     try:
         yield Server(f"http://127.0.0.1:{ports['http']}", f"127.0.0.1:{ports['grpc']}", proc)
     finally:

@@ -6,25 +6,19 @@ Bounded: a fixed number of requests to loopback, then it stops. Shed requests mu
 
 from __future__ import annotations
 
-import os
 import signal
 import statistics
-import subprocess
-import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
-from tests.helpers import free_port, jpeg_bytes, make_vit_only_repo
+from tests.helpers import jpeg_bytes, make_vit_only_repo, start_tessera_serve
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-TESSERA = str(Path(sys.executable).with_name("tessera"))
 BURST = 48
 
 
@@ -34,37 +28,7 @@ def tiny_queue_server(tmp_path_factory: pytest.TempPathFactory):
         tmp_path_factory.mktemp("overload_repo"), max_batch_size=2, max_ongoing_requests=2, max_queued_requests=2
     )
 
-    ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
-    proc = subprocess.Popen(
-        [
-            TESSERA,
-            "--model-repo",
-            str(root),
-            "serve",
-            "--http-port",
-            str(ports["http"]),
-            "--grpc-port",
-            str(ports["grpc"]),
-            "--metrics-port",
-            str(ports["metrics"]),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "TESSERA_MAX_PENDING_PREDICTIONS": "6"},
-    )
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if line.startswith("ready: "):
-            threading.Thread(target=proc.stdout.read, daemon=True).start()
-            break
-        if not line and proc.poll() is not None:
-            pytest.fail("tessera serve exited early")
-    else:
-        proc.kill()
-        pytest.fail("no ready line")
+    proc, ports, _ = start_tessera_serve(model_repo=root, env={"TESSERA_MAX_PENDING_PREDICTIONS": "6"})
     try:
         yield ports
     finally:

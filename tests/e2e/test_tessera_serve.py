@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -15,48 +13,13 @@ import httpx
 import psutil
 import pytest
 
-from tests.helpers import free_port, slide_crop_jpeg
+from tests.helpers import slide_crop_jpeg, start_tessera_serve
 
 pytestmark = pytest.mark.e2e
 
-TESSERA = str(Path(sys.executable).with_name("tessera"))
-
 
 def _start(small_repo: Path, tmp_path: Path) -> tuple[subprocess.Popen[str], dict[str, int], str]:
-    ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
-    env = {**os.environ, "TESSERA_MODEL_REPO": str(small_repo)}
-    proc = subprocess.Popen(
-        [
-            TESSERA,
-            "serve",
-            "--http-port",
-            str(ports["http"]),
-            "--grpc-port",
-            str(ports["grpc"]),
-            "--metrics-port",
-            str(ports["metrics"]),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-    )
-    deadline = time.monotonic() + 240
-    lines: list[str] = []
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            if proc.poll() is not None:
-                pytest.fail("tessera serve exited early:\n" + "".join(lines))
-            continue
-        lines.append(line)
-        if line.startswith("ready: "):
-            threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep draining output
-            return proc, ports, line.strip()
-    proc.kill()
-    pytest.fail("no ready line within 240 s:\n" + "".join(lines))
+    return start_tessera_serve(env={"TESSERA_MODEL_REPO": str(small_repo)}, cwd=tmp_path)
 
 
 def _descendants(pid: int) -> list[psutil.Process]:
