@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
+import shutil
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -15,7 +18,7 @@ import numpy as np
 import onnx
 import torch
 
-from service.export.onnx_export import count_fused, export_onnx, optimize_onnx
+from service.export.onnx_export import count_fused, export_onnx, nonstandard_domains, optimize_onnx
 from service.export.parity import onnx_parity
 from service.export.rows import BuildRow
 from service.models import ArtifactRecord, Manifest, ModelConfig, ModelRepository
@@ -23,25 +26,38 @@ from service.models._factory import EmbeddingModel, build_from_config, facts_fro
 from service.models.manifest import sha256_file
 from service.models.meta import ArchFacts
 
-__all__ = ["BuildRow", "build_model", "build_repository", "config_fingerprint"]
+__all__ = ["BuildRow", "Progress", "build_model", "build_repository", "config_fingerprint"]
+
+#: Called with (model, phase) as a build moves on: ``tessera build`` prints it with the elapsed time.
+Progress = Callable[[str, str], None]
+
+
+def _quiet(model: str, phase: str) -> None:
+    pass
+
 
 log = logging.getLogger(__name__)
 
 #: Bump when the artifact layout or export recipe changes, so old builds are rebuilt.
-BUILD_RECIPE = 4
+BUILD_RECIPE = 5
 
 
 #: Config sections that only shape serving, never an artifact: changing them rebuilds nothing.
 SERVING_ONLY = frozenset({"batching", "description"})
 
 
-def config_fingerprint(cfg: ModelConfig, config_dir: Path, *, fp16: bool, tensorrt: bool) -> str:
-    """Hash of everything an artifact depends on: config (less its serving-only sections),
-    checkpoint bytes, recipe, requested artifacts and the exporting packages' versions."""
+def config_fingerprint(cfg: ModelConfig, config_dir: Path, *, fp16: bool) -> str:
+    """Hash of everything the ONNX artifacts depend on: config (less its serving-only sections and
+    the TensorRT switch), checkpoint bytes, recipe, whether fp16 is built, and the exporting
+    packages' versions. A TensorRT plan has its own fingerprint (``tensorrt_build.plan_fingerprint``:
+    this one, the fp16 graph, TensorRT's version and the GPU architecture), so asking for a plan
+    or moving to another GPU never rebuilds the ONNX artifacts, and a plain build keeps the plan."""
     digest = hashlib.sha256()
     exported = cfg.model_dump(mode="json", exclude=set(SERVING_ONLY))
+    exported["artifacts"].pop("tensorrt", None)
+    exported["artifacts"].pop("tensorrt_max_batch", None)
     digest.update(json.dumps(exported, sort_keys=True, separators=(",", ":")).encode())
-    digest.update(f"recipe={BUILD_RECIPE};fp16={fp16};trt={tensorrt}".encode())
+    digest.update(f"recipe={BUILD_RECIPE};fp16={fp16}".encode())
     for pkg in ("torch", "timm", "onnx", "onnxruntime"):
         digest.update(f"{pkg}={_version(pkg)}".encode())
     if cfg.weights.source == "file" and cfg.weights.path:
@@ -61,9 +77,12 @@ def _version(pkg: str) -> str:
 
 
 def _up_to_date(manifest: Manifest | None, fingerprint: str, version_dir: Path) -> bool:
+    """The ONNX artifacts are current (a TensorRT plan is checked on its own)."""
     if manifest is None or manifest.config_sha256 != fingerprint or not manifest.artifacts:
         return False
     for record in manifest.artifacts.values():
+        if record.kind == "tensorrt":
+            continue
         path = version_dir / record.file
         if not path.exists() or path.stat().st_size != record.bytes:
             return False
@@ -81,50 +100,96 @@ def _gmacs(facts: ArchFacts, size: int) -> float:
 def _optimize(raw: Path, final: Path, cfg: ModelConfig, facts: ArchFacts) -> tuple[dict[str, int], dict[str, Any]]:
     """ORT's transformer optimizer when it works on this graph; the exported graph when it does not.
 
-    A failure is recorded in the manifest (and the session still applies ORT's generic fusions at
-    load time): an optimizer that silently does nothing is a finding to report, not to hide.
+    ``raw`` is left in place: it is the standard-ops graph the fp16 artifact (and from it TensorRT)
+    is made from. A failure is recorded in the manifest (and the session still applies ORT's
+    generic fusions at load time): an optimizer that silently does nothing is a finding to report.
     """
     if not cfg.artifacts.optimize:
-        raw.replace(final)
+        shutil.copyfile(raw, final)
         return count_fused(onnx.load(str(final), load_external_data=False)), {"applied": False, "reason": "disabled"}
     try:
         fused = optimize_onnx(raw, final, family=cfg.family, num_heads=facts.num_heads[0], hidden_size=facts.dims[0])
     except Exception as exc:
         log.warning("%s: ORT transformer optimizer failed (%s); keeping the exported graph", cfg.name, exc)
-        raw.replace(final)
+        shutil.copyfile(raw, final)
         fused = count_fused(onnx.load(str(final), load_external_data=False))
         return fused, {"applied": False, "reason": f"optimizer failed: {type(exc).__name__}: {exc}"[:400]}
-    raw.unlink()
     return fused, {"applied": True, "model_type": cfg.family}
 
 
+def attention_blocks(facts: ArchFacts) -> int:
+    """Attention blocks in the architecture: each should be one fused attention op when exported."""
+    return int(sum(facts.depths))
+
+
 def build_model(
-    repo: ModelRepository, name: str, *, fp16: bool | None = None, tensorrt: bool | None = None, force: bool = False
+    repo: ModelRepository,
+    name: str,
+    *,
+    fp16: bool | None = None,
+    tensorrt: bool | None = None,
+    force: bool = False,
+    progress: Progress = _quiet,
 ) -> list[BuildRow]:
-    """Build one model's artifacts; skip them when the manifest says they are current."""
+    """Build one model's artifacts; skip them when the manifest says they are current.
+
+    A TensorRT plan needs the fp16 graph, so asking for one builds fp16 too. A plan is built (or
+    rebuilt for another TensorRT version or GPU) without touching current ONNX artifacts, and a
+    plain build keeps a plan that is still valid.
+    """
     cfg = repo.config(name)
     model_dir = repo.model_dir(name)
     version_dir = repo.version_dir(name)
-    want_fp16 = cfg.artifacts.fp16 if fp16 is None else fp16
     want_trt = cfg.artifacts.tensorrt if tensorrt is None else tensorrt
-    fingerprint = config_fingerprint(cfg, model_dir, fp16=want_fp16, tensorrt=want_trt)
+    want_fp16 = (cfg.artifacts.fp16 if fp16 is None else fp16) or want_trt
+    fingerprint = config_fingerprint(cfg, model_dir, fp16=want_fp16)
     existing = repo.manifest(name)
     if not force and _up_to_date(existing, fingerprint, version_dir):
         assert existing is not None
-        return [
-            BuildRow(name, key, "up-to-date", rec.parity.get("max_abs"), 0.0) for key, rec in existing.artifacts.items()
+        current = [
+            BuildRow(name, key, "up-to-date", rec.parity.get("max_abs"), 0.0)
+            for key, rec in existing.artifacts.items()
+            if rec.kind != "tensorrt"
         ]
+        if want_trt:
+            progress(name, "tensorrt plan")
+            current.append(_plan(version_dir, existing, cfg, force=False))
+            existing.write(version_dir / "manifest.json")
+        return current
 
+    step = functools.partial(progress, name)
+    step("load weights")
     version_dir.mkdir(parents=True, exist_ok=True)
-    rows: list[BuildRow] = []
     torch.set_grad_enabled(False)
     backbone = build_from_config(cfg, model_dir)
     wrapped = EmbeddingModel(backbone).eval()
     facts = facts_from_model(backbone, cfg.family, cfg)
-    buckets = cfg.input.buckets
-    dynamic_hw = len(buckets) > 1
+    manifest = _new_manifest(cfg, fingerprint, facts)
+    rows: list[BuildRow] = []
+    rng = np.random.default_rng(cfg.weights.seed)
+    if cfg.artifacts.onnx:
+        raw = version_dir / "model.raw.onnx"
+        try:
+            rows.append(_build_onnx(wrapped, raw, version_dir, manifest, cfg, facts, rng, step))
+            if want_fp16:
+                from service.export.fp16 import build_fp16
+
+                buckets = cfg.input.buckets
+                rows.append(
+                    build_fp16(wrapped, raw, version_dir, manifest, buckets, rng, family=cfg.family, progress=step)
+                )
+        finally:
+            raw.unlink(missing_ok=True)
+    if want_trt:
+        step("tensorrt plan")
+        rows.append(_plan(version_dir, manifest, cfg, force=force))
+    manifest.write(version_dir / "manifest.json")
+    return rows
+
+
+def _new_manifest(cfg: ModelConfig, fingerprint: str, facts: ArchFacts) -> Manifest:
     manifest = Manifest(
-        model=name,
+        model=cfg.name,
         version=cfg.version,
         config_sha256=fingerprint,
         weights="trained" if cfg.trained else "untrained",
@@ -137,69 +202,87 @@ def build_model(
     )
     manifest.versions["exporter"] = "torch.onnx dynamo"
     manifest.versions["tessera_recipe"] = str(BUILD_RECIPE)
+    return manifest
 
-    rng = np.random.default_rng(cfg.weights.seed)
-    if cfg.artifacts.onnx:
-        start = time.perf_counter()
-        raw = version_dir / "model.raw.onnx"
-        final = version_dir / "model.onnx"
-        axes = export_onnx(
-            wrapped,
-            raw,
-            size=(buckets[0], buckets[0]),
-            opset=cfg.artifacts.opset,
-            dynamic_hw=dynamic_hw,
-            max_batch=max(1024, cfg.batching.max_batch_size),
+
+def _build_onnx(
+    wrapped: EmbeddingModel,
+    raw: Path,
+    version_dir: Path,
+    manifest: Manifest,
+    cfg: ModelConfig,
+    facts: ArchFacts,
+    rng: np.random.Generator,
+    step: Callable[[str], None],
+) -> BuildRow:
+    """Export (standard ops, left at ``raw``), optimise for ONNX Runtime, check parity: ``model.onnx``."""
+    start = time.perf_counter()
+    buckets = cfg.input.buckets
+    final = version_dir / "model.onnx"
+    step(f"export (opset {cfg.artifacts.opset}, dynamic {'batch, height, width' if len(buckets) > 1 else 'batch'})")
+    axes = export_onnx(
+        wrapped,
+        raw,
+        size=(buckets[0], buckets[0]),
+        opset=cfg.artifacts.opset,
+        dynamic_hw=len(buckets) > 1,
+        max_batch=max(1024, cfg.batching.max_batch_size),
+    )
+    step("optimise for ONNX Runtime")
+    fused, optimizer = _optimize(raw, final, cfg, facts)
+    fused["attention_blocks"] = attention_blocks(facts)
+    parity = onnx_parity(
+        wrapped,
+        final,
+        buckets,
+        rng=rng,
+        providers=["CPUExecutionProvider"],
+        on_size=lambda size: step(f"parity at {size}²"),
+    )
+    seconds = time.perf_counter() - start
+    manifest.artifacts["onnx"] = ArtifactRecord(
+        file=final.name,
+        sha256=sha256_file(final),
+        bytes=final.stat().st_size,
+        precision="fp32",
+        kind="onnx",
+        opset=cfg.artifacts.opset,
+        input_sizes=buckets,
+        dynamic_axes=axes,
+        parity=parity,
+        fused=fused,
+        optimizer=optimizer,
+        domains=sorted(nonstandard_domains(onnx.load(str(final), load_external_data=False))),
+        build_s=round(seconds, 2),
+    )
+    if parity["max_abs"] > cfg.artifacts.parity_atol:
+        del manifest.artifacts["onnx"]
+        raise RuntimeError(
+            f"{cfg.name}: ONNX parity {parity['max_abs']:.3e} exceeds "
+            f"{cfg.artifacts.parity_atol:.0e}; artifact not recorded"
         )
-        fused, optimizer = _optimize(raw, final, cfg, facts)
-        parity = onnx_parity(wrapped, final, buckets, rng=rng, providers=["CPUExecutionProvider"])
-        seconds = time.perf_counter() - start
-        record = ArtifactRecord(
-            file=final.name,
-            sha256=sha256_file(final),
-            bytes=final.stat().st_size,
-            precision="fp32",
-            kind="onnx",
-            opset=cfg.artifacts.opset,
-            input_sizes=buckets,
-            dynamic_axes=axes,
-            parity=parity,
-            fused=fused,
-            optimizer=optimizer,
-            build_s=round(seconds, 2),
-        )
-        ok = parity["max_abs"] <= cfg.artifacts.parity_atol
-        rows.append(
-            BuildRow(
-                name,
-                "onnx",
-                "built" if ok else "failed",
-                parity["max_abs"],
-                seconds,
-                "" if ok else f"parity {parity['max_abs']:.2e} > {cfg.artifacts.parity_atol:.0e}",
-            )
-        )
-        if not ok:
-            raise RuntimeError(
-                f"{name}: ONNX parity {parity['max_abs']:.3e} exceeds "
-                f"{cfg.artifacts.parity_atol:.0e}; artifact not recorded"
-            )
-        manifest.artifacts["onnx"] = record
-
-        if want_fp16:
-            from service.export.fp16 import build_fp16
-
-            rows.append(build_fp16(wrapped, final, version_dir, manifest, buckets, rng))
-    if want_trt:
-        from service.export.tensorrt_build import build_plan
-
-        rows.append(build_plan(version_dir, manifest, cfg))
-    manifest.write(version_dir / "manifest.json")
-    return rows
+    return BuildRow(cfg.name, "onnx", "built", parity["max_abs"], seconds)
 
 
-def build_repository(repo: ModelRepository, models: list[str] | None = None, **kwargs: bool | None) -> list[BuildRow]:
+def _plan(version_dir: Path, manifest: Manifest, cfg: ModelConfig, *, force: bool) -> BuildRow:
+    from service.export.tensorrt_build import build_plan
+
+    return build_plan(version_dir, manifest, cfg, force=force)
+
+
+def build_repository(
+    repo: ModelRepository,
+    models: list[str] | None = None,
+    *,
+    progress: Progress = _quiet,
+    **kwargs: bool | None,
+) -> list[BuildRow]:
+    """Build every model (or ``models``); a model that fails is a ``failed`` row and the rest go on."""
     rows: list[BuildRow] = []
     for name in models or repo.names():
-        rows.extend(build_model(repo, name, **kwargs))  # type: ignore[arg-type]
+        try:
+            rows.extend(build_model(repo, name, progress=progress, **kwargs))  # type: ignore[arg-type]
+        except Exception as exc:
+            log.warning("%s: build failed: %s", name, exc)
+            rows.append(BuildRow(name, "onnx", "failed", note=f"{type(exc).__name__}: {exc}"[:300]))
     return rows

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import tempfile
@@ -12,7 +14,7 @@ import onnx
 import torch
 from torch import nn
 
-__all__ = ["count_fused", "export_onnx", "optimize_onnx"]
+__all__ = ["count_fused", "export_onnx", "nonstandard_domains", "optimize_onnx"]
 
 log = logging.getLogger(__name__)
 
@@ -59,15 +61,28 @@ def optimize_onnx(src: Path, dst: Path, *, family: str, num_heads: int, hidden_s
     """Run ORT's transformer optimizer (graph fusions, CPU-safe) and return fused-op counts."""
     from onnxruntime.transformers import optimizer
 
-    opt = optimizer.optimize_model(
-        str(src),
-        model_type=_ORT_MODEL_TYPE.get(family, "vit"),
-        num_heads=num_heads,
-        hidden_size=hidden_size,
-        opt_level=0,
-        use_gpu=False,
-        only_onnxruntime=False,
-    )
+    # The optimizer's symbolic shape inference does not follow the dynamic H/W graphs and prints
+    # "failed in shape inference" to stdout; the fusions that need it are skipped. One log line
+    # instead of a stray print in the middle of `tessera build`'s progress.
+    # Its fusion modules log under their bare module names ("fusion_skiplayernorm"), so warnings
+    # are silenced process-wide for the length of the call (a build step, not serving).
+    printed = io.StringIO()
+    logging.disable(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(printed):
+            opt = optimizer.optimize_model(
+                str(src),
+                model_type=_ORT_MODEL_TYPE.get(family, "vit"),
+                num_heads=num_heads,
+                hidden_size=hidden_size,
+                opt_level=0,
+                use_gpu=False,
+                only_onnxruntime=False,
+            )
+    finally:
+        logging.disable(logging.NOTSET)
+    if "shape inference" in printed.getvalue():
+        log.info("%s: ORT's symbolic shape inference does not cover this dynamic-size graph", src.name)
     with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
         staged = Path(tmp) / dst.name
         opt.save_model_to_file(str(staged))
@@ -75,8 +90,21 @@ def optimize_onnx(src: Path, dst: Path, *, family: str, num_heads: int, hidden_s
     return count_fused(onnx.load(str(dst), load_external_data=False))
 
 
+def nonstandard_domains(model: onnx.ModelProto) -> set[str]:
+    """Operator domains other than the standard ONNX one (``com.microsoft`` after ORT's optimizer).
+
+    TensorRT's ONNX parser imports standard ops only: the graph handed to it must give ``set()``.
+    """
+    return {node.domain for node in model.graph.node if node.domain not in ("", "ai.onnx")}
+
+
 def count_fused(model: onnx.ModelProto) -> dict[str, int]:
-    """Count the operator kinds that matter for transformer speed in a graph."""
+    """Count the operator kinds that matter for transformer speed in a graph.
+
+    ``attention`` counts the standard ``Attention`` op (opset 23) and ONNX Runtime's fused
+    ``Attention`` / ``MultiHeadAttention`` (``com.microsoft``); ``softmax_unfused`` the softmaxes
+    left over from attention that was decomposed into MatMul-Softmax-MatMul.
+    """
     ops = Counter(node.op_type for node in model.graph.node)
     return {
         "attention": ops["Attention"] + ops["MultiHeadAttention"],

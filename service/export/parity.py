@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ def onnx_parity(
     rng: np.random.Generator,
     providers: Sequence[str],
     batch: int = 2,
+    on_size: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Max absolute and relative error of every output, over random inputs at every size.
 
@@ -35,6 +36,8 @@ def onnx_parity(
     max_rel = 0.0
     per_size: dict[str, float] = {}
     for size in sizes:
+        if on_size is not None:
+            on_size(size)
         # Two images exercise the batch axis; one is enough at large sizes, which cost O(pixels).
         n = batch if size <= 512 else 1
         pixels = rng.standard_normal((n, 3, size, size)).astype(np.float32)

@@ -13,7 +13,14 @@ from torch import nn
 from service.models.config import ModelConfig
 from service.models.meta import ArchFacts
 
-__all__ = ["EmbeddingModel", "build_from_config", "create_model", "facts_from_model", "load_checkpoint"]
+__all__ = [
+    "EmbeddingModel",
+    "build_from_config",
+    "create_model",
+    "facts_from_model",
+    "load_checkpoint",
+    "use_fused_attention",
+]
 
 
 def _register_in_house() -> None:
@@ -92,6 +99,23 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, strict: bool = True) 
         )
 
 
+def use_fused_attention(model: nn.Module) -> int:
+    """Make every timm attention block call ``scaled_dot_product_attention``; returns how many.
+
+    timm's ViT uses SDPA by default, but its Swin window attention only when fused attention is
+    forced (``TIMM_FUSED_ATTN=2``), and ``TIMM_FUSED_ATTN=0`` turns it off everywhere. One SDPA
+    call is what becomes one fused ``Attention`` op in the ONNX export (opset 23), FlashAttention
+    or memory-efficient attention on CUDA, and no materialised score matrix in PyTorch. The
+    in-house NA family does not use the flag (its kernel choice is ``set_attn_backend``).
+    """
+    count = 0
+    for module in model.modules():
+        if isinstance(getattr(module, "fused_attn", None), bool):
+            setattr(module, "fused_attn", True)  # noqa: B010 - typed nn.Module attribute
+            count += 1
+    return count
+
+
 def build_from_config(cfg: ModelConfig, config_dir: str | Path) -> nn.Module:
     """Instantiate the backbone a config names: seeded random init, or its local checkpoint."""
     torch.manual_seed(cfg.weights.seed)
@@ -104,6 +128,7 @@ def build_from_config(cfg: ModelConfig, config_dir: str | Path) -> nn.Module:
         if not path.is_absolute():
             path = Path(config_dir) / path
         load_checkpoint(model, path, strict=cfg.weights.strict)
+    use_fused_attention(model)
     return model.eval()
 
 

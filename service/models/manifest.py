@@ -28,6 +28,9 @@ class ArtifactRecord(BaseModel):
     optimizer: dict[str, Any] = Field(
         default_factory=dict, description="Whether ORT's transformer optimizer was applied, and why not if it failed."
     )
+    domains: list[str] = Field(
+        default_factory=list, description="Operator domains beyond standard ONNX (com.microsoft after ORT's optimizer)."
+    )
     build_s: float = 0.0
 
 

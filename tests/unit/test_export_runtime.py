@@ -12,7 +12,7 @@ from service.models import ModelRepository, build_from_config
 from service.models._factory import EmbeddingModel
 from service.runtime import load_backend
 from service.runtime.batching import run_batch
-from service.runtime.ort import choose_providers
+from service.runtime.ort import ProviderUnavailable, choose_providers
 from tests.helpers import default_model_names
 
 
@@ -30,6 +30,48 @@ def test_manifest_records_parity_and_facts(small_repo: Path, name: str) -> None:
     assert manifest.arch["family"] == repo.config(name).family
     assert {"torch", "onnxruntime", "onnx"} <= set(manifest.versions)
     assert onnx.fused["nodes"] > 0  # counts recorded, whatever the optimizer managed
+
+
+@pytest.mark.parametrize("name", default_model_names())
+def test_one_fused_attention_op_per_attention_block(small_repo: Path, name: str) -> None:
+    """ViT and Swin: the ONNX Attention op (opset 23) per block, in the ORT-optimised fp32 graph and
+    in the standard-ops fp16 graph; NAT: its tiled kernel, one masked Attention op per block."""
+    import onnx as onnx_lib
+
+    repo = ModelRepository(small_repo)
+    manifest = repo.require_manifest(name)
+    blocks = sum(manifest.arch["depths"])
+    for key in ("onnx", "onnx_fp16"):
+        record = manifest.artifacts[key]
+        assert record.fused["attention_blocks"] == blocks
+        assert record.fused["attention"] == blocks, (key, record.fused)
+        assert record.fused["softmax_unfused"] == 0, (key, record.fused)
+        graph = onnx_lib.load(str(repo.version_dir(name) / record.file), load_external_data=False).graph
+        assert sum(n.op_type == "Attention" for n in graph.node) == blocks
+    # the graph TensorRT is given holds standard ops only
+    assert manifest.artifacts["onnx_fp16"].domains == []
+
+
+@pytest.mark.parametrize("name", default_model_names())
+def test_fp16_artifact_within_its_family_bound_at_every_bucket(small_repo: Path, name: str) -> None:
+    from service.export.fp16 import fp16_parity_bound
+
+    repo = ModelRepository(small_repo)
+    cfg = repo.config(name)
+    record = repo.require_manifest(name).artifacts["onnx_fp16"]
+    assert record.parity["rtol_bound"] == fp16_parity_bound(cfg.family)
+    assert record.parity["max_rel"] <= record.parity["rtol_bound"]
+    assert record.input_sizes == cfg.input.buckets
+    assert set(record.parity["max_abs_by_size"]) == {str(s) for s in cfg.input.buckets}
+
+
+def test_neighbourhood_attention_artifact_serves_2048() -> None:
+    """The default NAT serves up to 2048² like Swin (its ONNX graph is linear in pixels)."""
+    from service.models import load_model_config
+    from tests.helpers import MODEL_REPO
+
+    for name in ("nat_tiny", "swin_tiny"):
+        assert max(load_model_config(MODEL_REPO / name / "config.yaml").input.buckets) == 2048
 
 
 @pytest.mark.parametrize("name", default_model_names())
@@ -54,7 +96,7 @@ def test_build_skips_when_up_to_date_and_rebuilds_on_change(small_repo: Path) ->
     repo = ModelRepository(small_repo)
     name = "vit_small"
     rows = build_model(repo, name)
-    assert [r.status for r in rows] == ["up-to-date"]
+    assert [r.status for r in rows] == ["up-to-date", "up-to-date"]  # onnx, onnx_fp16
     manifest_path = repo.manifest_path(name)
     before = json.loads(manifest_path.read_text())["config_sha256"]
     config = repo.model_dir(name) / "config.yaml"
@@ -64,13 +106,13 @@ def test_build_skips_when_up_to_date_and_rebuilds_on_change(small_repo: Path) ->
         assert serving_only != original
         config.write_text(serving_only)
         rows = build_model(ModelRepository(small_repo), name)
-        assert [r.status for r in rows] == ["up-to-date"]
+        assert [r.status for r in rows] == ["up-to-date", "up-to-date"]
         assert json.loads(manifest_path.read_text())["config_sha256"] == before
         reseeded = original.replace("seed: 0", "seed: 1")
         assert reseeded != original
         config.write_text(reseeded)
         rows = build_model(ModelRepository(small_repo), name)
-        assert [r.status for r in rows] == ["built"]
+        assert [r.status for r in rows] == ["built", "built"]
         assert json.loads(manifest_path.read_text())["config_sha256"] != before
     finally:
         config.write_text(original)
@@ -107,7 +149,7 @@ def test_provider_choice() -> None:
     assert choose_providers("auto", gpu) == gpu
     assert choose_providers("cuda", gpu) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert choose_providers("cpu", gpu) == ["CPUExecutionProvider"]
-    with pytest.raises(RuntimeError, match="CUDAExecutionProvider requested"):
+    with pytest.raises(ProviderUnavailable, match="CUDAExecutionProvider requested"):
         choose_providers("cuda", cpu_only)
 
 

@@ -1,4 +1,4 @@
-"""Two-dimensional neighborhood attention (NA): one module, three interchangeable kernels.
+"""Two-dimensional neighborhood attention (NA): one module, four interchangeable kernels.
 
 Definition (Hassani et al., "Neighborhood Attention Transformer", CVPR 2023): the query at
 ``(i, j)`` attends to the ``k x k`` keys nearest to it, the window clamped at the borders so that
@@ -8,19 +8,33 @@ every query sees exactly ``k**2`` keys. Per axis of length ``n`` the window is
 
 Feature maps smaller than the kernel: along an axis of length ``n < k`` the kernel is clamped to
 ``n``, so every query attends to the whole axis (``s = 0``). This is the limit of the definition
-above, needs no padding tokens, and the three kernels and the reference all compute it.
+above, needs no padding tokens, and every kernel and the reference compute it.
 
 Kernels (``backend``):
 
 * ``"natten"``: NATTEN's fused CUDA kernels (optional extra, CUDA tensors only). Axes shorter than
   the kernel are routed to the gather kernel, because NATTEN rejects kernels larger than the input.
+* ``"tiled"``: queries in ``T x T`` tiles, each tile attending to one ``(T + k - 1)**2`` halo of keys
+  through ``scaled_dot_product_attention`` with the neighbourhood as a boolean mask. Memory and time
+  are linear in pixels (K and V held about 3 times, 196 scores per query at ``T = 8, k = 7``, against
+  ``k**2 = 49`` copies of K and V for a whole-window gather). It exports with dynamic batch,
+  height and width as one ONNX ``Attention`` op per layer (opset 23), runs SDPA's fused kernels on
+  CUDA, and on CPU eager it is 8-9 times faster than the gather kernel (64² and 128² maps, 2 heads
+  of 32). ``"auto"`` uses it everywhere NATTEN does not apply, and always while exporting.
 * ``"flex"``: :func:`torch.nn.attention.flex_attention` with a block mask of the clamped
   neighbourhood. Compiled on CUDA; runs uncompiled (dense, for tests) elsewhere.
 * ``"gather"``: gathers each query's ``k x k`` keys and values with index tensors computed from the
   runtime shape (eagerly one window row at a time; whole windows, ``k**2`` times the key/value
-  memory, in traced graphs). It exports with ``torch.onnx.export(..., dynamo=True)`` with dynamic
-  batch, height and width, and it is what ``"auto"`` uses on CPU and while exporting.
-* ``"auto"``: NATTEN for CUDA tensors when it is installed, gather otherwise.
+  memory, in traced graphs). Kept as an independent formulation the others are checked against.
+* ``"auto"``: NATTEN for CUDA tensors when it is installed (not while exporting), tiled otherwise.
+
+Tiled kernel, why the halo holds every window: along an axis of length ``n >= T + k - 1`` a tile
+of queries ``[a, a + T)`` has window starts ``s_i = clamp(i - k//2, 0, n - k)``, non-decreasing in
+``i``. The halo starts at ``r = clamp(a - k//2, 0, n - L)`` with ``L = T + k - 1``. If ``r = a - k//2``
+then ``s_a = r`` and ``s_{a+T-1} <= r + T - 1``; if ``r = 0`` then ``s_{a+T-1} <= T - 1``; if
+``r = n - L`` then ``s_a > n - L`` and ``s_{a+T-1} <= n - k = r + T - 1``. In every case each window
+``[s_i, s_i + k)`` lies in ``[r, r + L)``. Shorter axes use the whole axis as the halo (slots past
+the end are masked). The last tile is moved back to end at the axis end, so all tiles are full.
 
 All kernels take and return heads-last tensors ``(B, H, W, heads, head_dim)`` (NATTEN's layout).
 """
@@ -48,8 +62,8 @@ __all__ = [
     "resolve_backend",
 ]
 
-Backend = Literal["auto", "natten", "flex", "gather"]
-BACKENDS: tuple[str, ...] = ("auto", "natten", "flex", "gather")
+Backend = Literal["auto", "natten", "flex", "gather", "tiled"]
+BACKENDS: tuple[str, ...] = ("auto", "natten", "flex", "gather", "tiled")
 
 
 # --------------------------------------------------------------------------- neighbourhood geometry
@@ -185,6 +199,87 @@ def _gather_na(
     return out.reshape(batch, height, width, heads, out.shape[-1])
 
 
+# --------------------------------------------------------------------------- tiled kernel
+
+#: Query tile side of the ``tiled`` kernel. A ``T x T`` tile of queries attends to one
+#: ``(T + k - 1)**2`` halo of keys: K and V are held ``((T + k - 1) / T)**2`` times (3x at T=8,
+#: k=7) instead of ``k**2`` times, and each query scores ``(T + k - 1)**2`` keys (196 at T=8, k=7) of
+#: which its ``k**2`` neighbours are unmasked.
+TILE = 8
+
+
+def _tile_axis(
+    size: Any, kernel_size: int, tile: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One axis of the tiling, branch-free so that ``size`` may be symbolic during export.
+
+    Returns ``mask (tiles, tile, halo)`` (query attends to halo slot), ``queries (tiles, tile)`` and
+    ``keys (tiles, halo)`` (absolute indices, clamped into range where the axis is shorter than a
+    tile or a halo; such key slots are masked, such queries discarded) and ``out (size,)``: where
+    each position's output sits in the flattened ``tiles * tile`` axis.
+    """
+    halo = tile + kernel_size - 1
+    starts = torch.arange(0, size, tile, device=device)  # (tiles,)
+    # The last tile is moved back to end at the axis end (overlapping its neighbour), so every tile
+    # is full; an axis shorter than a tile keeps start 0.
+    starts = (starts - (starts + tile - size).clamp(min=0)).clamp(min=0)
+    queries = starts[:, None] + torch.arange(tile, device=device)[None, :]
+    # Each query's window by NAT's clamped definition (an axis shorter than the kernel: all of it).
+    first = (queries - kernel_size // 2).clamp(min=0)
+    first = (first - (first + kernel_size - size).clamp(min=0)).clamp(min=0)
+    # The halo: ``halo`` keys from the tile's first window start, clamped into the axis the same
+    # way. It holds every window of the tile: see "Tiled kernel" in the module docstring.
+    base = (starts - kernel_size // 2).clamp(min=0)
+    base = (base - (base + halo - size).clamp(min=0)).clamp(min=0)
+    keys = base[:, None] + torch.arange(halo, device=device)[None, :]
+    exists = keys < size
+    mask = (keys[:, None, :] >= first[:, :, None]) & (keys[:, None, :] < first[:, :, None] + kernel_size)
+    mask = mask & exists[:, None, :]
+    keys = torch.where(exists, keys, torch.zeros_like(keys))
+    queries = torch.where(queries < size, queries, torch.zeros_like(queries))
+    pos = torch.arange(size, device=device)
+    tile_of = (pos // tile).clamp(max=starts.shape[0] - 1)
+    out = tile_of * tile + pos - starts.index_select(0, tile_of)
+    return mask, queries, keys, out
+
+
+def _tiled_na(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int, scale: float) -> torch.Tensor:
+    """NA as one fused attention over query tiles and their key halos, the neighbourhood as a mask.
+
+    Memory is linear in pixels. Traced, each layer is one ``scaled_dot_product_attention``, which the
+    ONNX exporter writes as one ``Attention`` op (opset 23) with a boolean mask; on CUDA it runs
+    SDPA's memory-efficient kernel.
+    """
+    batch, height, width, heads, _ = q.shape
+    tile = TILE
+    halo = tile + kernel_size - 1
+    row_mask, row_q, row_k, row_out = _tile_axis(height, kernel_size, tile, q.device)
+    col_mask, col_q, col_k, col_out = _tile_axis(width, kernel_size, tile, q.device)
+    tiles_h, tiles_w = row_mask.shape[0], col_mask.shape[0]
+    tiles = tiles_h * tiles_w
+    # (tiles, 1, tile*tile, halo*halo), broadcast over the batch*heads axis.
+    mask = (row_mask[:, None, :, None, :, None] & col_mask[None, :, None, :, None, :]).reshape(
+        tiles, 1, tile * tile, halo * halo
+    )
+    q_index = (row_q[:, None, :, None] * width + col_q[None, :, None, :]).reshape(-1)
+    k_index = (row_k[:, None, :, None] * width + col_k[None, :, None, :]).reshape(-1)
+
+    def gather(t: torch.Tensor, index: torch.Tensor, side: int) -> torch.Tensor:
+        # (B, H, W, heads, d) -> (tiles, B * heads, side * side, d)
+        dim = t.shape[-1]
+        flat = t.reshape(batch, height * width, heads, dim).index_select(1, index)
+        flat = flat.reshape(batch, tiles, side * side, heads, dim).permute(1, 0, 3, 2, 4)
+        return flat.reshape(tiles, batch * heads, side * side, dim)
+
+    out = torch.nn.functional.scaled_dot_product_attention(
+        gather(q, q_index, tile), gather(k, k_index, halo), gather(v, k_index, halo), attn_mask=mask, scale=scale
+    )  # (tiles, B * heads, tile * tile, d)
+    dim = out.shape[-1]
+    out = out.reshape(tiles_h, tiles_w, batch, heads, tile, tile, dim).permute(2, 0, 4, 1, 5, 3, 6)
+    out = out.reshape(batch, tiles_h * tile, tiles_w * tile, heads, dim)
+    return out.index_select(1, row_out).index_select(2, col_out)
+
+
 # --------------------------------------------------------------------------- flex kernel
 
 
@@ -278,6 +373,7 @@ _KERNELS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int, flo
     "natten": _natten_na,
     "flex": _flex_na,
     "gather": _gather_na,
+    "tiled": _tiled_na,
 }
 
 
@@ -287,9 +383,9 @@ def resolve_backend(backend: str, tensor: torch.Tensor) -> str:
         raise ValueError(f"unknown neighborhood-attention backend {backend!r}; expected one of {BACKENDS}")
     if backend != "auto":
         return backend
-    if torch.compiler.is_exporting():
-        return "gather"
-    return "natten" if tensor.is_cuda and natten_available() else "gather"
+    if tensor.is_cuda and natten_available() and not torch.compiler.is_exporting():
+        return "natten"
+    return "tiled"
 
 
 def neighborhood_attention(

@@ -67,8 +67,8 @@ def test_every_query_sees_min_k_h_times_min_k_w_keys(height: int, width: int) ->
 # --------------------------------------------------------------------------- kernels vs the reference
 
 
-@pytest.mark.parametrize("backend", ["gather", "flex", "natten"])
-@pytest.mark.parametrize(("height", "width"), [(9, 13), (7, 7), (5, 6), (14, 14), (2, 9)])
+@pytest.mark.parametrize("backend", ["gather", "tiled", "flex", "natten"])
+@pytest.mark.parametrize(("height", "width"), [(9, 13), (7, 7), (5, 6), (14, 14), (2, 9), (8, 8), (15, 16), (23, 17)])
 @pytest.mark.parametrize("heads", [1, 3])
 def test_kernel_matches_reference(backend: str, height: int, width: int, heads: int) -> None:
     device = "cpu"
@@ -84,15 +84,33 @@ def test_kernel_matches_reference(backend: str, height: int, width: int, heads: 
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("kernel_size", [3, 5])
-def test_gather_matches_reference_for_other_kernels(kernel_size: int) -> None:
-    q, k, v = _qkv((1, 6, 11, 2, 8))
+@pytest.mark.parametrize("backend", ["gather", "tiled"])
+@pytest.mark.parametrize("kernel_size", [3, 5, 9])
+@pytest.mark.parametrize("shape", [(1, 6, 11, 2, 8), (1, 19, 26, 2, 8)])
+def test_kernels_match_reference_for_other_kernel_sizes(backend: str, kernel_size: int, shape: tuple) -> None:
+    q, k, v = _qkv(shape)
     torch.testing.assert_close(
-        neighborhood_attention(q, k, v, kernel_size, backend="gather"),
+        neighborhood_attention(q, k, v, kernel_size, backend=backend),
         neighborhood_attention_reference(q, k, v, kernel_size),
         atol=1e-5,
         rtol=1e-5,
     )
+
+
+def test_tiled_kernel_memory_is_linear_in_pixels() -> None:
+    """The halo copies of K and V are a fixed multiple of K and V, not k**2 of them."""
+    from service.models.layers.neighborhood import TILE, _tile_axis
+
+    for size in (8, 64, 65, 512):
+        mask, queries, keys, out = _tile_axis(size, 7, TILE, torch.device("cpu"))
+        tiles = -(-size // TILE)
+        assert mask.shape == (tiles, TILE, TILE + 6) and keys.shape == (tiles, TILE + 6)
+        assert out.shape == (size,) and int(out.max()) < tiles * TILE
+        # every position's output comes from a tile query that is that position
+        assert torch.equal(queries.reshape(-1)[out], torch.arange(size))
+        # each query in range sees exactly min(k, size) keys of its halo
+        valid = queries < size
+        assert bool((mask.sum(-1)[valid] == min(7, size)).all())
 
 
 @pytest.mark.parametrize("rows_per_gather", [2, 3, 7])
@@ -124,26 +142,24 @@ def test_module_backends_agree_and_follow_the_reference() -> None:
     attn = NeighborhoodAttention2D(24, 3, kernel_size=7, backend="gather").eval()
     x = torch.randn(2, 9, 10, 24)
     with torch.no_grad():
-        gathered = attn(x)
-        attn.set_backend("flex")
-        flexed = attn(x)
         q, k, v = attn.qkv(x).reshape(2, 9, 10, 3, 3, 8).unbind(3)
         expected = attn.proj(neighborhood_attention_reference(q, k, v, 7).reshape(2, 9, 10, 24))
-    torch.testing.assert_close(gathered, expected, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(flexed, expected, atol=1e-5, rtol=1e-5)
+        for backend in ("gather", "tiled", "flex"):
+            attn.set_backend(backend)
+            torch.testing.assert_close(attn(x), expected, atol=1e-5, rtol=1e-5, msg=backend)
 
 
-def test_auto_picks_natten_on_cuda_only_and_gather_while_exporting(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_picks_natten_on_cuda_only_and_tiled_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
     from service.models.layers import neighborhood
 
     cuda_like = SimpleNamespace(is_cuda=True)
-    assert resolve_backend("auto", torch.zeros(1)) == "gather"
+    assert resolve_backend("auto", torch.zeros(1)) == "tiled"
     assert resolve_backend("flex", torch.zeros(1)) == "flex"
     monkeypatch.setattr(neighborhood, "natten_available", lambda: True)
     assert resolve_backend("auto", cuda_like) == "natten"  # type: ignore[arg-type]
-    assert resolve_backend("auto", torch.zeros(1)) == "gather"
+    assert resolve_backend("auto", torch.zeros(1)) == "tiled"
     monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
-    assert resolve_backend("auto", cuda_like) == "gather"  # type: ignore[arg-type]
+    assert resolve_backend("auto", cuda_like) == "tiled"  # type: ignore[arg-type]
 
 
 @pytest.mark.skipif(natten_available(), reason="checks the error raised when NATTEN is missing")
@@ -254,6 +270,7 @@ def test_registered_variant_sizes(name: str, params_m: float, gmacs: float) -> N
     assert facts.params == sum(p.numel() for p in model.parameters())
     assert abs(facts.params / 1e6 - params_m) <= 0.10 * params_m
 
+    model.set_attn_backend("gather")  # element-wise products FlopCounterMode does not count (below)
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
         logits = model(torch.randn(1, 3, 224, 224))
@@ -276,8 +293,17 @@ def test_registered_variant_sizes(name: str, params_m: float, gmacs: float) -> N
 
 
 def test_onnx_export_with_dynamic_batch_and_size(small_nat: NAT, tmp_path) -> None:
+    """Exported through ``auto`` (the tiled kernel): one fused ``Attention`` op per NA block."""
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
+    small_nat.set_attn_backend("auto")
+    try:
+        _check_onnx_export(small_nat, tmp_path, onnx, ort)
+    finally:
+        small_nat.set_attn_backend("gather")
+
+
+def _check_onnx_export(small_nat: NAT, tmp_path, onnx, ort) -> None:  # type: ignore[no-untyped-def]
     wrapper = EmbeddingModel(small_nat).eval()
     path = tmp_path / "nat.onnx"
     dims = {0: torch.export.Dim("batch", min=1, max=64), 2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO}
@@ -290,10 +316,13 @@ def test_onnx_export_with_dynamic_batch_and_size(small_nat: NAT, tmp_path) -> No
             input_names=["pixels"],
             output_names=["embedding", "logits"],
             dynamic_shapes=(dims,),
-            opset_version=18,
+            opset_version=23,
             verbose=False,
         )
     graph = onnx.load(str(path)).graph
+    ops = [node.op_type for node in graph.node]
+    assert ops.count("Attention") == sum(small_nat.depths)
+    assert "Softmax" not in ops  # no decomposed attention left
     pixel_dims = graph.input[0].type.tensor_type.shape.dim
     assert [bool(d.dim_param) for d in pixel_dims] == [True, False, True, True]
 
