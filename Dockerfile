@@ -19,18 +19,19 @@ ARG VARIANT=cpu
 FROM python:3.11-slim-bookworm AS base-cpu
 ENV PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
 
-# GPU: NVIDIA's CUDA *runtime* image with cuDNN, plus TensorRT from pip (the `gpu` extra:
-# onnxruntime-gpu, tensorrt). Chosen over nvcr.io/nvidia/tensorrt:<tag>-py3 because that one is a
-# development image (nvcc, gcc, headers; about 9 GB), and a runtime image must carry no compilers.
-# The CUDA and cuDNN libraries sit on the default library path, where onnxruntime-gpu's CUDA and
-# TensorRT execution providers look for them; the tensorrt wheels bring libnvinfer of the same
-# version as the Python API. Ubuntu 24.04's Python is 3.12 (pyproject: requires-python >= 3.11).
-FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 AS base-gpu
+# GPU: NVIDIA's CUDA 13 base image (driver compatibility only). Every CUDA library comes from pip,
+# one CUDA major through the stack (deploy/gpu-stack.lock.json): torch 2.14.1's CUDA 13 wheels,
+# onnxruntime-gpu[cuda,cudnn] (which preloads them: no LD_LIBRARY_PATH), tensorrt-cu13 10.x
+# (libnvinfer.so.10, what onnxruntime-gpu's TensorRT provider links) from NVIDIA's index. A
+# cudnn-runtime base would put a second, possibly different cuDNN on the library path.
+# Ubuntu 24.04's Python is 3.12 (pyproject: requires-python >= 3.11).
+FROM nvidia/cuda:13.0.0-base-ubuntu24.04 AS base-gpu
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv \
     && rm -rf /var/lib/apt/lists/*
 ENV NVIDIA_VISIBLE_DEVICES=all \
-    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility \
+    PIP_EXTRA_INDEX_URL=https://pypi.nvidia.com
 
 FROM base-${VARIANT} AS runtime
 ENV PYTHONDONTWRITEBYTECODE=1 \

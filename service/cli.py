@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +25,32 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     repo = ModelRepository(args.model_repo)
     models = [args.model] if args.model else None
-    rows = build_repository(repo, models, fp16=args.fp16, tensorrt=args.tensorrt, force=args.force)
+    started = time.monotonic()
+    phase_started: dict[str, float] = {}
+
+    def progress(model: str, phase: str) -> None:
+        now = time.monotonic()
+        since = now - phase_started.setdefault(model, now)
+        print(f"[{now - started:6.1f}s] {model:<14} {phase}  (model {since:.0f}s)", file=sys.stderr, flush=True)
+
+    rows = build_repository(repo, models, fp16=args.fp16, tensorrt=args.tensorrt, force=args.force, progress=progress)
     print(f"{'model':<16} {'artifact':<10} {'status':<11} {'parity max|err|':>16} {'seconds':>8}  note")
     for row in rows:
         parity = f"{row.parity_max_abs:.2e}" if row.parity_max_abs is not None else "-"
         print(f"{row.model:<16} {row.artifact:<10} {row.status:<11} {parity:>16} {row.seconds:>8.1f}  {row.note}")
     return 1 if any(r.status == "failed" for r in rows) else 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from service.models import ModelRepository
+    from service.runtime.doctor import diagnose
+
+    settings = _settings(args)
+    repo_root = settings.resolved_repo()
+    repo = ModelRepository(repo_root) if repo_root.is_dir() else None
+    report = diagnose(repo, runtime=settings.runtime, providers=settings.providers)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.render())
+    return 0 if report.ok else 1
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -166,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rebuild even when up to date")
     p.set_defaults(func=cmd_build)
 
+    p = sub.add_parser("doctor", help="what this host can run (runtimes, providers, GPUs, models) and why not")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_doctor)
+
     p = sub.add_parser("calibrate", help="measure the built models on this host; fit the router's latency model")
     p.add_argument("--model")
     p.add_argument("--sizes", type=int, nargs="+", help="square sides to measure")
@@ -208,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from service.errors import TesseraError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     import os
@@ -221,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except KeyboardInterrupt:
         return 130
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, TesseraError) as exc:
         print(f"tessera: {exc}", file=sys.stderr)
         return 2
 

@@ -14,6 +14,7 @@ __all__ = [
     "NotFound",
     "Overloaded",
     "PayloadTooLarge",
+    "RuntimeUnavailable",
     "TesseraError",
     "Unauthenticated",
     "UnsupportedMediaType",
@@ -93,3 +94,12 @@ class DeadlineExceeded(TesseraError):
     """The request's deadline passed before an answer was ready."""
 
     code, http_status, grpc_status = "deadline_exceeded", 504, "DEADLINE_EXCEEDED"
+
+
+class RuntimeUnavailable(TesseraError):
+    """A runtime (TensorRT, an ONNX Runtime provider, CUDA) cannot run here; the message says why.
+
+    Raised when a replica loads its model, never turned into a silent fallback to a slower device.
+    """
+
+    code, http_status, grpc_status = "unavailable", 503, "UNAVAILABLE"

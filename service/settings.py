@@ -28,6 +28,11 @@ class ServerSettings(BaseModel):
         default="auto", description="ONNX Runtime execution provider preference."
     )
     intra_op_threads: int = Field(default=0, ge=0, le=256, description="ORT threads per replica; 0 = all cores.")
+    trt_cache_dir: str = Field(
+        default=".tessera/trt-cache",
+        description="Writable folder for TensorRT's timing cache and ONNX Runtime's TensorRT engine cache "
+        "(engines are per GPU and TensorRT version; a warm cache turns minutes of start-up into seconds).",
+    )
     ort_spin: bool = Field(
         default=False,
         description="Let ONNX Runtime's idle threads spin. Off: replicas share the host's cores, and a "

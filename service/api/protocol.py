@@ -40,6 +40,11 @@ class MemoryInfo(BaseModel):
     device: str = Field(description="cpu, or the GPU that ran the model.")
     peak_bytes: int = Field(description="High-water mark of the replica's model memory (RSS on CPU).")
     allocated_bytes: int = Field(description="Memory in use after this request.")
+    source: str = Field(
+        default="rss",
+        description="Which figure: rss (host process), nvml_process (this process on the GPU), nvml_device "
+        "(the whole GPU, when the process cannot be matched), torch_allocator (PyTorch's tensors only).",
+    )
 
 
 class TopK(BaseModel):

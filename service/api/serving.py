@@ -226,7 +226,13 @@ class ServingCore:
                 inference=round(inference_ms, 3),
                 total=round(total_ms, 3),
             ),
-            memory=MemoryInfo(**{k: reply["memory"][k] for k in ("device", "peak_bytes", "allocated_bytes")}),
+            memory=MemoryInfo(
+                **{
+                    k: reply["memory"][k]
+                    for k in ("device", "peak_bytes", "allocated_bytes", "source")
+                    if k in reply["memory"]
+                }
+            ),
             batch_size=int(reply.get("batch_size", 1)),
         )
 

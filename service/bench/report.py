@@ -585,6 +585,34 @@ def _section_generic(result: dict[str, Any]) -> list[str]:
     return out
 
 
+def _section_latency(result: dict[str, Any]) -> list[str]:
+    """Single-request latency: one row per path (the result keeps each path as its own object)."""
+    paths = {k: v for k, v in result.items() if isinstance(v, dict) and "median_ms" in v}
+    out = [f"Sequential single requests against `tessera serve`, model `{result.get('model', '-')}`.", ""]
+    out += _table(
+        ["path", "requests", "median ms", "p90 ms"],
+        [[name, v.get("n"), v.get("median_ms"), v.get("p90_ms")] for name, v in sorted(paths.items())],
+    )
+    timing = result.get("server_timing_ms")
+    if isinstance(timing, dict) and timing:
+        out += ["", "Server-side `timing_ms` of `/v1/predict` (medians):", ""]
+        out += _table(["stage", "ms"], [[k, v] for k, v in timing.items()])
+    return out
+
+
+def _section_gpu_scaling(result: dict[str, Any]) -> list[str]:
+    out = [f"PyTorch on `{result.get('device', '-')}`, batch 1, peak memory above the weights.", ""]
+    out += _section_generic({"rows": result.get("rows", [])})
+    summary = [s for s in result.get("summary", []) if isinstance(s, dict)]
+    if summary:
+        keys = [k for k in summary[0] if k.endswith("_ratio") or "_ratio_" in k]
+        out += ["", "Per-pixel cost at the largest size relative to the smallest:", ""]
+        out += _table(
+            ["model", "kernel", *keys], [[s.get("model"), s.get("kernel"), *(s.get(k) for k in keys)] for s in summary]
+        )
+    return out
+
+
 def _section_loadtest(result: dict[str, Any]) -> list[str]:
     totals = result.get("totals", {})
     out = [
@@ -627,6 +655,11 @@ def _section_loadtest(result: dict[str, Any]) -> list[str]:
 
 _SECTIONS = {
     "loadtest": ("Load test", _section_loadtest, []),
+    "latency": ("Latency", _section_latency, []),
+    "gpu_scaling": ("GPU: time and memory per pixel", _section_gpu_scaling, []),
+    "gpu_parity": ("GPU: fp16 parity against CPU fp32", _section_generic, []),
+    "gpu_throughput": ("GPU: ViT-B/16 throughput", _section_generic, []),
+    "gpu_slide": ("GPU: ViT-L/16 tile encoder", _section_generic, []),
     "ort_vs_torch": ("ONNX Runtime vs PyTorch eager", _section_ort, ["throughput_ort_vs_torch"]),
     "service_vs_raw": ("Service vs raw backend", _section_service, ["throughput_service"]),
     "slide_vs_raw": ("Slide pipeline vs raw backend", _section_slide, ["throughput_slide"]),

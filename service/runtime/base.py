@@ -39,6 +39,8 @@ class Backend(ABC):
     #: fp32 | fp16 | bf16
     precision: str = "fp32"
     output_names: tuple[str, ...] = ("embedding", "logits")
+    #: faster runtimes the loader tried first and why each could not run: [(label, reason)]
+    load_notes: list[tuple[str, str]] = []  # set per instance by the loader
 
     @abstractmethod
     def _run(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
@@ -60,7 +62,10 @@ class Backend(ABC):
         return host_memory()
 
     def describe(self) -> dict[str, object]:
-        return {"backend": self.name, "device": self.device, "precision": self.precision}
+        facts: dict[str, object] = {"backend": self.name, "device": self.device, "precision": self.precision}
+        if self.load_notes:
+            facts["skipped_runtimes"] = [f"{label}: {reason}" for label, reason in self.load_notes]
+        return facts
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release runtime resources."""

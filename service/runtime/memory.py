@@ -13,11 +13,16 @@ __all__ = ["MemoryReport", "current_rss_bytes", "host_memory", "peak_rss_bytes",
 @dataclass(frozen=True)
 class MemoryReport:
     """``device`` names where the model's memory lives; ``peak_bytes`` is the high-water mark of
-    that memory for the process running the model (on CPU, its peak resident set)."""
+    that memory for the process running the model (on CPU, its peak resident set). ``source`` says
+    which figure it is: ``rss`` (this process on the host), ``nvml_process`` (this process on the
+    GPU, every runtime's allocations), ``nvml_device`` (the whole GPU: the process could not be
+    matched, as inside a container's PID namespace), ``torch_allocator`` (PyTorch's own tensors
+    only: NVML is missing)."""
 
     device: str
     peak_bytes: int
     allocated_bytes: int
+    source: str = "rss"
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)

@@ -1,34 +1,83 @@
-"""GPU memory of this process through NVML (works for any runtime: ORT, TensorRT, PyTorch)."""
+"""GPU memory through NVML: every runtime's allocations (ONNX Runtime, TensorRT, PyTorch).
+
+NVML is initialised once per process. The device a replica was given is found through
+``CUDA_VISIBLE_DEVICES`` (Ray sets it per replica; entries are indices or ``GPU-``/``MIG-`` UUIDs),
+because NVML numbers devices physically and ignores it. This process's usage is read from the
+device's process list; inside a container the PIDs there are the host's, so when the process is
+not found the whole device's used memory is reported, labelled ``nvml_device``. Without NVML,
+PyTorch's allocator figure is reported, labelled ``torch_allocator`` (it sees nothing ONNX Runtime
+or TensorRT allocate).
+"""
 
 from __future__ import annotations
 
+import functools
 import os
+import threading
+from typing import Any
 
 from service.runtime.memory import MemoryReport
 
-__all__ = ["gpu_memory"]
+__all__ = ["gpu_memory", "nvml_device_handle", "physical_device"]
 
-_peak: dict[int, int] = {}
+_lock = threading.Lock()
+_peak: dict[str, int] = {}
 
 
-def gpu_memory(device: str) -> MemoryReport:
-    index = int(device.split(":")[1]) if ":" in device else 0
-    used = 0
+@functools.cache
+def _nvml() -> Any | None:
+    """The initialised ``pynvml`` module (from nvidia-ml-py), or None where NVML cannot load."""
     try:
         import pynvml
 
         pynvml.nvmlInit()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-        for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
-            if proc.pid == os.getpid():
-                used = int(proc.usedGpuMemory or 0)
-    except Exception:  # NVML missing: fall back to PyTorch's allocator when it is loaded
-        try:
-            import torch
+    except Exception:
+        return None
+    return pynvml
 
-            used = int(torch.cuda.memory_allocated(index))
-            _peak[index] = max(_peak.get(index, 0), int(torch.cuda.max_memory_allocated(index)))
-        except Exception:
-            used = 0
-    _peak[index] = max(_peak.get(index, 0), used)
-    return MemoryReport(device=device, peak_bytes=_peak[index], allocated_bytes=used)
+
+def physical_device(ordinal: int, visible: str | None = None) -> int | str:
+    """NVML's name for CUDA device ``ordinal`` of this process: an index, or a UUID string."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES") if visible is None else visible
+    if visible is None or not visible.strip():
+        return ordinal
+    entries = [e.strip() for e in visible.split(",") if e.strip()]
+    if ordinal >= len(entries):
+        raise ValueError(f"cuda:{ordinal} is not visible (CUDA_VISIBLE_DEVICES={visible!r})")
+    entry = entries[ordinal]
+    return int(entry) if entry.isdigit() else entry
+
+
+def nvml_device_handle(nvml: Any, ordinal: int) -> Any:
+    device = physical_device(ordinal)
+    if isinstance(device, int):
+        return nvml.nvmlDeviceGetHandleByIndex(device)
+    return nvml.nvmlDeviceGetHandleByUUID(device)
+
+
+def _ordinal(device: str) -> int:
+    return int(device.split(":")[1]) if ":" in device else 0
+
+
+def _read(device: str) -> tuple[int, str]:
+    nvml = _nvml()
+    ordinal = _ordinal(device)
+    if nvml is not None:
+        handle = nvml_device_handle(nvml, ordinal)
+        pid = os.getpid()
+        for proc in nvml.nvmlDeviceGetComputeRunningProcesses(handle):
+            if proc.pid == pid:
+                return int(proc.usedGpuMemory or 0), "nvml_process"
+        return int(nvml.nvmlDeviceGetMemoryInfo(handle).used), "nvml_device"
+    import torch
+
+    return int(torch.cuda.memory_allocated(ordinal)), "torch_allocator"
+
+
+def gpu_memory(device: str) -> MemoryReport:
+    """Current and peak (over this process's calls) memory of ``device`` (``cuda:N``)."""
+    used, source = _read(device)
+    with _lock:
+        _peak[device] = max(_peak.get(device, 0), used)
+        peak = _peak[device]
+    return MemoryReport(device=device, peak_bytes=peak, allocated_bytes=used, source=source)

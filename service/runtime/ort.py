@@ -1,36 +1,120 @@
-"""ONNX Runtime backend: CPU here; CUDA and TensorRT execution providers where installed."""
+"""ONNX Runtime backend: CPU here; CUDA and TensorRT execution providers where they load.
+
+``onnxruntime.get_available_providers()`` lists the providers compiled into the installed wheel,
+not those whose libraries load: a CUDA provider that cannot find ``libcudart.so.13`` is dropped
+from the session with a warning and the model runs on two CPU threads. Here a session that did
+not get every GPU provider it was asked for is an error (:class:`ProviderUnavailable`) naming the
+library that did not load (:func:`provider_load_error`), never a silent CPU fallback.
+"""
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from service.errors import RuntimeUnavailable
 from service.runtime.base import Backend
 from service.runtime.memory import MemoryReport, host_memory
 
-__all__ = ["OrtBackend", "available_providers", "choose_providers"]
+__all__ = [
+    "GPU_PROVIDERS",
+    "OrtBackend",
+    "ProviderUnavailable",
+    "available_providers",
+    "choose_providers",
+    "import_onnxruntime",
+    "provider_load_error",
+    "provider_options",
+]
 
 log = logging.getLogger(__name__)
 
 # Fastest first. TensorRT's EP builds its own engine from the ONNX graph on first run.
 _PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+GPU_PROVIDERS = frozenset({"TensorrtExecutionProvider", "CUDAExecutionProvider"})
+_PROVIDER_LIBRARY = {
+    "CUDAExecutionProvider": "libonnxruntime_providers_cuda.so",
+    "TensorrtExecutionProvider": "libonnxruntime_providers_tensorrt.so",
+}
+
+
+class ProviderUnavailable(RuntimeUnavailable):
+    """A GPU execution provider was asked for and did not load; the message says why."""
+
+
+@functools.cache
+def import_onnxruntime() -> Any:
+    """``onnxruntime``, with the CUDA/cuDNN libraries pip installed preloaded (GPU builds only).
+
+    onnxruntime-gpu finds ``libcudart.so.13`` & co. through the loader's search path, which does
+    not include the ``nvidia-*`` wheels' folders; ``preload_dlls`` loads them from there, so a
+    pip-installed stack works without ``LD_LIBRARY_PATH``. TensorRT's libraries are loaded by
+    importing ``tensorrt`` (its ``tensorrt_libs`` package), when it is installed.
+    """
+    import onnxruntime as ort
+
+    compiled = set(ort.get_available_providers())
+    if compiled & GPU_PROVIDERS and hasattr(ort, "preload_dlls"):
+        try:
+            ort.preload_dlls()
+        except Exception as exc:  # a missing library is reported when a session asks for the provider
+            log.warning("onnxruntime.preload_dlls() failed: %s", exc)
+    if "TensorrtExecutionProvider" in compiled:
+        try:
+            import tensorrt  # noqa: F401  (loads libnvinfer / libnvonnxparser)
+        except (ImportError, OSError) as exc:
+            log.info("tensorrt does not import (%s); ONNX Runtime's TensorRT provider will not load", exc)
+    return ort
 
 
 def available_providers() -> list[str]:
-    import onnxruntime as ort
+    """Providers compiled into the installed onnxruntime (not necessarily loadable: see module doc)."""
+    return list(import_onnxruntime().get_available_providers())
 
-    return list(ort.get_available_providers())
+
+def onnxruntime_flavour() -> str:
+    """The installed distribution: ``onnxruntime`` (CPU) or ``onnxruntime-gpu``."""
+    from importlib import metadata
+
+    for name in ("onnxruntime-gpu", "onnxruntime"):
+        try:
+            return f"{name} {metadata.version(name)}"
+        except metadata.PackageNotFoundError:
+            continue
+    return "onnxruntime (unknown distribution)"
+
+
+def provider_load_error(provider: str) -> str | None:
+    """Why ``provider``'s shared library does not load here (the missing library, by name), or None."""
+    if provider == "CPUExecutionProvider":
+        return None
+    ort = import_onnxruntime()
+    if provider not in ort.get_available_providers():
+        return f"{provider} is not compiled into {onnxruntime_flavour()} (install onnxruntime-gpu: the gpu extra)"
+    capi = Path(ort.__file__).parent / "capi"
+    library = capi / _PROVIDER_LIBRARY.get(provider, "")
+    if not library.is_file():
+        return f"{library.name} is missing from {capi}"
+    try:
+        ctypes.CDLL(str(capi / "libonnxruntime_providers_shared.so"), mode=ctypes.RTLD_GLOBAL)
+        ctypes.CDLL(str(library))
+    except OSError as exc:
+        return f"{library.name} does not load: {exc}"
+    return None
 
 
 def choose_providers(prefer: str = "auto", available: Sequence[str] | None = None) -> list[str]:
     """Providers in the order ORT should try them.
 
-    ``prefer``: ``auto`` (fastest available), ``cpu``, ``cuda`` or ``tensorrt``. Asking for a
-    provider that is not installed raises, so a misconfigured GPU host fails loudly instead of
-    silently running on the CPU.
+    ``prefer``: ``auto`` (fastest compiled in), ``cpu``, ``cuda`` or ``tensorrt``. Asking for a
+    provider that is not compiled in raises, so a misconfigured GPU host fails loudly instead of
+    silently running on the CPU; whether the chosen ones *load* is checked by :class:`OrtBackend`.
     """
     available = list(available if available is not None else available_providers())
     if prefer == "auto":
@@ -44,9 +128,50 @@ def choose_providers(prefer: str = "auto", available: Sequence[str] | None = Non
         if wanted is None:
             raise ValueError(f"unknown provider preference {prefer!r}")
         if wanted not in available:
-            raise RuntimeError(f"{wanted} requested but onnxruntime offers only {available}")
+            raise ProviderUnavailable(f"{wanted} requested but onnxruntime offers only {available}")
         chosen = [p for p in _PREFERENCE[_PREFERENCE.index(wanted) :] if p in available]
     return chosen or ["CPUExecutionProvider"]
+
+
+def _shapes(profiles: Sequence[dict[str, Sequence[int]]], key: str) -> str:
+    return ",".join("pixels:" + "x".join(str(d) for d in p[key]) for p in profiles)
+
+
+def provider_options(
+    provider: str,
+    *,
+    device_id: int = 0,
+    cache_dir: str | Path = ".tessera/trt-cache",
+    profiles: Sequence[dict[str, Sequence[int]]] = (),
+) -> dict[str, str]:
+    """Options for one provider: the device, and for TensorRT fp16, caches and explicit profiles.
+
+    TensorRT's engine and timing caches go to ``cache_dir`` (engines are per GPU and TensorRT
+    version; a warm cache turns minutes of engine building at start-up into seconds). One
+    explicit profile per size bucket, so no shape seen in serving triggers a rebuild.
+    """
+    if provider == "TensorrtExecutionProvider":
+        options = {
+            "device_id": str(device_id),
+            "trt_fp16_enable": "True",
+            "trt_engine_cache_enable": "True",
+            "trt_engine_cache_path": str(cache_dir),
+            "trt_timing_cache_enable": "True",
+            "trt_timing_cache_path": str(cache_dir),
+        }
+        if profiles:
+            options["trt_profile_min_shapes"] = _shapes(profiles, "min")
+            options["trt_profile_opt_shapes"] = _shapes(profiles, "opt")
+            options["trt_profile_max_shapes"] = _shapes(profiles, "max")
+        return options
+    if provider == "CUDAExecutionProvider":
+        return {
+            "device_id": str(device_id),
+            # grow the arena by what is asked, not by doubling: a 2048² batch must not reserve 2x
+            "arena_extend_strategy": "kSameAsRequested",
+            "cudnn_conv_algo_search": "HEURISTIC",
+        }
+    return {}
 
 
 class OrtBackend(Backend):
@@ -60,9 +185,11 @@ class OrtBackend(Backend):
         precision: str = "fp32",
         intra_op_threads: int = 0,
         spin: bool = False,
+        device_id: int = 0,
+        cache_dir: str | Path = ".tessera/trt-cache",
+        profiles: Sequence[dict[str, Sequence[int]]] = (),
     ):
-        import onnxruntime as ort
-
+        ort = import_onnxruntime()
         opts = ort.SessionOptions()
         # The artifact was optimised at build time; ENABLE_ALL adds the provider-specific fusions.
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -72,10 +199,25 @@ class OrtBackend(Backend):
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         opts.add_session_config_entry("session.inter_op.allow_spinning", "1" if spin else "0")
         opts.log_severity_level = 3
-        self.providers = list(providers or choose_providers())
-        self.session = ort.InferenceSession(str(model_path), sess_options=opts, providers=self.providers)
+        requested = list(providers or choose_providers())
+        if "TensorrtExecutionProvider" in requested:
+            Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        with_options = [
+            (p, provider_options(p, device_id=device_id, cache_dir=cache_dir, profiles=profiles)) for p in requested
+        ]
+        self.session = ort.InferenceSession(str(model_path), sess_options=opts, providers=with_options)
         self.providers = list(self.session.get_providers())
-        self.device = "cuda:0" if self.providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider") else "cpu"
+        missing = [p for p in requested if p in GPU_PROVIDERS and p not in self.providers]
+        if missing:
+            reasons = "; ".join(
+                f"{p}: {provider_load_error(p) or 'dropped by onnxruntime at session creation'}" for p in missing
+            )
+            raise ProviderUnavailable(
+                f"{Path(model_path).name}: asked for {requested}, onnxruntime loaded {self.providers}. {reasons}. "
+                "Run `tessera doctor` for the whole picture."
+            )
+        on_gpu = self.providers[0] in GPU_PROVIDERS
+        self.device = f"cuda:{device_id}" if on_gpu else "cpu"
         self.precision = precision
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = tuple(o.name for o in self.session.get_outputs())

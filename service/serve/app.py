@@ -50,6 +50,7 @@ def build_app(settings: ServerSettings) -> Application:
             settings.providers,
             settings.intra_op_threads,
             settings.ort_spin,
+            settings.trt_cache_dir,
         )
     slide_jobs = SlideJobs.options(  # type: ignore[attr-defined]
         name="SlideJobs", ray_actor_options={"num_cpus": 0.1}

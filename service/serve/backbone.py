@@ -45,9 +45,12 @@ class Backbone:
         providers: str = "auto",
         intra_op_threads: int = 0,
         ort_spin: bool = False,
+        trt_cache_dir: str = ".tessera/trt-cache",
     ):
         repo = ModelRepository(model_repo)
         self.cfg = repo.config(model)
+        # Raises RuntimeUnavailable (the replica fails to start, with the reason) when no runtime
+        # the settings allow can run here: never a silent fallback from a GPU to the CPU.
         self.backend = load_backend(
             repo,
             model,
@@ -55,6 +58,7 @@ class Backbone:
             providers=providers,
             intra_op_threads=intra_op_threads,
             spin=ort_spin,
+            cache_dir=trt_cache_dir,
         )
         batched: Any = self.infer  # serve.batch adds the setters; per-model values from config.yaml
         batched.set_max_batch_size(self.cfg.batching.max_batch_size)
@@ -64,8 +68,11 @@ class Backbone:
         # callers at once do not oversubscribe the cores with concurrent runs.
         self._ready_batches = asyncio.Semaphore(self.cfg.batching.max_concurrent_batches)
         self.metrics = BackboneMetrics(model)
-        side = self.cfg.input.native_size
-        self.backend.infer(np.zeros((1, 3, side, side), dtype=np.float32))  # warm-up: first call allocates
+        # Warm-up: the first call at a shape allocates (and on a GPU builds engines / picks kernels),
+        # so a GPU replica runs every bucket before it takes traffic; a CPU replica the native size.
+        on_cpu = self.backend.device == "cpu"
+        for side in [self.cfg.input.native_size] if on_cpu else self.cfg.input.buckets:
+            self.backend.infer(np.zeros((1, 3, side, side), dtype=np.float32))
         log.info("backbone %s ready on %s", model, self.backend.describe())
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)

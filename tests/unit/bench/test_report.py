@@ -374,3 +374,41 @@ def test_a_batched_service_run_is_reported_beside_the_single_image_one(results: 
     single, batched = text.index("## Service vs raw backend\n"), text.index("## Service vs raw backend, 8 images")
     assert single < batched < text.index("## Slide pipeline vs raw backend")
     assert "7.8% of the host's CPU time was busy" in text
+
+
+def test_the_committed_results_render_without_an_empty_section(tmp_path: Path) -> None:
+    """Every section of docs/performance.md shows the newest result of its benchmark."""
+    committed = Path(__file__).resolve().parents[3] / "bench" / "results"
+    out = write_report(committed, out=tmp_path / "performance.md", img_dir=tmp_path / "img")
+    text = out.read_text()
+    assert "(no rows in this result)" not in text
+    sections = text.split("\n## ")[1:]
+    assert len(sections) >= len(load_results(committed))
+    for section in sections:
+        body = section.split("\n", 1)[1].strip()
+        assert "|" in body, f"section {section.splitlines()[0]!r} has no table"
+
+
+@pytest.mark.slow
+def test_the_gpu_benchmark_harness_runs_and_reports(tmp_path: Path) -> None:
+    """The GPU benchmark on the CPU with shallow models: every part writes a result the report renders."""
+    from service.bench.gpu import run
+
+    written = run(device="cpu", tiny=True, out=tmp_path / "results")
+    assert set(written) == {"gpu_parity", "gpu_throughput", "gpu_scaling", "gpu_slide"}
+    parity = json.loads(written["gpu_parity"].read_text())
+    assert {r["family"] for r in parity["rows"]} == {"vit", "swin", "nat"}
+    assert all(r["max_rel"] < 0.1 for r in parity["rows"])  # bf16 on the CPU against fp32
+    throughput = json.loads(written["gpu_throughput"].read_text())["summary"]
+    assert throughput["fraction_of_matmul_rate"] > 0 and throughput["flops_per_image"] > 1e9
+    scaling = json.loads(written["gpu_scaling"].read_text())
+    assert {(s["model"], s["kernel"]) for s in scaling["summary"]} == {
+        ("swin_tiny", "sdpa"),
+        ("nat_tiny", "tiled"),
+        ("nat_tiny", "flex"),
+    }
+    text = write_report(tmp_path / "results", out=tmp_path / "performance.md", img_dir=tmp_path / "img").read_text()
+    for title in ("GPU: fp16 parity", "GPU: ViT-B/16 throughput", "GPU: time and memory per pixel", "GPU: ViT-L/16"):
+        assert title in text
+    goals = {g.what: g for g in evaluate_goals(load_results(tmp_path / "results"))}
+    assert all(NO_GPU in g.status for w, g in goals.items() if w.startswith("On an H100"))  # a CPU is no GPU
