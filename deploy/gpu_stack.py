@@ -41,6 +41,10 @@ def gpu_extra_pins(pyproject: dict[str, Any]) -> dict[str, str]:
     return pins
 
 
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", version)[:3])
+
+
 def _major(soname: str) -> int:
     return int(soname.rsplit(".so.", 1)[1].split(".")[0])
 
@@ -57,6 +61,19 @@ def check(pyproject: dict[str, Any], lock: dict[str, Any], dockerfile: str, torc
         for lib in libs:
             if lib.startswith(("libcudart.so", "libcublas.so", "libcublasLt.so")) and _major(lib) != cuda:
                 problems.append(f"{provider} links {lib}, but the stack is CUDA {cuda}")
+    cpu_floor = next(
+        (
+            r.split(">=", 1)[1]
+            for r in pyproject["project"]["optional-dependencies"]["cpu"]
+            if r.startswith("onnxruntime>=")
+        ),
+        None,
+    )
+    if cpu_floor and _version_tuple(ort["version"]) < _version_tuple(cpu_floor):
+        problems.append(
+            f"onnxruntime-gpu {ort['version']} is older than the CPU build's floor {cpu_floor} "
+            "(the oldest that runs the exported graphs' Attention op): builds on a GPU host would fail parity"
+        )
     trt = lock["tensorrt"]
     trt_packages = [p for p in pins if p.startswith("tensorrt")]
     if trt_packages != [trt["package"]]:
@@ -101,7 +118,9 @@ def needed_libraries(wheel: Path) -> dict[str, list[str]]:
         for provider, lib in _PROVIDER_LIBS.items():
             member = f"onnxruntime/capi/{lib}"
             archive.extract(member, tmp)
-            dump = subprocess.run(["readelf", "-d", str(Path(tmp) / member)], capture_output=True, text=True, check=True)
+            dump = subprocess.run(
+                ["readelf", "-d", str(Path(tmp) / member)], capture_output=True, text=True, check=True
+            )
             out[provider] = re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", dump.stdout)
     return out
 

@@ -31,6 +31,8 @@ BENCHMARKS: dict[str, tuple[str, bool]] = {
     "all": ("service.bench.all", True),
     "ort-vs-torch": ("service.bench.ort_vs_torch", True),
     "attention": ("service.bench.attention_scaling", True),
+    "fusion": ("service.bench.fusion", True),
+    "gpu": ("service.bench.gpu", False),
     "service": ("service.bench.service_vs_raw", True),
     "slide": ("service.bench.slide_vs_raw", True),
     "router": ("service.bench.router", True),
@@ -40,7 +42,7 @@ BENCHMARKS: dict[str, tuple[str, bool]] = {
 
 
 def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """``tessera bench {all,ort-vs-torch,attention,service,slide,router,latency,report} [options]``."""
+    """``tessera bench {all,ort-vs-torch,attention,fusion,gpu,service,slide,router,latency,report} [options]``."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "bench",
         help="benchmarks (ratios in one run): results in bench/results/, report in docs/performance.md",

@@ -46,18 +46,19 @@ BUILD_RECIPE = 5
 SERVING_ONLY = frozenset({"batching", "description"})
 
 
-def config_fingerprint(cfg: ModelConfig, config_dir: Path, *, fp16: bool) -> str:
+def config_fingerprint(cfg: ModelConfig, config_dir: Path) -> str:
     """Hash of everything the ONNX artifacts depend on: config (less its serving-only sections and
-    the TensorRT switch), checkpoint bytes, recipe, whether fp16 is built, and the exporting
-    packages' versions. A TensorRT plan has its own fingerprint (``tensorrt_build.plan_fingerprint``:
-    this one, the fp16 graph, TensorRT's version and the GPU architecture), so asking for a plan
-    or moving to another GPU never rebuilds the ONNX artifacts, and a plain build keeps the plan."""
+    which artifacts are asked for), checkpoint bytes, recipe, and the exporting packages' versions.
+    Whether an fp16 artifact is wanted is checked against the manifest instead (``_up_to_date``).
+    A TensorRT plan has its own fingerprint (``tensorrt_build.plan_fingerprint``: this one, the
+    fp16 graph, TensorRT's version and the GPU architecture), so asking for a plan or moving to
+    another GPU never rebuilds the ONNX artifacts, and a plain build keeps the plan."""
     digest = hashlib.sha256()
     exported = cfg.model_dump(mode="json", exclude=set(SERVING_ONLY))
-    exported["artifacts"].pop("tensorrt", None)
-    exported["artifacts"].pop("tensorrt_max_batch", None)
+    for switch in ("fp16", "tensorrt", "tensorrt_max_batch"):
+        exported["artifacts"].pop(switch, None)
     digest.update(json.dumps(exported, sort_keys=True, separators=(",", ":")).encode())
-    digest.update(f"recipe={BUILD_RECIPE};fp16={fp16}".encode())
+    digest.update(f"recipe={BUILD_RECIPE}".encode())
     for pkg in ("torch", "timm", "onnx", "onnxruntime"):
         digest.update(f"{pkg}={_version(pkg)}".encode())
     if cfg.weights.source == "file" and cfg.weights.path:
@@ -76,9 +77,11 @@ def _version(pkg: str) -> str:
     return "absent"
 
 
-def _up_to_date(manifest: Manifest | None, fingerprint: str, version_dir: Path) -> bool:
-    """The ONNX artifacts are current (a TensorRT plan is checked on its own)."""
-    if manifest is None or manifest.config_sha256 != fingerprint or not manifest.artifacts:
+def _up_to_date(manifest: Manifest | None, fingerprint: str, version_dir: Path, *, fp16: bool) -> bool:
+    """The ONNX artifacts are current and complete (a TensorRT plan is checked on its own)."""
+    if manifest is None or manifest.config_sha256 != fingerprint or "onnx" not in manifest.artifacts:
+        return False
+    if fp16 and "onnx_fp16" not in manifest.artifacts:  # never built, or its last build failed
         return False
     for record in manifest.artifacts.values():
         if record.kind == "tensorrt":
@@ -142,9 +145,9 @@ def build_model(
     version_dir = repo.version_dir(name)
     want_trt = cfg.artifacts.tensorrt if tensorrt is None else tensorrt
     want_fp16 = (cfg.artifacts.fp16 if fp16 is None else fp16) or want_trt
-    fingerprint = config_fingerprint(cfg, model_dir, fp16=want_fp16)
+    fingerprint = config_fingerprint(cfg, model_dir)
     existing = repo.manifest(name)
-    if not force and _up_to_date(existing, fingerprint, version_dir):
+    if not force and _up_to_date(existing, fingerprint, version_dir, fp16=want_fp16):
         assert existing is not None
         current = [
             BuildRow(name, key, "up-to-date", rec.parity.get("max_abs"), 0.0)
@@ -180,6 +183,7 @@ def build_model(
                 )
         finally:
             raw.unlink(missing_ok=True)
+    _keep_plan(existing, manifest, version_dir)
     if want_trt:
         step("tensorrt plan")
         rows.append(_plan(version_dir, manifest, cfg, force=force))
@@ -262,6 +266,19 @@ def _build_onnx(
             f"{cfg.artifacts.parity_atol:.0e}; artifact not recorded"
         )
     return BuildRow(cfg.name, "onnx", "built", parity["max_abs"], seconds)
+
+
+def _keep_plan(old: Manifest | None, new: Manifest, version_dir: Path) -> None:
+    """A rebuild that produced the same graphs keeps the plan built from them (it is still valid)."""
+    plan = old.artifacts.get("tensorrt") if old is not None else None
+    if plan is None or not (version_dir / plan.file).exists() or "onnx_fp16" not in new.artifacts:
+        return
+    source = old.artifacts.get("onnx_fp16") if old is not None else None
+    same_config = old is not None and old.config_sha256 == new.config_sha256
+    if same_config and source is not None and source.sha256 == new.artifacts["onnx_fp16"].sha256:
+        new.artifacts["tensorrt"] = plan
+        if old is not None and "tensorrt" in old.versions:
+            new.versions["tensorrt"] = old.versions["tensorrt"]
 
 
 def _plan(version_dir: Path, manifest: Manifest, cfg: ModelConfig, *, force: bool) -> BuildRow:

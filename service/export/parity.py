@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,11 @@ def onnx_parity(
             expected = [t.numpy() for t in model(torch.from_numpy(pixels))]
         got = session.run(None, {"pixels": pixels})
         for want, have in zip(expected, got, strict=True):
+            # NaN compares false with everything (max(0.0, nan) is 0.0): a non-finite output is an
+            # infinite error, so an fp16 overflow fails the check instead of passing it.
             err = float(np.abs(want - np.asarray(have, dtype=np.float32)).max())
+            if not math.isfinite(err):
+                err = math.inf
             max_abs = max(max_abs, err)
             max_rel = max(max_rel, err / max(float(np.abs(want).max()), 1e-12))
             per_size[str(size)] = max(per_size.get(str(size), 0.0), err)

@@ -207,6 +207,10 @@ def diagnose(repo: ModelRepository | None, *, runtime: str = "auto", providers: 
         nvml=_nvml_facts(),
     )
     gpus = gpu_count()
+    from service.runtime.devices import unusable_gpu_reason
+
+    if providers != "cpu" and (reason := unusable_gpu_reason()):
+        report.problems.append(reason)
     wants_gpu = gpus > 0 or providers in ("cuda", "tensorrt") or runtime == "tensorrt"
     if report.torch["error"]:
         report.problems.append(report.torch["error"])

@@ -50,8 +50,10 @@ def candidates(
     cache_dir: str | Path = ".tessera/trt-cache",
 ) -> list[Candidate]:
     """The runtimes to try for ``model``, fastest first (nothing is loaded here)."""
-    from service.runtime.devices import gpu_count
+    from service.runtime.devices import gpu_count, unusable_gpu_reason
 
+    if gpus is None and providers != "cpu" and (reason := unusable_gpu_reason()):
+        return [Candidate("a GPU runtime", lambda: _raise(reason))]
     manifest = repo.require_manifest(model)
     cfg = repo.config(model)
     version_dir = repo.version_dir(model)
@@ -69,7 +71,7 @@ def candidates(
             if record is None:
                 raise FileNotFoundError(f"model {model!r} has no ONNX artifact: run `tessera build --model {model}`")
             profiles = optimization_profiles(cfg.input.buckets, cfg.artifacts.tensorrt_max_batch, cfg.input.native_size)
-            return OrtBackend(
+            backend = OrtBackend(
                 version_dir / record.file,
                 providers=chosen,
                 precision=record.precision,
@@ -78,6 +80,8 @@ def candidates(
                 cache_dir=cache_dir,
                 profiles=[{k: list(v) for k, v in p.items()} for p in profiles],
             )
+            backend.check_placement(cfg.input.native_size)  # CUDA provider: heavy ops left on the CPU, said
+            return backend
 
         precision = record.precision if record is not None else "fp32"
         return Candidate(f"onnxruntime[{label_provider}] {precision}", load)
@@ -130,7 +134,10 @@ def _tensorrt(repo: ModelRepository, model: str) -> Backend:
     mismatch = plan_mismatch(record.model_dump(), status.version, compute_capability())
     if mismatch:
         raise RuntimeUnavailable(mismatch)
-    return TensorRTBackend(repo.version_dir(model) / record.file)
+    plan = repo.version_dir(model) / record.file
+    if not plan.is_file():
+        raise RuntimeUnavailable(f"the manifest names TensorRT plan {plan.name}, which is missing from {plan.parent}")
+    return TensorRTBackend(plan)
 
 
 def load_backend(

@@ -48,7 +48,25 @@ def physical_device(ordinal: int, visible: str | None = None) -> int | str:
     return int(entry) if entry.isdigit() else entry
 
 
+def _torch_uuid(ordinal: int) -> str | None:
+    """The UUID of CUDA device ``ordinal`` as NVML spells it (``GPU-...``), from PyTorch.
+
+    Exact whatever ``CUDA_DEVICE_ORDER`` says: CUDA's default order (fastest first) and NVML's
+    (PCI bus) differ on hosts with mixed GPUs, so an index is only a fallback.
+    """
+    try:
+        import torch
+
+        uuid = str(torch.cuda.get_device_properties(ordinal).uuid)
+    except Exception:
+        return None
+    return uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"
+
+
 def nvml_device_handle(nvml: Any, ordinal: int) -> Any:
+    uuid = _torch_uuid(ordinal)
+    if uuid is not None:
+        return nvml.nvmlDeviceGetHandleByUUID(uuid)
     device = physical_device(ordinal)
     if isinstance(device, int):
         return nvml.nvmlDeviceGetHandleByIndex(device)
@@ -63,15 +81,21 @@ def _read(device: str) -> tuple[int, str]:
     nvml = _nvml()
     ordinal = _ordinal(device)
     if nvml is not None:
-        handle = nvml_device_handle(nvml, ordinal)
-        pid = os.getpid()
-        for proc in nvml.nvmlDeviceGetComputeRunningProcesses(handle):
-            if proc.pid == pid:
-                return int(proc.usedGpuMemory or 0), "nvml_process"
-        return int(nvml.nvmlDeviceGetMemoryInfo(handle).used), "nvml_device"
-    import torch
+        try:
+            handle = nvml_device_handle(nvml, ordinal)
+            pid = os.getpid()
+            for proc in nvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                if proc.pid == pid:
+                    return int(proc.usedGpuMemory or 0), "nvml_process"
+            return int(nvml.nvmlDeviceGetMemoryInfo(handle).used), "nvml_device"
+        except Exception:  # a memory figure must never fail the request it describes
+            pass
+    try:
+        import torch
 
-    return int(torch.cuda.memory_allocated(ordinal)), "torch_allocator"
+        return int(torch.cuda.memory_allocated(ordinal)), "torch_allocator"
+    except Exception:
+        return 0, "unavailable"
 
 
 def gpu_memory(device: str) -> MemoryReport:

@@ -174,6 +174,41 @@ def provider_options(
     return {}
 
 
+#: Operators whose placement on the CPU in a GPU session means real work left the GPU.
+_HEAVY_OPS = frozenset(
+    {"Attention", "MultiHeadAttention", "MatMul", "Gemm", "Conv", "LayerNormalization", "Softmax", "Gelu"}
+)
+
+
+def heavy_cpu_nodes(profile_events: list[dict[str, Any]]) -> list[str]:
+    """``op (node)`` of every heavy operator an ORT profile shows on the CPU provider."""
+    found = []
+    for event in profile_events:
+        args = event.get("args") or {}
+        if event.get("cat") != "Node" or args.get("provider") != "CPUExecutionProvider":
+            continue
+        if args.get("op_name") in _HEAVY_OPS:
+            found.append(f"{args['op_name']} ({str(event.get('name', '')).removesuffix('_kernel_time')})")
+    return sorted(set(found))
+
+
+def cpu_placed_ops(model_path: str | Path, pixels: np.ndarray, input_name: str, providers: list[str]) -> list[str]:
+    """Run ``pixels`` once in a profiling session on ``providers``; the heavy ops placed on the CPU."""
+    import json
+    import tempfile
+
+    ort = import_onnxruntime()
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    with tempfile.TemporaryDirectory() as tmp:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(Path(tmp) / "placement")
+        session = ort.InferenceSession(str(model_path), sess_options=opts, providers=providers)
+        session.run(None, {input_name: pixels})
+        events = json.loads(Path(session.end_profiling()).read_text())
+    return heavy_cpu_nodes(events)
+
+
 class OrtBackend(Backend):
     name = "onnxruntime"
 
@@ -205,6 +240,9 @@ class OrtBackend(Backend):
         with_options = [
             (p, provider_options(p, device_id=device_id, cache_dir=cache_dir, profiles=profiles)) for p in requested
         ]
+        self._profile_path = Path(model_path)
+        #: heavy operators a GPU session was found to run on the CPU (see ``check_placement``)
+        self.cpu_ops: list[str] = []
         self.session = ort.InferenceSession(str(model_path), sess_options=opts, providers=with_options)
         self.providers = list(self.session.get_providers())
         missing = [p for p in requested if p in GPU_PROVIDERS and p not in self.providers]
@@ -221,11 +259,49 @@ class OrtBackend(Backend):
         self.precision = precision
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = tuple(o.name for o in self.session.get_outputs())
+        # TensorRT's engines hold one explicit profile per bucket: a batch above a profile's largest
+        # would rebuild the engine mid-request, so such batches run in profile-sized parts.
+        self._max_batch: dict[int, int] = {}
+        if "TensorrtExecutionProvider" in self.providers:
+            self._max_batch = {int(p["max"][2]): int(p["max"][0]) for p in profiles}
         log.info("onnxruntime session for %s on %s", model_path, self.providers)
 
     def _run(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        top = self._max_batch.get(int(pixels.shape[2]), len(pixels))
+        if len(pixels) <= top:
+            return self._run_one(pixels)
+        parts = [self._run_one(pixels[i : i + top]) for i in range(0, len(pixels), top)]
+        return {name: np.concatenate([p[name] for p in parts]) for name in self.output_names}
+
+    def _run_one(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         values = self.session.run(list(self.output_names), {self.input_name: pixels})
         return {name: np.asarray(v, dtype=np.float32) for name, v in zip(self.output_names, values, strict=True)}
+
+    def check_placement(self, side: int) -> list[str]:
+        """On the CUDA provider, find heavy ops ONNX Runtime left on the CPU; warn and remember them.
+
+        Not for the TensorRT provider (a second session would build its engines again).
+        """
+        if self.device == "cpu" or "TensorrtExecutionProvider" in self.providers:
+            return []
+        self.cpu_ops = self.cpu_placed_ops(np.zeros((1, 3, side, side), dtype=np.float32))
+        if self.cpu_ops:
+            log.warning(
+                "%s: onnxruntime runs %d heavy operators on the CPU beside %s: %s",
+                self._profile_path.name,
+                len(self.cpu_ops),
+                self.providers[0],
+                ", ".join(self.cpu_ops[:8]),
+            )
+        return self.cpu_ops
+
+    def cpu_placed_ops(self, pixels: np.ndarray) -> list[str]:
+        """Compute-heavy operators this session runs on the CPU provider, read from one profiled run.
+
+        A GPU session keeps ``CPUExecutionProvider`` for what the GPU providers decline (shape
+        arithmetic, by design); a MatMul or Attention there means the model is partly on the CPU.
+        """
+        return cpu_placed_ops(self._profile_path, pixels, self.input_name, self.session.get_providers())
 
     def memory(self) -> MemoryReport:
         if self.device.startswith("cuda"):
@@ -235,4 +311,7 @@ class OrtBackend(Backend):
         return host_memory()
 
     def describe(self) -> dict[str, object]:
-        return {**super().describe(), "providers": self.providers}
+        facts: dict[str, object] = {**super().describe(), "providers": self.providers}
+        if self.cpu_ops:
+            facts["cpu_ops"] = self.cpu_ops
+        return facts

@@ -160,3 +160,50 @@ def test_ort_spinning_follows_the_setting(small_repo: Path, spin: bool) -> None:
     options = backend.session.get_session_options()  # type: ignore[attr-defined]
     for key in ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning"):
         assert options.get_session_config_entry(key) == ("1" if spin else "0")
+
+
+def test_a_non_finite_output_fails_the_parity_check(tmp_path: Path) -> None:
+    """max(0.0, nan) is 0.0 in Python: a NaN output (an fp16 overflow) must not pass as exact."""
+    import onnx as onnx_lib
+    from onnx import TensorProto, helper
+
+    from service.export.parity import onnx_parity
+
+    nodes = [
+        helper.make_node("Sub", ["pixels", "pixels"], ["zero"]),
+        helper.make_node("Div", ["zero", "zero"], ["nan"]),  # 0/0
+        helper.make_node("ReduceMean", ["nan"], ["embedding"], keepdims=0, axes=[1, 2, 3]),
+        helper.make_node("Identity", ["embedding"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "nan",
+        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["b", 3, "h", "w"])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["b"]) for n in ("embedding", "logits")],
+    )
+    path = tmp_path / "nan.onnx"
+    onnx_lib.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+    class Mean(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            m = x.mean(dim=(1, 2, 3))
+            return m, m
+
+    parity = onnx_parity(Mean(), path, [16], rng=np.random.default_rng(0), providers=["CPUExecutionProvider"])
+    assert parity["max_abs"] == float("inf") and parity["max_rel"] == float("inf")
+
+
+def test_a_failed_fp16_artifact_is_rebuilt_next_time(small_repo: Path, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+
+    from service.export import fp16
+
+    shutil.copytree(small_repo / "vit_small", tmp_path / "vit_small")
+    repo = ModelRepository(tmp_path)
+    monkeypatch.setitem(fp16.FP16_PARITY_RTOL, "vit", 1e-12)
+    rows = build_model(repo, "vit_small", force=True)
+    assert {r.artifact: r.status for r in rows} == {"onnx": "built", "onnx_fp16": "failed"}
+    assert "onnx_fp16" not in repo.require_manifest("vit_small").artifacts
+    monkeypatch.undo()
+    rows = build_model(repo, "vit_small")  # not "up-to-date": the fp16 artifact it asks for is missing
+    assert {r.artifact: r.status for r in rows} == {"onnx": "built", "onnx_fp16": "built"}

@@ -98,13 +98,55 @@ def test_plan_mismatch_names_the_version_or_the_gpu() -> None:
     ("visible", "ordinal", "expected"),
     [(None, 1, 1), ("", 0, 0), ("3,1", 0, 3), ("3,1", 1, 1), ("GPU-8f2a,GPU-11", 1, "GPU-11")],
 )
-def test_nvml_device_follows_cuda_visible_devices(visible: str | None, ordinal: int, expected: object) -> None:
-    import os
+def test_nvml_device_follows_cuda_visible_devices(
+    visible: str | None, ordinal: int, expected: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    assert physical_device(ordinal) == expected
+    with pytest.raises(ValueError, match="not visible"):
+        physical_device(5, "0")
 
-    env = os.environ.get("CUDA_VISIBLE_DEVICES") if visible is None else visible
-    if visible is None and env:
-        pytest.skip("CUDA_VISIBLE_DEVICES is set in this environment")
-    assert physical_device(ordinal, visible if visible is not None else "") == expected
+
+def test_gpus_the_host_has_but_torch_cannot_use_are_a_fault_not_a_cpu_host(tmp_path: Path) -> None:
+    from service.runtime.devices import gpu_count, unusable_gpu_reason
+
+    if gpu_count():
+        pytest.skip("PyTorch sees a GPU here")
+    assert unusable_gpu_reason(dev=str(tmp_path), visible="0") is None  # no device nodes: a CPU host
+    (tmp_path / "nvidia0").touch()
+    (tmp_path / "nvidiactl").touch()
+    reason = unusable_gpu_reason(dev=str(tmp_path), visible="0")
+    assert reason is not None and "1 NVIDIA device(s)" in reason and "TESSERA_PROVIDERS=cpu" in reason
+    assert unusable_gpu_reason(dev=str(tmp_path), visible="") is None  # given no GPU on purpose (Ray, num_gpus 0)
+
+
+def test_heavy_ops_on_the_cpu_are_read_from_a_real_profile(small_repo: Path) -> None:
+    """The placement check parses ONNX Runtime's own profile (here every node is on the CPU)."""
+    from service.runtime.ort import cpu_placed_ops
+
+    repo = ModelRepository(small_repo)
+    ops = cpu_placed_ops(
+        _onnx_path(repo, "vit_small"), np.zeros((1, 3, 224, 224), np.float32), "pixels", ["CPUExecutionProvider"]
+    )
+    assert any(op.startswith("Attention") for op in ops) and any(op.startswith("MatMul") for op in ops)
+    cpu = load_backend(repo, "vit_small", gpus=0)
+    assert cpu.check_placement(224) == [] and "cpu_ops" not in cpu.describe()  # only asked of GPU sessions
+
+
+def test_batches_above_a_tensorrt_profile_run_in_parts(small_repo: Path) -> None:
+    backend = load_backend(ModelRepository(small_repo), "vit_small", gpus=0)
+    x = np.random.default_rng(3).standard_normal((5, 3, 224, 224)).astype(np.float32)
+    whole = backend.infer(x).outputs["embedding"]
+    backend._max_batch = {224: 2}  # what a TensorRT-provider session gets from its profiles
+    calls = []
+    run_one = backend._run_one
+    backend._run_one = lambda p: calls.append(len(p)) or run_one(p)  # type: ignore[method-assign]
+    parts = backend.infer(x).outputs["embedding"]
+    assert calls == [2, 2, 1]
+    np.testing.assert_allclose(parts, whole, atol=1e-5)
 
 
 class _FakeTensorRT:
@@ -220,6 +262,37 @@ def test_plan_is_built_strongly_typed_from_the_fp16_graph_and_recorded(fake_trt,
     build_model(repo, "vit_small")
     assert "tensorrt" in repo.require_manifest("vit_small").artifacts
     assert [r.status for r in build_model(repo, "vit_small", tensorrt=True)][-1] == "up-to-date"
+
+
+def test_a_rebuild_with_the_same_graphs_keeps_the_plan(tmp_path: Path) -> None:
+    from service.export.build import _keep_plan
+    from service.models import ArtifactRecord, Manifest
+
+    def manifest(config: str, fp16_sha: str, plan: bool) -> Manifest:
+        m = Manifest(
+            model="m",
+            version=1,
+            config_sha256=config,
+            weights="untrained",
+            arch={},
+            params=1,
+            gmacs_native=1.0,
+            native_size=224,
+        )
+        m.artifacts["onnx_fp16"] = ArtifactRecord(
+            file="model.fp16.onnx", sha256=fp16_sha, bytes=1, precision="fp16", kind="onnx"
+        )
+        if plan:
+            m.artifacts["tensorrt"] = ArtifactRecord(
+                file="model.sm90.plan", sha256="p", bytes=1, precision="fp16", kind="tensorrt"
+            )
+        return m
+
+    (tmp_path / "model.sm90.plan").write_bytes(b"PLAN")
+    for config, fp16_sha, kept in (("a", "x", True), ("b", "x", False), ("a", "y", False)):
+        new = manifest(config, fp16_sha, plan=False)
+        _keep_plan(manifest("a", "x", plan=True), new, tmp_path)
+        assert ("tensorrt" in new.artifacts) == kept, (config, fp16_sha)
 
 
 def test_builder_failures_are_rows_not_tracebacks(fake_trt, small_repo: Path, tmp_path: Path):  # type: ignore[no-untyped-def]

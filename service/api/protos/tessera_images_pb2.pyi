@@ -75,14 +75,16 @@ class Timing(_message.Message):
     def __init__(self, decode: _Optional[float] = ..., preprocess: _Optional[float] = ..., queue: _Optional[float] = ..., inference: _Optional[float] = ..., total: _Optional[float] = ...) -> None: ...
 
 class Memory(_message.Message):
-    __slots__ = ("device", "peak_bytes", "allocated_bytes")
+    __slots__ = ("device", "peak_bytes", "allocated_bytes", "source")
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     PEAK_BYTES_FIELD_NUMBER: _ClassVar[int]
     ALLOCATED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
     device: str
     peak_bytes: int
     allocated_bytes: int
-    def __init__(self, device: _Optional[str] = ..., peak_bytes: _Optional[int] = ..., allocated_bytes: _Optional[int] = ...) -> None: ...
+    source: str
+    def __init__(self, device: _Optional[str] = ..., peak_bytes: _Optional[int] = ..., allocated_bytes: _Optional[int] = ..., source: _Optional[str] = ...) -> None: ...
 
 class PredictReply(_message.Message):
     __slots__ = ("request_id", "model", "version", "backend", "precision", "weights", "weights_note", "input", "route", "embedding", "logits", "top_k", "timing_ms", "memory", "batch_size")

@@ -48,6 +48,7 @@ def _gpu(pyproject: dict) -> list[str]:
         (lambda p, lock, d: lock["tensorrt"].update(version="10.13.3.9"), "Attention"),
         (lambda p, lock, d: lock.update(cuda_major=12), "CUDA"),
         (lambda p, lock, d: _gpu(p).pop(2), "nvidia-ml-py"),
+        (lambda p, lock, d: p["project"]["optional-dependencies"].update(cpu=["onnxruntime>=1.32"]), "older than"),
         (lambda p, lock, d: d.replace("nvidia/cuda:13.0.0", "nvidia/cuda:12.8.1"), "Dockerfile"),
     ],
 )

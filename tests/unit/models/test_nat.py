@@ -101,16 +101,21 @@ def test_tiled_kernel_memory_is_linear_in_pixels() -> None:
     """The halo copies of K and V are a fixed multiple of K and V, not k**2 of them."""
     from service.models.layers.neighborhood import TILE, _tile_axis
 
-    for size in (8, 64, 65, 512):
+    for size in (1, 3, 5, 7, 8, 13, 64, 65, 512):
         mask, queries, keys, out = _tile_axis(size, 7, TILE, torch.device("cpu"))
         tiles = -(-size // TILE)
-        assert mask.shape == (tiles, TILE, TILE + 6) and keys.shape == (tiles, TILE + 6)
+        halo = TILE + 6
+        assert mask.shape == (tiles, TILE, halo) and keys.shape == (tiles, halo)  # halo copies: (T+k-1)/T per axis
         assert out.shape == (size,) and int(out.max()) < tiles * TILE
         # every position's output comes from a tile query that is that position
         assert torch.equal(queries.reshape(-1)[out], torch.arange(size))
-        # each query in range sees exactly min(k, size) keys of its halo
-        valid = queries < size
-        assert bool((mask.sum(-1)[valid] == min(7, size)).all())
+        # the query serving each position sees exactly min(k, size) distinct, in-range keys
+        rows = mask.reshape(tiles * TILE, halo)[out]
+        assert bool((rows.sum(-1) == min(7, size)).all()), size
+        key_rows = keys.repeat_interleave(TILE, dim=0)[out]
+        for position in range(size):
+            seen = key_rows[position][rows[position]]
+            assert len(set(seen.tolist())) == min(7, size) and int(seen.max()) < size
 
 
 @pytest.mark.parametrize("rows_per_gather", [2, 3, 7])

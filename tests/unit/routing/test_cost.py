@@ -268,7 +268,7 @@ def test_matches_in_house_nat(size: tuple[int, int]) -> None:
     nat = pytest.importorskip("service.models.nat")
     from service.models.layers.neighborhood import neighborhood_attention_macs
 
-    model = nat.nat_mini(depths=(1, 1, 2, 1)).eval()
+    model = nat.nat_mini(depths=(1, 1, 2, 1), attn_backend="gather").eval()
     facts = model.arch_facts()
     assert facts.family == "nat" and facts.kernel_size == 7
     est = estimate_cost(facts, *size)
