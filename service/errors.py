@@ -11,11 +11,13 @@ __all__ = [
     "DeadlineExceeded",
     "Forbidden",
     "InvalidInput",
+    "NotAllowed",
     "NotFound",
     "Overloaded",
     "PayloadTooLarge",
     "TesseraError",
     "Unauthenticated",
+    "Unavailable",
     "UnsupportedMediaType",
 ]
 
@@ -66,6 +68,18 @@ class NotFound(TesseraError):
     """Unknown model, model version or job."""
 
     code, http_status, grpc_status = "not_found", 404, "NOT_FOUND"
+
+
+class NotAllowed(TesseraError):
+    """The server's configuration does not allow this operation (e.g. model control is off)."""
+
+    code, http_status, grpc_status = "not_allowed", 403, "PERMISSION_DENIED"
+
+
+class Unavailable(TesseraError):
+    """The model is known but not available now (unloaded, or not built)."""
+
+    code, http_status, grpc_status = "unavailable", 503, "UNAVAILABLE"
 
 
 class PayloadTooLarge(TesseraError):
