@@ -12,6 +12,8 @@ replicas each reports what it served. ``inference_count`` counts images; ``execu
 counts backbone executions, one per ``infer_batch`` chunk and ``1/batch_size`` per image that
 shared a ``@serve.batch`` batch (rounded), since the ingress sees each image's batch size but
 not which other requests shared it. ``batch_stats`` is keyed by the batch size the backbone ran.
+``fail`` counts requests that failed once valid (deadline, overload, backbone errors); a malformed
+request, or one for an unloaded model, never reaches the model and is not counted.
 """
 
 from __future__ import annotations
