@@ -199,41 +199,39 @@ class GrpcIngressMixin:
         results: asyncio.Queue[Any] = asyncio.Queue()
         slots = asyncio.Semaphore(STREAM_CONCURRENCY)
 
+        async def answer(request: Any) -> Any:
+            async def work() -> Any:
+                parsed = infer_request_from_proto(request, stream=True)
+                result = await OpenInference(self.core).infer(
+                    request.model_name, request.model_version or None, parsed, timeout_s=_deadline_s(grpc_context)
+                )
+                return infer_response_to_proto(pb, result)
+
+            try:
+                reply = await _answer(None, pb.ModelInferResponse, work, self.core, endpoint, request.model_name)
+                return pb.ModelStreamInferResponse(infer_response=reply)
+            except Exception as exc:
+                err = as_tessera_error(exc)
+                echo = pb.ModelInferResponse(
+                    model_name=request.model_name, model_version=request.model_version, id=request.id
+                )
+                message = f"{err.grpc_status}: {err.message}"
+                return pb.ModelStreamInferResponse(error_message=message, infer_response=echo)
+
         async def one(request: Any) -> None:
             try:
-
-                async def work() -> Any:
-                    parsed = infer_request_from_proto(request, stream=True)
-                    result = await OpenInference(self.core).infer(
-                        request.model_name,
-                        request.model_version or None,
-                        parsed,
-                        timeout_s=_deadline_s(grpc_context),
-                    )
-                    return infer_response_to_proto(pb, result)
-
-                try:
-                    reply = await _answer(None, pb.ModelInferResponse, work, self.core, endpoint, request.model_name)
-                    await results.put(pb.ModelStreamInferResponse(infer_response=reply))
-                except Exception as exc:
-                    err = as_tessera_error(exc)
-                    await results.put(
-                        pb.ModelStreamInferResponse(
-                            error_message=f"{err.grpc_status}: {err.message}",
-                            infer_response=pb.ModelInferResponse(
-                                model_name=request.model_name, model_version=request.model_version, id=request.id
-                            ),
-                        )
-                    )
+                await results.put(await answer(request))
             finally:
                 slots.release()
 
         async def feed() -> None:
-            async with asyncio.TaskGroup() as group:
-                async for request in request_stream:
-                    await slots.acquire()
-                    group.create_task(one(request))
-            await results.put(None)
+            try:
+                async with asyncio.TaskGroup() as group:
+                    async for request in request_stream:
+                        await slots.acquire()
+                        group.create_task(one(request))
+            finally:
+                await results.put(None)  # the stream ended (or failed): let the answers loop finish
 
         feeder = asyncio.create_task(feed())
         try:
