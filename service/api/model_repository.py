@@ -46,7 +46,6 @@ _TRITON_TYPES = {
     "FP32": "TYPE_FP32",
     "BYTES": "TYPE_STRING",
 }
-_PLATFORMS = (("tensorrt", "tensorrt_plan"), ("onnx_fp16", "onnxruntime_onnx"), ("onnx", "onnxruntime_onnx"))
 
 
 # -- model repository --------------------------------------------------------------------------------
@@ -180,12 +179,13 @@ def triton_model_config(
     cfg: ModelConfig,
     manifest: Manifest | None,
     *,
+    platform: str,
     pixel_datatypes: tuple[str, ...],
     labels: bool,
 ) -> TritonModelConfig:
-    """``cfg`` (and what was built for it) in Triton's model-configuration shape."""
+    """``cfg`` (and what was built for it) in Triton's model-configuration shape; ``platform`` as
+    the model metadata reports it."""
     built = set(manifest.artifacts) if manifest else set()
-    platform = next((p for kind, p in _PLATFORMS if kind in built), "")
     backend = "tensorrt" if platform == "tensorrt_plan" else "onnxruntime" if platform else ""
     buckets = cfg.input.buckets
     side = buckets[0] if len(buckets) == 1 else -1

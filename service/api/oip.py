@@ -306,11 +306,15 @@ class OpenInference:
         self.config(model, version)
         return ModelReady(name=model, ready=self.core.is_ready(model))
 
-    def model_metadata(self, model: str, version: str | None = None) -> ModelMetadata:
-        cfg = self.config(model, version)
+    def platform(self, model: str) -> str:
+        """Runtime family of the model's built artifact (Triton's platform names), "" when not built."""
         manifest = self.core.manifests.get(model)
         built = set(manifest.artifacts) if manifest else set()
-        platform = next((p for kind, p in _PLATFORMS if kind in built), "")
+        return next((p for kind, p in _PLATFORMS if kind in built), "")
+
+    def model_metadata(self, model: str, version: str | None = None) -> ModelMetadata:
+        cfg = self.config(model, version)
+        platform = self.platform(model)
         buckets = cfg.input.buckets
         side = buckets[0] if len(buckets) == 1 else -1
         outputs = [TensorMetadata(name="embedding", datatype="FP32", shape=[-1, cfg.output.embedding_dim])]
@@ -338,6 +342,7 @@ class OpenInference:
         return triton_model_config(
             cfg,
             self.core.manifests.get(model),
+            platform=self.platform(model),
             pixel_datatypes=PIXEL_DATATYPES,
             labels=bool(self.labels(model)),
         )
