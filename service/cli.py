@@ -78,7 +78,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from service.serve.runner import run_service
 
     settings = _settings(
-        args, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port
+        args,
+        host=args.host,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        model_control_mode=args.model_control_mode,
     )
     if args.print_config:
         from service.serve.config import serve_config
@@ -204,6 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--http-port", type=int, default=None)
     p.add_argument("--grpc-port", type=int, default=None)
     p.add_argument("--metrics-port", type=int, default=None)
+    p.add_argument(
+        "--model-control-mode",
+        choices=["none", "explicit"],
+        default=None,
+        help="explicit: allow Triton's repository load/unload requests (default: none, refused with 403)",
+    )
     p.add_argument("--print-config", action="store_true", help="print the Serve config (KubeRay) and exit")
     p.set_defaults(func=cmd_serve)
 

@@ -11,12 +11,14 @@ __all__ = [
     "DeadlineExceeded",
     "Forbidden",
     "InvalidInput",
+    "NotAllowed",
     "NotFound",
     "Overloaded",
     "PayloadTooLarge",
     "RuntimeUnavailable",
     "TesseraError",
     "Unauthenticated",
+    "Unavailable",
     "UnsupportedMediaType",
 ]
 
@@ -69,6 +71,18 @@ class NotFound(TesseraError):
     code, http_status, grpc_status = "not_found", 404, "NOT_FOUND"
 
 
+class NotAllowed(TesseraError):
+    """The server's configuration does not allow this operation (e.g. model control is off)."""
+
+    code, http_status, grpc_status = "not_allowed", 403, "PERMISSION_DENIED"
+
+
+class Unavailable(TesseraError):
+    """The model is known but not available now (unloaded, or not built)."""
+
+    code, http_status, grpc_status = "unavailable", 503, "UNAVAILABLE"
+
+
 class PayloadTooLarge(TesseraError):
     """The body or the decoded image exceeds a configured limit."""
 
@@ -96,10 +110,8 @@ class DeadlineExceeded(TesseraError):
     code, http_status, grpc_status = "deadline_exceeded", 504, "DEADLINE_EXCEEDED"
 
 
-class RuntimeUnavailable(TesseraError):
+class RuntimeUnavailable(Unavailable):
     """A runtime (TensorRT, an ONNX Runtime provider, CUDA) cannot run here; the message says why.
 
     Raised when a replica loads its model, never turned into a silent fallback to a slower device.
     """
-
-    code, http_status, grpc_status = "unavailable", 503, "UNAVAILABLE"

@@ -66,6 +66,11 @@ class ServerSettings(BaseModel):
         default=2 << 30, ge=1024, le=1 << 40, description="Largest slide upload; larger slides go by path."
     )
     job_dir: str = Field(default=".tessera/jobs", description="Where slide jobs keep their state and results.")
+    model_control_mode: Literal["none", "explicit"] = Field(
+        default="none",
+        description="Triton's model control: 'explicit' lets clients unload and load models (the repository "
+        "extension); 'none' refuses those requests with 403.",
+    )
     auth_tokens_file: str | None = Field(default=None, description="File of accepted bearer tokens, one a line.")
     log_level: str = Field(default="INFO", description="Python log level for the service's loggers.")
 

@@ -109,8 +109,11 @@ def start_tessera_serve(
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
     ready_timeout_s: float = 240.0,
+    args: tuple[str, ...] = (),
 ) -> tuple[subprocess.Popen[str], dict[str, int], str]:
     """``tessera serve`` as a subprocess on free ports: the process, its ports and its ready line.
+
+    ``args`` are more ``tessera serve`` flags (e.g. ``--model-control-mode=explicit``).
 
     Returns once the ready line is printed (its output is drained from then on); fails the test if
     the process exits first or prints none within ``ready_timeout_s``. Stopping it is the caller's.
@@ -119,7 +122,7 @@ def start_tessera_serve(
     command = [str(Path(sys.executable).with_name("tessera"))]
     if model_repo is not None:
         command += ["--model-repo", str(model_repo)]
-    command += ["serve", *(f"--{name}-port={port}" for name, port in ports.items())]
+    command += ["serve", *(f"--{name}-port={port}" for name, port in ports.items()), *args]
     proc = subprocess.Popen(
         command,
         stdout=subprocess.PIPE,

@@ -25,10 +25,12 @@ driver does through the ingress) must not commit the process to one of them.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import importlib
 import json
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -36,9 +38,11 @@ from pydantic import ValidationError
 
 from service.api.auth import AUTHORIZATION, TokenAuth
 from service.api.errors import as_tessera_error, grpc_code
+from service.api.model_repository import TritonModelConfig
 from service.api.oip import InferRequest, InferResponse, InputTensor, OpenInference, RequestedOutput
 from service.api.protocol import PredictOptions, PredictResponse
 from service.api.serving import ServingCore
+from service.api.statistics import StatisticsResponse
 from service.errors import DeadlineExceeded, InvalidInput
 
 if TYPE_CHECKING:
@@ -57,9 +61,25 @@ REQUEST_ID_METADATA = "x-request-id"
 
 _OIP_PB2 = "service.api.protos.grpc_predict_v2_pb2"
 _OIP_GRPC = "service.api.protos.grpc_predict_v2_pb2_grpc"
+_MODEL_CONFIG_PB2 = "service.api.protos.model_config_pb2"
 _IMAGES_PB2 = "service.api.protos.tessera_images_pb2"
 _IMAGES_GRPC = "service.api.protos.tessera_images_pb2_grpc"
-_OIP_METHODS = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer")
+_OIP_METHODS = (
+    "ServerLive",
+    "ServerReady",
+    "ModelReady",
+    "ServerMetadata",
+    "ModelMetadata",
+    "ModelInfer",
+    "ModelConfig",
+    "ModelStatistics",
+    "RepositoryIndex",
+    "RepositoryModelLoad",
+    "RepositoryModelUnload",
+)
+_OIP_STREAM_METHODS = ("ModelStreamInfer",)
+#: Requests of one ModelStreamInfer call that may be in progress at once (answers come in completion order).
+STREAM_CONCURRENCY = 16
 _IMAGES_METHODS = ("Predict",)
 
 #: The typed-contents field of ``InferTensorContents`` for each datatype (FP16 only travels raw).
@@ -160,6 +180,115 @@ class GrpcIngressMixin:
         return await _answer(
             grpc_context, pb.ModelInferResponse, work, self.core, endpoint, request.model_name, auth=self._auth()
         )
+
+    async def ModelStreamInfer(self, request_stream: Any, grpc_context: Any = None) -> AsyncIterator[Any]:
+        """Bidirectional streaming inference: each request runs as ``ModelInfer`` does (admission,
+        deadline, parameters); its answer, or its error as ``error_message``, comes back on the
+        stream in completion order (match them by ``id``), and the stream stays open after an error."""
+        pb = _module(_OIP_PB2)
+        try:
+            self._auth().check(_metadata(grpc_context, AUTHORIZATION))
+        except Exception as exc:
+            err = as_tessera_error(exc)
+            if grpc_context is None:
+                raise err from exc
+            grpc_context.set_code(grpc_code(err))
+            grpc_context.set_details(err.message)
+            return
+        endpoint = "/inference.GRPCInferenceService/ModelStreamInfer"
+        results: asyncio.Queue[Any] = asyncio.Queue()
+        slots = asyncio.Semaphore(STREAM_CONCURRENCY)
+
+        async def answer(request: Any) -> Any:
+            async def work() -> Any:
+                parsed = infer_request_from_proto(request, stream=True)
+                result = await OpenInference(self.core).infer(
+                    request.model_name, request.model_version or None, parsed, timeout_s=_deadline_s(grpc_context)
+                )
+                return infer_response_to_proto(pb, result)
+
+            try:
+                reply = await _answer(None, pb.ModelInferResponse, work, self.core, endpoint, request.model_name)
+                return pb.ModelStreamInferResponse(infer_response=reply)
+            except Exception as exc:
+                err = as_tessera_error(exc)
+                echo = pb.ModelInferResponse(
+                    model_name=request.model_name, model_version=request.model_version, id=request.id
+                )
+                message = f"{err.grpc_status}: {err.message}"
+                return pb.ModelStreamInferResponse(error_message=message, infer_response=echo)
+
+        async def one(request: Any) -> None:
+            try:
+                await results.put(await answer(request))
+            finally:
+                slots.release()
+
+        async def feed() -> None:
+            try:
+                async with asyncio.TaskGroup() as group:
+                    async for request in request_stream:
+                        await slots.acquire()
+                        group.create_task(one(request))
+            finally:
+                await results.put(None)  # the stream ended (or failed): let the answers loop finish
+
+        feeder = asyncio.create_task(feed())
+        try:
+            while (item := await results.get()) is not None:
+                yield item
+            await feeder
+        finally:
+            if not feeder.done():
+                feeder.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await feeder
+
+    async def ModelConfig(self, request: Any, grpc_context: Any = None) -> Any:
+        pb = _module(_OIP_PB2)
+
+        async def work() -> Any:
+            config = OpenInference(self.core).model_config(request.name, request.version or None)
+            return pb.ModelConfigResponse(config=model_config_to_proto(pb, config))
+
+        return await _answer(grpc_context, pb.ModelConfigResponse, work, auth=self._auth())
+
+    async def ModelStatistics(self, request: Any, grpc_context: Any = None) -> Any:
+        pb = _module(_OIP_PB2)
+
+        async def work() -> Any:
+            stats = OpenInference(self.core).statistics(request.name or None, request.version or None)
+            return statistics_to_proto(pb, stats)
+
+        return await _answer(grpc_context, pb.ModelStatisticsResponse, work, auth=self._auth())
+
+    async def RepositoryIndex(self, request: Any, grpc_context: Any = None) -> Any:
+        pb = _module(_OIP_PB2)
+
+        async def work() -> Any:
+            entries = OpenInference(self.core).repository_index(ready_only=request.ready)
+            index = pb.RepositoryIndexResponse.ModelIndex
+            return pb.RepositoryIndexResponse(models=[index(**entry.model_dump()) for entry in entries])
+
+        return await _answer(grpc_context, pb.RepositoryIndexResponse, work, auth=self._auth())
+
+    async def RepositoryModelLoad(self, request: Any, grpc_context: Any = None) -> Any:
+        pb = _module(_OIP_PB2)
+
+        async def work() -> Any:
+            OpenInference(self.core).load(request.model_name, _params(request.parameters))
+            return pb.RepositoryModelLoadResponse()
+
+        return await _answer(grpc_context, pb.RepositoryModelLoadResponse, work, auth=self._auth())
+
+    async def RepositoryModelUnload(self, request: Any, grpc_context: Any = None) -> Any:
+        pb = _module(_OIP_PB2)
+
+        async def work() -> Any:
+            await OpenInference(self.core).unload(request.model_name, _params(request.parameters))
+            return pb.RepositoryModelUnloadResponse()
+
+        return await _answer(grpc_context, pb.RepositoryModelUnloadResponse, work, auth=self._auth())
 
     # -- tessera.v1.Images ------------------------------------------------------------------------
     async def Predict(self, request: Any, grpc_context: Any = None) -> Any:
@@ -282,8 +411,15 @@ def _set_param(target: Any, value: Any) -> None:
         target.string_param = json.dumps(value, separators=(",", ":"))
 
 
-def infer_request_from_proto(message: Any) -> InferRequest:
-    """A ``ModelInferRequest`` as the transport-free request (inputs raw or typed, as sent)."""
+#: Request parameters that only mean something on a stream (Triton's decoupled-model flag).
+_STREAM_PARAMETERS = ("triton_enable_empty_final_response",)
+
+
+def infer_request_from_proto(message: Any, *, stream: bool = False) -> InferRequest:
+    """A ``ModelInferRequest`` as the transport-free request (inputs raw or typed, as sent).
+
+    On a stream, ``triton_enable_empty_final_response`` is accepted and has no effect: every
+    request has exactly one response, so no empty final one is ever needed."""
     raws: Sequence[bytes] = message.raw_input_contents
     if raws and len(raws) != len(message.inputs):
         raise InvalidInput(
@@ -321,7 +457,11 @@ def infer_request_from_proto(message: Any) -> InferRequest:
             )
         )
     outputs = [RequestedOutput(out.name, _params(out.parameters)) for out in message.outputs]
-    return InferRequest(inputs=inputs, outputs=outputs or None, id=message.id, parameters=_params(message.parameters))
+    parameters = _params(message.parameters)
+    if stream:
+        for key in _STREAM_PARAMETERS:
+            parameters.pop(key, None)
+    return InferRequest(inputs=inputs, outputs=outputs or None, id=message.id, parameters=parameters)
 
 
 def infer_response_to_proto(pb: ModuleType, result: InferResponse) -> Any:
@@ -333,6 +473,38 @@ def infer_response_to_proto(pb: ModuleType, result: InferResponse) -> Any:
         message.outputs.add(name=out.name, datatype=out.datatype, shape=list(out.shape))
         message.raw_output_contents.append(out.raw())
     return message
+
+
+def model_config_to_proto(pb: ModuleType, config: TritonModelConfig) -> Any:
+    """Triton's ``ModelConfig`` message from the transport-free configuration."""
+    mc = _module(_MODEL_CONFIG_PB2)
+    return mc.ModelConfig(
+        name=config.name,
+        platform=config.platform,
+        backend=config.backend,
+        max_batch_size=config.max_batch_size,
+        input=[mc.ModelInput(name=t.name, data_type=mc.DataType.Value(t.data_type), dims=t.dims) for t in config.input],
+        output=[
+            mc.ModelOutput(
+                name=t.name,
+                data_type=mc.DataType.Value(t.data_type),
+                dims=t.dims,
+                label_filename=t.label_filename or "",
+            )
+            for t in config.output
+        ],
+        dynamic_batching=mc.ModelDynamicBatching(**config.dynamic_batching.model_dump()),
+        instance_group=[
+            mc.ModelInstanceGroup(name=g.name, kind=mc.ModelInstanceGroup.Kind.Value(g.kind), count=g.count)
+            for g in config.instance_group
+        ],
+        parameters={k: mc.ModelParameter(string_value=v.string_value) for k, v in config.parameters.items()},
+    )
+
+
+def statistics_to_proto(pb: ModuleType, stats: StatisticsResponse) -> Any:
+    """Triton's ``ModelStatisticsResponse`` from the transport-free statistics."""
+    return pb.ModelStatisticsResponse(model_stats=[one.model_dump() for one in stats.model_stats])
 
 
 # -- tessera.v1.Images -------------------------------------------------------------------------------
@@ -422,7 +594,7 @@ class _Ingress(GrpcIngressMixin):
         self.auth = auth
 
 
-def _servicer(base: type, target: GrpcIngressMixin, methods: Sequence[str]) -> Any:
+def _servicer(base: type, target: GrpcIngressMixin, methods: Sequence[str], stream_methods: Sequence[str] = ()) -> Any:
     """An instance of the generated servicer ``base`` whose RPCs call ``target``'s methods."""
     import grpc
 
@@ -438,7 +610,21 @@ def _servicer(base: type, target: GrpcIngressMixin, methods: Sequence[str]) -> A
         handler.__name__ = name
         return handler
 
-    return type(f"InProcess{base.__name__}", (base,), {name: delegate(name) for name in methods})()
+    def delegate_stream(name: str) -> Callable[..., AsyncIterator[Any]]:
+        async def handler(_self: Any, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
+            adapter = _AioContext(context)
+            async for reply in getattr(target, name)(request_iterator, grpc_context=adapter):
+                yield reply
+            code = adapter.code()
+            if code is not None and code != grpc.StatusCode.OK:
+                await context.abort(code, adapter.details())
+
+        handler.__name__ = name
+        return handler
+
+    handlers: dict[str, Any] = {name: delegate(name) for name in methods}
+    handlers.update({name: delegate_stream(name) for name in stream_methods})
+    return type(f"InProcess{base.__name__}", (base,), handlers)()
 
 
 async def serve_grpc_inprocess(
@@ -465,7 +651,7 @@ async def serve_grpc_inprocess(
     )
     target = _Ingress(core, auth)
     oip_grpc.add_GRPCInferenceServiceServicer_to_server(
-        _servicer(oip_grpc.GRPCInferenceServiceServicer, target, _OIP_METHODS), server
+        _servicer(oip_grpc.GRPCInferenceServiceServicer, target, _OIP_METHODS, _OIP_STREAM_METHODS), server
     )
     images_grpc.add_ImagesServicer_to_server(_servicer(images_grpc.ImagesServicer, target, _IMAGES_METHODS), server)
     if server.add_insecure_port(f"{host}:{port}") == 0:

@@ -15,6 +15,17 @@ Each model exposes two alternative inputs and two outputs:
             the elements are base64 strings.
 ``embedding``  FP32 ``[N, D]``;  ``logits``  FP32 ``[N, C]`` (absent when the model has no head).
 
+An output requested with the parameter ``classification: k`` (Triton's classification extension,
+``InferRequestedOutput(name, class_count=k)``) comes back as BYTES ``[N, k]`` instead: the top k
+entries of each image as ``"value:index"``, or ``"value:index:label"`` when the model's folder has
+a ``labels.txt`` (one label per line), highest first; ``value`` is the output's own element.
+
+Parameters (Triton's parameters extension): the request may carry ``timeout`` (microseconds; the
+deadline is the smallest of it, the transport's and the server's), inputs ``binary_data_size``
+and outputs ``binary_data`` (REST's binary tensor extension) and ``classification``; any other
+parameter is refused with 400 / INVALID_ARGUMENT naming it, rather than ignored. Inference goes
+through the serving core's admission limit, as ``/v1/predict`` does.
+
 A request carries exactly one of the inputs. One image goes to the backbone's batcher, where it
 shares a batch with other requests' images; N images of one shape already are a batch and run as
 such (``infer_batch``), in chunks of the model's ``max_batch_size`` run concurrently.
@@ -38,16 +49,21 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from service import __version__
+from service.api.model_repository import RepositoryModel, TritonModelConfig, triton_model_config
 from service.api.serving import ServingCore
-from service.errors import DeadlineExceeded, InvalidInput, NotFound, PayloadTooLarge
+from service.api.statistics import Measurement, StatisticsResponse
+from service.errors import DeadlineExceeded, InvalidInput, NotFound, PayloadTooLarge, TesseraError
 from service.imaging import decode_image, prepare
 from service.models.config import ModelConfig
 
 __all__ = [
     "DATATYPES",
     "EXTENSIONS",
+    "INPUT_PARAMETERS",
     "MAX_IMAGES_PER_REQUEST",
+    "OUTPUT_PARAMETERS",
     "PIXEL_DATATYPES",
+    "REQUEST_PARAMETERS",
     "SERVER_NAME",
     "InferRequest",
     "InferResponse",
@@ -64,8 +80,21 @@ __all__ = [
 ]
 
 SERVER_NAME = "tessera"
-#: Protocol extensions this server implements (the REST binary tensor extension).
-EXTENSIONS = ("binary_tensor_data",)
+#: Protocol extensions this server implements, on REST and gRPC (``binary_tensor_data`` is REST's).
+EXTENSIONS = (
+    "binary_tensor_data",
+    "classification",
+    "model_configuration",
+    "model_repository",
+    "parameters",
+    "statistics",
+)
+#: Parameters the server honours; any other is refused (400 / INVALID_ARGUMENT) naming it.
+REQUEST_PARAMETERS = ("binary_data_output", "timeout")
+INPUT_PARAMETERS = ("binary_data_size",)
+OUTPUT_PARAMETERS = ("binary_data", "classification")
+#: The largest ``classification`` (top-k) an output may ask for.
+MAX_CLASS_COUNT = 1000
 #: Images one inference request may carry (each becomes one backbone call).
 MAX_IMAGES_PER_REQUEST = 256
 
@@ -128,7 +157,9 @@ class ModelMetadata(BaseModel):
     name: str = Field(description="Model name.")
     versions: list[str] = Field(description="Versions served (one: the repository's).")
     platform: str = Field(description="Runtime family of the built artifact, e.g. onnxruntime_onnx.")
-    inputs: list[TensorMetadata] = Field(description="Alternative inputs: send exactly one of them.")
+    inputs: list[TensorMetadata] = Field(
+        description="Alternative inputs: send exactly one of them. ``pixels`` is listed once per datatype it accepts."
+    )
     outputs: list[TensorMetadata]
 
 
@@ -180,11 +211,15 @@ class OutputTensor:
     """The parameters the client sent with its request for this output (e.g. ``binary_data``)."""
 
     def raw(self) -> bytes:
-        """The binary form: row-major little-endian elements."""
+        """The binary form: row-major little-endian elements (BYTES: each length-prefixed)."""
+        if self.datatype == "BYTES":
+            return pack_bytes([bytes(item) for item in self.data.reshape(-1)])
         return np.ascontiguousarray(self.data, dtype=DATATYPES[self.datatype]).tobytes()
 
     def values(self) -> list[Any]:
-        """The typed form: a flat row-major list."""
+        """The typed form: a flat row-major list (BYTES elements as text)."""
+        if self.datatype == "BYTES":
+            return [bytes(item).decode() for item in self.data.reshape(-1)]
         flat: list[Any] = self.data.reshape(-1).tolist()
         return flat
 
@@ -251,6 +286,9 @@ class OpenInference:
     def server_ready(self) -> bool:
         return all(manifest is not None for manifest in self.core.manifests.values())
 
+    def version_of(self, model: str, version: str | None = None) -> str:
+        return str(self.config(model, version).version)
+
     def config(self, model: str, version: str | None = None) -> ModelConfig:
         """The model's config; ``NotFound`` for an unknown model or a version it does not have."""
         cfg = self.core.repo.config(model)
@@ -266,13 +304,17 @@ class OpenInference:
 
     def model_ready(self, model: str, version: str | None = None) -> ModelReady:
         self.config(model, version)
-        return ModelReady(name=model, ready=self.core.manifests.get(model) is not None)
+        return ModelReady(name=model, ready=self.core.is_ready(model))
+
+    def platform(self, model: str) -> str:
+        """Runtime family of the model's built artifact (Triton's platform names), "" when not built."""
+        manifest = self.core.manifests.get(model)
+        built = set(manifest.artifacts) if manifest else set()
+        return next((p for kind, p in _PLATFORMS if kind in built), "")
 
     def model_metadata(self, model: str, version: str | None = None) -> ModelMetadata:
         cfg = self.config(model, version)
-        manifest = self.core.manifests.get(model)
-        built = set(manifest.artifacts) if manifest else set()
-        platform = next((p for kind, p in _PLATFORMS if kind in built), "")
+        platform = self.platform(model)
         buckets = cfg.input.buckets
         side = buckets[0] if len(buckets) == 1 else -1
         outputs = [TensorMetadata(name="embedding", datatype="FP32", shape=[-1, cfg.output.embedding_dim])]
@@ -283,33 +325,104 @@ class OpenInference:
             versions=[str(cfg.version)],
             platform=platform,
             inputs=[
-                TensorMetadata(name=_PIXELS, datatype="FP32", shape=[-1, 3, side, side]),
+                *(TensorMetadata(name=_PIXELS, datatype=d, shape=[-1, 3, side, side]) for d in PIXEL_DATATYPES),
                 TensorMetadata(name=_IMAGE, datatype="BYTES", shape=[-1]),
             ],
             outputs=outputs,
         )
 
+    # -- extensions: statistics, model configuration, model repository ---------------------------
+    def statistics(self, model: str | None = None, version: str | None = None) -> StatisticsResponse:
+        """Per (model, version) counts and durations; every model when ``model`` is empty."""
+        names = [model] if model else self.core.repo.names()
+        return self.core.stats.snapshot([(name, self.version_of(name, version)) for name in names])
+
+    def model_config(self, model: str, version: str | None = None) -> TritonModelConfig:
+        cfg = self.config(model, version)
+        return triton_model_config(
+            cfg,
+            self.core.manifests.get(model),
+            platform=self.platform(model),
+            pixel_datatypes=PIXEL_DATATYPES,
+            labels=bool(self.labels(model)),
+        )
+
+    def repository_index(self, ready_only: bool = False) -> list[RepositoryModel]:
+        entries = []
+        for name in self.core.repo.names():
+            cfg = self.core.repo.config(name)
+            if self.core.manifests.get(name) is None:
+                reason = f"not built: run `tessera build --model {name}`"
+            else:
+                reason = self.core.control.unload_reason(name)
+            if ready_only and reason:
+                continue
+            entries.append(
+                RepositoryModel(
+                    name=name, version=str(cfg.version), state="UNAVAILABLE" if reason else "READY", reason=reason
+                )
+            )
+        return entries
+
+    def load(self, model: str, parameters: Mapping[str, Any] | None = None) -> None:
+        self.config(model)
+        self.core.control.load(model, self.core.manifests.get(model) is not None, dict(parameters or {}))
+
+    async def unload(self, model: str, parameters: Mapping[str, Any] | None = None) -> None:
+        self.config(model)
+        await self.core.control.unload(model, dict(parameters or {}))
+
+    def labels(self, model: str) -> list[str]:
+        """The model's class labels (``<model>/labels.txt``, one a line); empty when it has none."""
+        path = self.core.repo.model_dir(model) / "labels.txt"
+        if not path.is_file():
+            return []
+        return path.read_text(encoding="utf-8").splitlines()
+
     # -- inference --------------------------------------------------------------------------------
     async def infer(
         self, model: str, version: str | None, request: InferRequest, *, timeout_s: float | None = None
     ) -> InferResponse:
-        """Validate ``request``, run its images on ``model`` and return the requested outputs."""
+        """Validate ``request``, run its images on ``model`` and return the requested outputs.
+
+        ``timeout_s`` is the transport's deadline; the request's ``timeout`` parameter and the
+        server's default can only shorten it. Admission is the serving core's, as for ``/v1/predict``.
+        """
         start = time.perf_counter()
-        budget = min(timeout_s, self.core.timeout_s) if timeout_s else self.core.timeout_s
         cfg = self.config(model, version)
+        self.core.control.require_loaded(cfg.name)
+        _check_parameters(request)
+        budget = min(b for b in (timeout_s, _timeout_parameter(request), self.core.timeout_s) if b)
         available = self._output_names(cfg)
         wanted = _requested_outputs(request.outputs, available, cfg.name)
         tensor = self._single_input(request.inputs, cfg.name)
+        try:
+            async with self.core.admission():
+                return await self._infer(cfg, request, tensor, wanted, budget, start)
+        except TesseraError as exc:
+            if not isinstance(exc, InvalidInput | PayloadTooLarge):
+                self.core.stats.failure(cfg.name, str(cfg.version), time.perf_counter() - start)
+            raise
 
+    async def _infer(
+        self,
+        cfg: ModelConfig,
+        request: InferRequest,
+        tensor: InputTensor,
+        wanted: list[RequestedOutput],
+        budget: float,
+        start: float,
+    ) -> InferResponse:
         try:
             async with asyncio.timeout(budget):
                 if tensor.name == _PIXELS:
                     batch = self._pixels(tensor, cfg)
                 else:
                     batch = await self._images(tensor, cfg)
-                replies, roundtrip_ms = await self._run(cfg, batch.pixels)
+                replies, roundtrip_ms, chunks_run = await self._run(cfg, batch.pixels)
         except TimeoutError:
             raise DeadlineExceeded(f"no answer within the {budget:.3g} s deadline") from None
+        done = time.perf_counter()
 
         inference_ms = max(float(r["inference_ms"]) for r in replies)
         queue_ms = max(0.0, roundtrip_ms - inference_ms)
@@ -325,7 +438,11 @@ class OpenInference:
         for out in wanted:
             rows = [np.asarray(r["outputs"][out.name], dtype=np.float32).reshape(-1) for r in replies]
             data = np.stack(rows)
-            outputs.append(OutputTensor(out.name, "FP32", tuple(data.shape), data, out.parameters))
+            count = out.parameters.get("classification")
+            if count is not None:
+                outputs.append(self._classification(cfg.name, out, data, count))
+            else:
+                outputs.append(OutputTensor(out.name, "FP32", tuple(data.shape), data, out.parameters))
         memory = replies[-1]["memory"]
         total_ms = (time.perf_counter() - start) * 1e3
         parameters: dict[str, Any] = {
@@ -346,6 +463,20 @@ class OpenInference:
             "weights": "trained" if cfg.trained else "untrained",
             "batch_size": max(int(r.get("batch_size", 1)) for r in replies),
         }
+        self.core.stats.success(
+            cfg.name,
+            str(cfg.version),
+            Measurement(
+                images=len(replies),
+                batch_sizes=chunks_run or tuple(int(r.get("batch_size", 1)) for r in replies),
+                chunked=chunks_run is not None,
+                compute_input_s=(batch.decode_ms + batch.preprocess_ms) / 1e3,
+                queue_s=queue_ms / 1e3,
+                compute_infer_s=inference_ms / 1e3,
+                compute_output_s=time.perf_counter() - done,
+                total_s=time.perf_counter() - start,
+            ),
+        )
         return InferResponse(
             model_name=cfg.name,
             model_version=str(cfg.version),
@@ -353,6 +484,23 @@ class OpenInference:
             id=request.id,
             parameters=parameters,
         )
+
+    def _classification(self, model: str, out: RequestedOutput, data: np.ndarray, count: Any) -> OutputTensor:
+        """Triton's classification: the top ``count`` entries per image as BYTES ``value:index[:label]``."""
+        k = min(int(count), data.shape[1])
+        labels = self.labels(model)
+        order = np.argsort(-data, axis=1, kind="stable")[:, :k]
+        rows = []
+        for image, indices in zip(data, order, strict=True):
+            entries = []
+            for index in indices:
+                text = f"{float(image[index]):f}:{int(index)}"
+                if labels and int(index) < len(labels):
+                    text += f":{labels[int(index)]}"
+                entries.append(text.encode())
+            rows.append(entries)
+        array = np.array(rows, dtype=np.object_).reshape(len(rows), k)
+        return OutputTensor(out.name, "BYTES", tuple(array.shape), array, out.parameters)
 
     @staticmethod
     def _output_names(cfg: ModelConfig) -> list[str]:
@@ -450,26 +598,79 @@ class OpenInference:
                 f"input {name!r} has {elements} elements; the limit is {max_elements} per request", param=name
             )
 
-    async def _run(self, cfg: ModelConfig, pixels: list[np.ndarray]) -> tuple[list[dict[str, Any]], float]:
+    async def _run(
+        self, cfg: ModelConfig, pixels: list[np.ndarray]
+    ) -> tuple[list[dict[str, Any]], float, tuple[int, ...] | None]:
         """One image goes to the backbone's batcher, to share a batch with other requests; N images
-        of one shape already are a batch and run as such, in chunks of the model's batch size."""
+        of one shape already are a batch and run as such, in chunks of the model's batch size.
+        Returns the replies, the round trip in ms and, when the images ran as ready-made chunks,
+        each chunk's batch size (``None`` when they went through the backbone's batcher)."""
         model, client, telemetry = cfg.name, self.core.client, self.core.telemetry
         t = time.perf_counter()
         telemetry.inflight(model, len(pixels))
+        chunks_run: tuple[int, ...] | None = None
         try:
             if len(pixels) == 1 or len({p.shape for p in pixels}) > 1:
-                replies = list(await asyncio.gather(*(client.infer(model, p) for p in pixels)))
+                with self.core.control.using(model):
+                    replies = list(await asyncio.gather(*(client.infer(model, p) for p in pixels)))
             else:
                 step = cfg.batching.max_batch_size
                 chunks = [np.stack(pixels[i : i + step]) for i in range(0, len(pixels), step)]
-                parts = await asyncio.gather(*(client.infer_batch(model, chunk) for chunk in chunks))
+                with self.core.control.using(model):
+                    parts = await asyncio.gather(*(client.infer_batch(model, chunk) for chunk in chunks))
                 replies = [reply for part in parts for reply in part]
+                chunks_run = tuple(len(part) for part in parts)
         finally:
             telemetry.inflight(model, -len(pixels))
-        return replies, (time.perf_counter() - t) * 1e3
+        return replies, (time.perf_counter() - t) * 1e3, chunks_run
 
 
 # -- validation helpers ----------------------------------------------------------------------------
+def _check_parameters(request: InferRequest) -> None:
+    """Refuse every parameter the server does not honour, naming it (Triton's parameters extension)."""
+    for key in request.parameters:
+        if key not in REQUEST_PARAMETERS:
+            raise InvalidInput(
+                f"unsupported request parameter {key!r}; this server honours: {', '.join(REQUEST_PARAMETERS)}",
+                param=key,
+            )
+    for tensor in request.inputs:
+        for key in tensor.parameters:
+            if key not in INPUT_PARAMETERS:
+                raise InvalidInput(
+                    f"unsupported parameter {key!r} on input {tensor.name!r}; "
+                    f"inputs take: {', '.join(INPUT_PARAMETERS)}",
+                    param=key,
+                )
+    for out in request.outputs or ():
+        for key, value in out.parameters.items():
+            if key not in OUTPUT_PARAMETERS:
+                raise InvalidInput(
+                    f"unsupported parameter {key!r} on output {out.name!r}; "
+                    f"outputs take: {', '.join(OUTPUT_PARAMETERS)}",
+                    param=key,
+                )
+            if key == "classification" and (
+                isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CLASS_COUNT
+            ):
+                raise InvalidInput(
+                    f"output {out.name!r}: classification must be an integer class count in [1, {MAX_CLASS_COUNT}]",
+                    param=key,
+                )
+
+
+def _timeout_parameter(request: InferRequest) -> float | None:
+    """The ``timeout`` request parameter (microseconds, as Triton's) in seconds."""
+    value = request.parameters.get("timeout")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= 3_600_000_000:
+        raise InvalidInput(
+            "parameter 'timeout' must be an integer number of microseconds in (0, 3.6e9]", param="timeout"
+        )
+    return value / 1e6
+
+
 def _requested_outputs(
     requested: Sequence[RequestedOutput] | None, available: list[str], model: str
 ) -> list[RequestedOutput]:

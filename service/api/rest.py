@@ -22,6 +22,7 @@ from service import __version__
 from service.api.auth import AUTHORIZATION, PUBLIC_HTTP_PATHS, app_auth, challenge_headers
 from service.api.errors import as_tessera_error, http_body, http_headers
 from service.api.metrics_text import CONTENT_TYPE
+from service.api.oip import OpenInference
 from service.api.protocol import ModelInfo, PredictOptions, PredictResponse
 from service.api.rest_common import read_body_limited, replay_form
 from service.api.serving import ServingCore
@@ -173,8 +174,9 @@ def create_app() -> FastAPI:
         return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
 
     @app.get("/v2", tags=["oip"])
-    async def server_metadata() -> dict[str, Any]:
-        return {"name": "tessera", "version": __version__, "extensions": ["binary_tensor_data"]}
+    async def server_metadata(request: Request) -> dict[str, Any]:
+        """Name, version and the protocol extensions that work on this server (REST and gRPC)."""
+        return OpenInference(_core(request)).server_metadata().model_dump()
 
     # -- /v1 -----------------------------------------------------------------------------------
     @app.post(
@@ -247,9 +249,11 @@ def create_app() -> FastAPI:
         """Every model with its architecture facts and the artifacts built for it."""
         return _core(request).models()
 
+    from service.api.oip_extensions_rest import router as extensions_router
     from service.api.oip_rest import router as oip_router
     from service.api.slides_rest import router as slides_router
 
+    app.include_router(extensions_router)  # first: /v2/models/stats is not a model named "stats"
     app.include_router(oip_router)
     app.include_router(slides_router)
     return app

@@ -8,13 +8,16 @@ the CLI and the unit tests.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
+from service.api.model_repository import ModelControl, ModelControlMode
 from service.api.protocol import (
     InputInfo,
     MemoryInfo,
@@ -24,8 +27,9 @@ from service.api.protocol import (
     TimingInfo,
     TopK,
 )
+from service.api.statistics import InferenceStatistics, Measurement
 from service.api.telemetry import NullTelemetry, Telemetry
-from service.errors import DeadlineExceeded, InvalidInput, NotFound, Overloaded
+from service.errors import DeadlineExceeded, InvalidInput, NotFound, Overloaded, TesseraError
 from service.imaging import DecodeLimits, decode_image, fit_size, prepare
 from service.models import ModelRepository
 from service.routing.decision import RouteDecision
@@ -103,6 +107,7 @@ class ServingCore:
         max_pending: int = 0,
         timeout_s: float = 30.0,
         telemetry: Telemetry | None = None,
+        model_control_mode: ModelControlMode = "none",
     ):
         self.repo = repo
         self.router = router
@@ -113,6 +118,10 @@ class ServingCore:
         self.manifests = {name: repo.manifest(name) for name in repo.names()}
         self.max_pending = max_pending
         self._pending = 0
+        #: Triton's statistics extension, fed with the same measurements as the stage metrics.
+        self.stats = InferenceStatistics()
+        #: Which models are loaded (Triton's model repository extension) and their requests in flight.
+        self.control = ModelControl(model_control_mode, drain_timeout_s=timeout_s)
         #: Requests in progress on any route (maintained by the transports) and the drain flag.
         self.inflight = 0
         self.draining = False
@@ -127,15 +136,38 @@ class ServingCore:
         request_id: str | None = None,
         timeout_s: float | None = None,
     ) -> PredictResponse:
+        async with self.admission():
+            return await self._predict(data, content_type, options, request_id=request_id, timeout_s=timeout_s)
+
+    @contextlib.asynccontextmanager
+    async def admission(self) -> AsyncIterator[None]:
+        """The ingress admission limit (``max_pending``), for ``/v1/predict`` and OIP inference alike."""
         if self.max_pending and self._pending >= self.max_pending:
             # Shed before any decoding: an overloaded server should answer "later" at once.
             self.telemetry.rejected("admission")
             raise Overloaded(f"{self._pending} requests are already in progress here; retry shortly", retry_after_s=1.0)
         self._pending += 1
         try:
-            return await self._predict(data, content_type, options, request_id=request_id, timeout_s=timeout_s)
+            yield
         finally:
             self._pending -= 1
+
+    def decide(self, width: int, height: int, model: str | None = None) -> RouteDecision:
+        """The router's decision among loaded models: an unloaded choice goes to the cheapest loaded fit."""
+        if model is not None:
+            self.repo.config(model)
+            self.control.require_loaded(model)
+            return self.router.decide(width, height, model)
+        decision = self.router.decide(width, height)
+        if self.control.is_loaded(decision.model):
+            return decision
+        loaded = [
+            c for c in decision.candidates if c.fits and c.model != decision.model and self.control.is_loaded(c.model)
+        ]
+        loaded.sort(key=lambda c: c.predicted_latency_ms if c.predicted_latency_ms is not None else float("inf"))
+        if not loaded:
+            self.control.require_loaded(decision.model)
+        return self.router.decide(width, height, loaded[0].model)
 
     async def _predict(
         self,
@@ -156,7 +188,7 @@ class ServingCore:
         decoded = await asyncio.to_thread(decode_image, data, content_type, self.limits)
         decode_ms = (time.perf_counter() - t) * 1e3
 
-        decision = self.router.decide(decoded.width, decoded.height, options.model)
+        decision = self.decide(decoded.width, decoded.height, options.model)
         self.telemetry.route(decision.model, decision.reason)
         cfg = self.repo.config(decision.model)
         t = time.perf_counter()
@@ -172,12 +204,18 @@ class ServingCore:
         t = time.perf_counter()
         self.telemetry.inflight(decision.model, 1)
         try:
-            reply = await asyncio.wait_for(self.client.infer(decision.model, prepared.pixels), remaining)
+            with self.control.using(decision.model):
+                reply = await asyncio.wait_for(self.client.infer(decision.model, prepared.pixels), remaining)
         except TimeoutError:
+            self.stats.failure(cfg.name, str(cfg.version), time.perf_counter() - start)
             raise DeadlineExceeded(f"no answer within the {budget:.2f}s deadline") from None
+        except TesseraError:
+            self.stats.failure(cfg.name, str(cfg.version), time.perf_counter() - start)
+            raise
         finally:
             self.telemetry.inflight(decision.model, -1)
-        roundtrip_ms = (time.perf_counter() - t) * 1e3
+        done = time.perf_counter()
+        roundtrip_ms = (done - t) * 1e3
         inference_ms = float(reply["inference_ms"])
         queue_ms = max(0.0, roundtrip_ms - inference_ms)
         total_ms = (time.perf_counter() - start) * 1e3
@@ -199,6 +237,20 @@ class ServingCore:
             top = _top_k(raw, options.top_k)
         first_stage = cfg.input.patch_size
         tokens = (prepared.input_size[0] // first_stage) * (prepared.input_size[1] // first_stage)
+        self.stats.success(
+            cfg.name,
+            str(cfg.version),
+            Measurement(
+                images=1,
+                batch_sizes=(int(reply.get("batch_size", 1)),),
+                chunked=False,
+                compute_input_s=(decode_ms + preprocess_ms) / 1e3,
+                queue_s=queue_ms / 1e3,
+                compute_infer_s=inference_ms / 1e3,
+                compute_output_s=time.perf_counter() - done,
+                total_s=time.perf_counter() - start,
+            ),
+        )
         return PredictResponse(
             request_id=request_id or uuid.uuid4().hex,
             model=cfg.name,
@@ -240,10 +292,15 @@ class ServingCore:
     def route(self, width: int, height: int, model: str | None = None) -> RouteDecision:
         if not (0 < width <= 1 << 20 and 0 < height <= 1 << 20):
             raise InvalidInput("width and height must be between 1 and 1048576", param="width")
-        return self.router.decide(width, height, model)
+        return self.decide(width, height, model)
 
     def models(self) -> list[ModelInfo]:
-        return [self.model_info(name) for name in self.repo.names()]
+        """The loaded models (an unloaded one leaves the list until it is loaded again)."""
+        return [self.model_info(name) for name in self.repo.names() if self.control.is_loaded(name)]
+
+    def is_ready(self, model: str) -> bool:
+        """Built and loaded."""
+        return self.manifests.get(model) is not None and self.control.is_loaded(model)
 
     def model_info(self, name: str) -> ModelInfo:
         cfg = self.repo.config(name)
@@ -254,7 +311,7 @@ class ServingCore:
             family=cfg.family,
             description=cfg.description,
             weights="trained" if cfg.trained else "untrained",
-            ready=manifest is not None,
+            ready=self.is_ready(name),
             input={**cfg.input.model_dump(mode="json"), "buckets": cfg.input.buckets},
             output=cfg.output.model_dump(mode="json"),
             arch=manifest.arch if manifest else {},

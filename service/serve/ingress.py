@@ -86,6 +86,7 @@ class Ingress(GrpcIngressMixin):
             max_pending=self.settings.max_pending_predictions,
             timeout_s=self.settings.request_timeout_s,
             telemetry=telemetry,
+            model_control_mode=self.settings.model_control_mode,
         )
 
     async def _metrics(self) -> str:

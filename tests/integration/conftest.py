@@ -36,6 +36,7 @@ def serve_settings(small_repo: Path, slide_root: Path, tmp_path_factory: pytest.
         request_timeout_s=60,
         slide_root=str(slide_root),
         job_dir=str(tmp_path_factory.mktemp("jobs")),
+        model_control_mode="explicit",  # Triton's repository load/unload (test_triton_tooling.py)
     )
 
 

@@ -7,11 +7,13 @@ from service.errors import (
     DeadlineExceeded,
     Forbidden,
     InvalidInput,
+    NotAllowed,
     NotFound,
     Overloaded,
     PayloadTooLarge,
     TesseraError,
     Unauthenticated,
+    Unavailable,
     UnsupportedMediaType,
 )
 
@@ -19,10 +21,12 @@ CASES = [
     (InvalidInput, 400, "INVALID_ARGUMENT"),
     (Unauthenticated, 401, "UNAUTHENTICATED"),
     (Forbidden, 403, "PERMISSION_DENIED"),
+    (NotAllowed, 403, "PERMISSION_DENIED"),
     (NotFound, 404, "NOT_FOUND"),
     (PayloadTooLarge, 413, "INVALID_ARGUMENT"),
     (UnsupportedMediaType, 415, "INVALID_ARGUMENT"),
     (Overloaded, 503, "RESOURCE_EXHAUSTED"),
+    (Unavailable, 503, "UNAVAILABLE"),
     (DeadlineExceeded, 504, "DEADLINE_EXCEEDED"),
 ]
 

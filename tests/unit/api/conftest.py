@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import select
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,15 +24,17 @@ from service.imaging import DecodeLimits, decode_image, prepare
 from service.models import ModelRepository
 from service.routing.factory import make_router
 from service.runtime import Backend, load_backend
+from tests.helpers import ROOT, free_port
 
 #: The limits both the in-process core and the gRPC server subprocess use.
 LIMITS = DecodeLimits(max_bytes=16 << 20, max_pixels=4096 * 4096)
 
 
-def build_core(root: Path, backends: dict[str, Backend] | None = None) -> ServingCore:
+def build_core(root: Path, backends: dict[str, Backend] | None = None, **options: Any) -> ServingCore:
+    """A core over in-process backends; ``options`` are ``ServingCore``'s keywords (max_pending, ...)."""
     repo = ModelRepository(root)
     backends = backends or {name: load_backend(repo, name) for name in repo.names()}
-    return ServingCore(repo, make_router(repo), LocalBackboneClient(backends), limits=LIMITS)
+    return ServingCore(repo, make_router(repo), LocalBackboneClient(backends), limits=LIMITS, **options)
 
 
 class Reference:
@@ -49,6 +60,58 @@ class Reference:
         mean = np.asarray(cfg.mean, np.float32).reshape(1, 3, 1, 1)
         std = np.asarray(cfg.std, np.float32).reshape(1, 3, 1, 1)
         return (rgb.astype(np.float32) / 255.0 - mean) / std
+
+
+@contextlib.contextmanager
+def http_server(core: ServingCore) -> Iterator[str]:
+    """The REST app over ``core`` on a real port (uvicorn in a thread), for HTTP clients such as tritonclient."""
+    import uvicorn
+
+    app = create_app()
+    app.state.core = core
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the in-process HTTP server did not start")
+        time.sleep(0.05)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@contextlib.contextmanager
+def grpc_server(repo: Path, log: Path, *flags: str, start_timeout_s: float = 120.0) -> Iterator[str]:
+    """``grpc_server_main`` in a subprocess (``flags``: --explicit, --max-pending N, --slow S)."""
+    port = free_port()
+    with log.open("wb") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.unit.api.grpc_server_main", str(repo), str(port), *flags],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], start_timeout_s)
+        line = proc.stdout.readline().decode() if ready else ""
+        if not line.startswith("READY"):
+            proc.kill()
+            pytest.fail(f"gRPC server did not start: {line!r}\n{log.read_text()[-3000:]}")
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 @pytest.fixture(scope="package")

@@ -8,10 +8,6 @@ The server runs in its own process because tritonclient.grpc and our generated
 from __future__ import annotations
 
 import json
-import os
-import select
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,40 +18,16 @@ import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
 from service.api.protos import tessera_images_pb2, tessera_images_pb2_grpc
-from tests.helpers import ROOT, free_port, jpeg_bytes
-from tests.unit.api.conftest import Reference
+from tests.helpers import jpeg_bytes
+from tests.unit.api.conftest import Reference, grpc_server
 
 ATOL = 1e-4
-START_TIMEOUT_S = 120.0
 
 
 @pytest.fixture(scope="module")
 def server(small_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    log = tmp_path_factory.mktemp("grpc") / "server.log"
-    with log.open("wb") as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.unit.api.grpc_server_main", str(small_repo), str(port)],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
-    try:
-        assert proc.stdout is not None
-        ready, _, _ = select.select([proc.stdout], [], [], START_TIMEOUT_S)
-        line = proc.stdout.readline().decode() if ready else ""
-        if not line.startswith("READY"):
-            proc.kill()
-            pytest.fail(f"gRPC server did not start: {line!r}\n{log.read_text()[-3000:]}")
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with grpc_server(small_repo, tmp_path_factory.mktemp("grpc") / "server.log") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +48,8 @@ def test_health_and_metadata(oip: triton.InferenceServerClient) -> None:
     meta = oip.get_model_metadata("vit_small")
     assert meta.name == "vit_small" and list(meta.versions) == ["1"] and meta.platform == "onnxruntime_onnx"
     inputs = {t.name: (t.datatype, list(t.shape)) for t in meta.inputs}
-    assert inputs["image"] == ("BYTES", [-1]) and inputs["pixels"][0] == "FP32"
-    assert inputs["pixels"][1][:2] == [-1, 3]
+    assert inputs["image"] == ("BYTES", [-1]) and inputs["pixels"][1][:2] == [-1, 3]
+    assert [t.datatype for t in meta.inputs if t.name == "pixels"] == ["FP32", "FP16", "UINT8"]
     outputs = {t.name: (t.datatype, list(t.shape)) for t in meta.outputs}
     assert outputs == {"embedding": ("FP32", [-1, 384]), "logits": ("FP32", [-1, 1000])}
 

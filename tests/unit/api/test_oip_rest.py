@@ -60,6 +60,8 @@ def test_model_metadata_lists_inputs_and_outputs(client: TestClient, core: Servi
     side = buckets[0] if len(buckets) == 1 else -1  # one allowed size is fixed; several are variable
     assert meta["inputs"] == [
         {"name": "pixels", "datatype": "FP32", "shape": [-1, 3, side, side]},
+        {"name": "pixels", "datatype": "FP16", "shape": [-1, 3, side, side]},
+        {"name": "pixels", "datatype": "UINT8", "shape": [-1, 3, side, side]},
         {"name": "image", "datatype": "BYTES", "shape": [-1]},
     ]
     assert meta["outputs"] == [
