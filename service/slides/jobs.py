@@ -81,6 +81,13 @@ class JobStatus(BaseModel):
     error: str | None = Field(default=None, description="Why the job failed.")
     error_code: str | None = Field(default=None, description="Machine-readable code of the failure.")
     attempts: int = Field(default=0, ge=0, description="Runs started (more than one after a resume).")
+    level0_mpp: float | None = Field(default=None, description="The level-0 µm/px the job uses.")
+    mpp_source: Literal["caller", "metadata", "objective"] | None = Field(
+        default=None, description="Where level0_mpp came from: the caller's slide_mpp, the metadata or the objective."
+    )
+    metadata_mpp: float | None = Field(
+        default=None, description="The slide's own metadata µm/px (kept when slide_mpp overrides it)."
+    )
 
 
 class _JobRecord(JobStatus):
@@ -178,8 +185,8 @@ class JobManager:
             else:
                 slide_path = self._save_upload(job_dir, upload, filename)
                 shown, source = Path(filename).name if filename else slide_path.name, "upload"
-            with open_slide(slide_path, opts.slide_mpp):
-                pass  # a readable slide with a resolution, or InvalidInput now
+            with open_slide(slide_path, opts.slide_mpp) as reader:  # readable, plausible resolution, or 400 now
+                level0_mpp, mpp_source, metadata_mpp = reader.mpp, reader.mpp_source, reader.metadata_mpp
             record = _JobRecord(
                 id=job_id,
                 state="queued",
@@ -188,6 +195,9 @@ class JobManager:
                 options=opts,
                 created_at=time.time(),
                 slide_path=str(slide_path),
+                level0_mpp=level0_mpp,
+                mpp_source=mpp_source,
+                metadata_mpp=metadata_mpp,
             )
             with self._lock:
                 self._jobs[job_id] = record

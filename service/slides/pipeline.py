@@ -102,9 +102,12 @@ class SlideOptions(BaseModel):
     )
     slide_mpp: float | None = Field(
         default=None,
-        gt=0.01,
-        le=64.0,
-        description="The slide's level-0 µm per pixel, used only when its metadata has none.",
+        gt=0.0,
+        le=1000.0,
+        description=(
+            "The slide's level-0 µm per pixel. Overrides the slide's metadata (which is still recorded "
+            "beside it); must lie in the plausible range 0.05-20 µm/px."
+        ),
     )
     tile: int | None = Field(
         default=None, ge=16, le=4096, description="Tile side in target pixels; default: the model's input size."
@@ -149,6 +152,15 @@ class PipelineSettings(BaseModel):
         default=2048, ge=256, le=8192, description="Longest side of the image tissue is detected on."
     )
     heatmap_size: int = Field(default=1024, ge=128, le=8192, description="Longest side of heatmap.png.")
+    max_tiles: int = Field(
+        default=2_000_000,
+        ge=1,
+        le=1 << 31,
+        description=(
+            "Most tiles one slide may plan. A whole 75 x 50 mm slide at 0.25 µm/px in 224-px tiles is about "
+            "1.2 million; more means a wrong resolution or an absurd target."
+        ),
+    )
 
 
 @dataclass
@@ -445,6 +457,7 @@ def process_slide(
             overlap=options.overlap,
             edge=options.edge,
         )
+        _check_tile_budget(grid.size, grid.patch_size_level0, mpp0, reader, settings.max_tiles)
         level = reader.best_level_for_mpp(options.mpp)
         region_size = max(1, round(grid.patch_size_level0 / reader.level_downsamples[level]))
         if reader.level_mpp(0) > options.mpp * 1.01:
@@ -485,6 +498,8 @@ def process_slide(
             "tissue_threshold": float(options.tissue_threshold),
             "tiles_total": len(planned),
             "mpp_source": reader.mpp_source or "none",
+            # NaN when the slide's metadata has no resolution
+            "metadata_mpp": float(reader.metadata_mpp) if reader.metadata_mpp is not None else float("nan"),
         }
         fingerprint = _fingerprint(slide_path, reader, options, facts, batch_size, settings, len(planned))
         store = FeatureStore.open(
@@ -610,6 +625,19 @@ def process_slide(
         return report
     finally:
         reader.close()
+
+
+def _check_tile_budget(tiles: int, patch_level0: int, mpp0: float, reader: SlideReader, max_tiles: int) -> None:
+    """Refuse a plan with more tiles than ``max_tiles``, naming the physical sizes involved."""
+    if tiles <= max_tiles:
+        return
+    width_mm, height_mm = (side * mpp0 / 1000 for side in reader.dimensions)
+    raise InvalidInput(
+        f"{tiles} tiles of {patch_level0 * mpp0:.4g} µm over a {width_mm:.1f} x {height_mm:.1f} mm "
+        f"slide exceed the limit of {max_tiles}: check slide_mpp ({mpp0:.4g} µm/px, from "
+        f"{reader.mpp_source or 'nowhere'}), mpp and tile",
+        param="slide_mpp" if reader.mpp_source != "caller" else "mpp",
+    )
 
 
 def process_peak_rss_bytes() -> int:
