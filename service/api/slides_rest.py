@@ -22,10 +22,12 @@ RESULT_MEDIA = {
     "features": ("features.h5", "application/x-hdf5"),
     "heatmap.png": ("heatmap.png", "image/png"),
     "tissue_mask.png": ("tissue_mask.png", "image/png"),
+    "tissue.geojson": ("tissue.geojson", "application/geo+json"),
+    "tiles.geojson": ("tiles.geojson", "application/geo+json"),
     "slide_embedding.npy": ("slide_embedding.npy", "application/octet-stream"),
     "report.json": ("report.json", "application/json"),
 }
-_OPTION_NAMES = ("mpp", "slide_mpp", "tile", "overlap", "model", "tissue_threshold", "edge")
+_OPTION_NAMES = ("mpp", "slide_mpp", "tile", "overlap", "model", "tissue_threshold", "tissue_rule", "edge")
 
 
 def _slides(request: Request) -> SlideService:
@@ -62,12 +64,13 @@ async def submit(
     request: Request,
     mpp: Annotated[float | None, Query(gt=0, le=100, description="Target µm/px (default 0.5).")] = None,
     slide_mpp: Annotated[
-        float | None, Query(gt=0, le=100, description="The slide's µm/px if its metadata lacks it.")
+        float | None, Query(gt=0, le=100, description="The slide's level-0 µm/px; overrides its metadata.")
     ] = None,
     tile: Annotated[int | None, Query(ge=16, le=4096, description="Tile side in target pixels.")] = None,
     overlap: Annotated[int | None, Query(ge=0, le=4095, description="Overlap in target pixels.")] = None,
     model: Annotated[str | None, Query(description="Tile encoder.")] = None,
     tissue_threshold: Annotated[float | None, Query(ge=0, le=1, description="Min tissue fraction per tile.")] = None,
+    tissue_rule: Annotated[str | None, Query(description="fraction (default) or trident.")] = None,
 ) -> JSONResponse:
     """A slide job from an upload (multipart field ``slide``) or a path inside the slide root (JSON)."""
     limit = int(getattr(request.app.state, "max_slide_bytes", 2 << 30))
@@ -82,6 +85,7 @@ async def submit(
             "overlap": overlap,
             "model": model,
             "tissue_threshold": tissue_threshold,
+            "tissue_rule": tissue_rule,
         }.items()
         if v is not None
     }

@@ -31,7 +31,15 @@ from service.errors import (
     UnsupportedMediaType,
 )
 from service.slides.pipeline import SlideOptions
-from service.slides.store import FEATURES_FILE, HEATMAP_FILE, REPORT_FILE, SLIDE_EMBEDDING_FILE, TISSUE_MASK_FILE
+from service.slides.store import (
+    FEATURES_FILE,
+    HEATMAP_FILE,
+    REPORT_FILE,
+    SLIDE_EMBEDDING_FILE,
+    TILES_GEOJSON_FILE,
+    TISSUE_GEOJSON_FILE,
+    TISSUE_MASK_FILE,
+)
 
 __all__ = ["QUERY_OPTIONS", "RESULT_ROUTES", "TERMINAL_STATES", "ServerUnavailable", "SlideClient"]
 
@@ -40,12 +48,14 @@ RESULT_ROUTES: dict[str, str] = {
     FEATURES_FILE: "features",
     HEATMAP_FILE: "heatmap.png",
     TISSUE_MASK_FILE: "tissue_mask.png",
+    TISSUE_GEOJSON_FILE: "tissue.geojson",
+    TILES_GEOJSON_FILE: "tiles.geojson",
     SLIDE_EMBEDDING_FILE: "slide_embedding.npy",
     REPORT_FILE: "report.json",
 }
 TERMINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 #: options ``POST /v1/slides`` takes as query parameters; others go in the JSON body or as form fields
-QUERY_OPTIONS = frozenset({"mpp", "slide_mpp", "tile", "overlap", "model", "tissue_threshold"})
+QUERY_OPTIONS = frozenset({"mpp", "slide_mpp", "tile", "overlap", "model", "tissue_threshold", "tissue_rule"})
 
 _ERRORS: tuple[type[TesseraError], ...] = (
     InvalidInput,

@@ -35,6 +35,7 @@ _FLAGS = {
     "overlap": "--overlap",
     "model": "--model",
     "tissue_threshold": "--tissue-threshold",
+    "tissue_rule": "--tissue-rule",
     "workers": "--workers",
 }
 
@@ -60,7 +61,10 @@ def add_slide_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", dest="out_dir", metavar="DIR", required=True, help="output folder")
     p.add_argument("--mpp", type=float, default=None, help="target resolution in µm per pixel (default 0.5)")
     p.add_argument(
-        "--slide-mpp", type=float, default=None, help="the slide's level-0 µm per pixel, if its metadata has none"
+        "--slide-mpp",
+        type=float,
+        default=None,
+        help="the slide's level-0 µm per pixel; overrides its metadata (which is still recorded)",
     )
     p.add_argument("--tile", type=int, default=None, help="tile side in target pixels (default: the model's input)")
     p.add_argument("--overlap", type=int, default=None, help="overlap of neighbouring tiles in pixels (default 0)")
@@ -72,6 +76,12 @@ def add_slide_parser(subparsers: Any) -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="minimum tissue fraction of a tile for it to be embedded; 0 keeps every tile (default 0.25)",
+    )
+    p.add_argument(
+        "--tissue-rule",
+        choices=("fraction", "trident"),
+        default=None,
+        help="fraction (default): at least --tissue-threshold tissue; trident: TRIDENT's min_tissue_proportion rule",
     )
     p.add_argument("--server", default=None, metavar="URL", help="submit to a Tessera server, e.g. http://host:8000")
     p.add_argument(
@@ -253,6 +263,7 @@ def _options(args: argparse.Namespace, model: str | None) -> SlideOptions:
         "overlap": args.overlap,
         "model": model,
         "tissue_threshold": args.tissue_threshold,
+        "tissue_rule": args.tissue_rule,
     }
     return SlideOptions(**{k: v for k, v in given.items() if v is not None})
 

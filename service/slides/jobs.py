@@ -41,6 +41,8 @@ from service.slides.store import (
     HEATMAP_FILE,
     REPORT_FILE,
     SLIDE_EMBEDDING_FILE,
+    TILES_GEOJSON_FILE,
+    TISSUE_GEOJSON_FILE,
     TISSUE_MASK_FILE,
     write_json_atomic,
 )
@@ -52,7 +54,15 @@ log = logging.getLogger(__name__)
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 TERMINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 JOB_FILE = "job.json"
-RESULT_FILES = (FEATURES_FILE, HEATMAP_FILE, TISSUE_MASK_FILE, SLIDE_EMBEDDING_FILE, REPORT_FILE)
+RESULT_FILES = (
+    FEATURES_FILE,
+    HEATMAP_FILE,
+    TISSUE_MASK_FILE,
+    TISSUE_GEOJSON_FILE,
+    TILES_GEOJSON_FILE,
+    SLIDE_EMBEDDING_FILE,
+    REPORT_FILE,
+)
 #: suffixes an upload keeps (OpenSlide recognises some formats by their extension)
 UPLOAD_SUFFIXES = frozenset({".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif", ".svslide", ".qptiff", ".vms"})
 _ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")

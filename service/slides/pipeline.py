@@ -49,6 +49,8 @@ from service.slides.store import (
     HEATMAP_FILE,
     REPORT_FILE,
     SLIDE_EMBEDDING_FILE,
+    TILES_GEOJSON_FILE,
+    TISSUE_GEOJSON_FILE,
     TISSUE_MASK_FILE,
     FeatureStore,
     first_principal_component,
@@ -57,7 +59,14 @@ from service.slides.store import (
     slide_embedding,
     write_json_atomic,
 )
-from service.slides.tissue import detect_tissue
+from service.slides.tissue import (
+    TissueRule,
+    detect_tissue,
+    keep_tiles,
+    tile_features,
+    tissue_geojson,
+    write_feature_collection,
+)
 
 __all__ = [
     "PipelineSettings",
@@ -122,7 +131,18 @@ class SlideOptions(BaseModel):
         default=0.25,
         ge=0.0,
         le=1.0,
-        description="Minimum fraction of a tile covered by tissue for it to be embedded; 0 keeps every tile.",
+        description=(
+            "Minimum fraction of a tile covered by tissue for it to be embedded (default 0.25: at least a "
+            "quarter of the tile; TRIDENT's default is 0 with tissue_rule='trident', CLAM keeps a tile when "
+            "one of four points near its centre is tissue). With tissue_rule='fraction', 0 keeps every tile."
+        ),
+    )
+    tissue_rule: TissueRule = Field(
+        default="fraction",
+        description=(
+            "fraction: tiles with at least tissue_threshold tissue; trident: TRIDENT's min_tissue_proportion "
+            "rule (0 keeps every tile that touches tissue)."
+        ),
     )
     edge: EdgeMode = Field(default="pad", description="Partial tiles at the right/bottom edge: pad or drop.")
 
@@ -469,12 +489,13 @@ def process_slide(
         t0 = time.perf_counter()
         tissue = detect_tissue(thumbnail, width, height, level0_mpp=mpp0)
         all_coords = grid.coords()
-        if options.tissue_threshold > 0:
+        if options.tissue_threshold > 0 or options.tissue_rule != "fraction":
             fractions = tissue.tile_fractions(all_coords, grid.patch_size_level0)
-            planned = all_coords[fractions >= options.tissue_threshold]
+            planned = all_coords[keep_tiles(fractions, options.tissue_threshold, options.tissue_rule)]
         else:
             planned = all_coords
         tissue.save_png(out_dir / TISSUE_MASK_FILE)
+        write_json_atomic(out_dir / TISSUE_GEOJSON_FILE, tissue_geojson(tissue))
         times.tissue = time.perf_counter() - t0
         if len(planned) == 0:
             warnings.append("no tile has enough tissue: the slide looks empty at this tissue_threshold")
@@ -570,6 +591,8 @@ def process_slide(
                 out_dir / HEATMAP_FILE,
             )
             written = store.count
+            tiles_geojson = tile_features(store.coords(), grid.patch_size_level0)
+            write_feature_collection(out_dir / TILES_GEOJSON_FILE, tiles_geojson)
         finally:
             store.close()
         times.finalize = time.perf_counter() - t0
@@ -606,7 +629,10 @@ def process_slide(
             },
             "tissue": {
                 "tissue_threshold": options.tissue_threshold,
+                "tissue_rule": options.tissue_rule,
                 "saturation_threshold": tissue.threshold,
+                "mask_mpp": tissue.mask_mpp,
+                "excluded_dark_or_pen_fraction": round(tissue.excluded_fraction, 6),
                 "tissue_fraction": round(tissue.tissue_fraction, 6),
                 "mask_size": list(tissue.mask.shape[::-1]),
             },
@@ -618,7 +644,15 @@ def process_slide(
                 "batch_size": batch_size,
                 "prefetch_batches": settings.prefetch_batches or settings.workers + 2,
             },
-            "outputs": [FEATURES_FILE, HEATMAP_FILE, TISSUE_MASK_FILE, SLIDE_EMBEDDING_FILE, REPORT_FILE],
+            "outputs": [
+                FEATURES_FILE,
+                HEATMAP_FILE,
+                TISSUE_MASK_FILE,
+                TISSUE_GEOJSON_FILE,
+                TILES_GEOJSON_FILE,
+                SLIDE_EMBEDDING_FILE,
+                REPORT_FILE,
+            ],
             "warnings": warnings,
         }
         write_json_atomic(out_dir / REPORT_FILE, report)

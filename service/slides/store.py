@@ -35,6 +35,8 @@ __all__ = [
     "HEATMAP_FILE",
     "REPORT_FILE",
     "SLIDE_EMBEDDING_FILE",
+    "TILES_GEOJSON_FILE",
+    "TISSUE_GEOJSON_FILE",
     "TISSUE_MASK_FILE",
     "FeatureStore",
     "colormap",
@@ -50,6 +52,8 @@ log = logging.getLogger(__name__)
 FEATURES_FILE = "features.h5"
 HEATMAP_FILE = "heatmap.png"
 TISSUE_MASK_FILE = "tissue_mask.png"
+TISSUE_GEOJSON_FILE = "tissue.geojson"
+TILES_GEOJSON_FILE = "tiles.geojson"
 SLIDE_EMBEDDING_FILE = "slide_embedding.npy"
 REPORT_FILE = "report.json"
 
