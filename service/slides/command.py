@@ -36,6 +36,7 @@ _FLAGS = {
     "model": "--model",
     "tissue_threshold": "--tissue-threshold",
     "tissue_rule": "--tissue-rule",
+    "export": "--export",
     "workers": "--workers",
 }
 
@@ -82,6 +83,18 @@ def add_slide_parser(subparsers: Any) -> argparse.ArgumentParser:
         choices=("fraction", "trident"),
         default=None,
         help="fraction (default): at least --tissue-threshold tissue; trident: TRIDENT's min_tissue_proportion rule",
+    )
+    p.add_argument(
+        "--coords",
+        default=None,
+        metavar="H5",
+        help="embed the grid of a TRIDENT patches file or a CLAM coordinates file instead of our own (offline)",
+    )
+    p.add_argument(
+        "--export",
+        default=None,
+        metavar="LAYOUTS",
+        help="also write these layouts beside features.h5: trident, clam or trident,clam",
     )
     p.add_argument("--server", default=None, metavar="URL", help="submit to a Tessera server, e.g. http://host:8000")
     p.add_argument(
@@ -150,7 +163,9 @@ def _run_offline(args: argparse.Namespace) -> int:
     spin = ServerSettings.from_env().ort_spin
     encoder = BackendEncoder(load_backend(repo, name, spin=spin), config)
     out_dir = Path(args.out_dir)
-    report = run_slide(slide, out_dir, encoder, options, progress=True, settings=settings)
+    report = run_slide(
+        slide, out_dir, encoder, options, progress=True, settings=settings, coords_file=getattr(args, "coords", None)
+    )
     print(_summary(slide.name, report, out_dir))
     return 0
 
@@ -264,6 +279,7 @@ def _options(args: argparse.Namespace, model: str | None) -> SlideOptions:
         "model": model,
         "tissue_threshold": args.tissue_threshold,
         "tissue_rule": args.tissue_rule,
+        "export": tuple(part.strip() for part in args.export.split(",") if part.strip()) if args.export else None,
     }
     return SlideOptions(**{k: v for k, v in given.items() if v is not None})
 

@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service.errors import InvalidInput, NotFound, Overloaded, PayloadTooLarge, TesseraError
 from service.slides.encoder import TileEncoder
+from service.slides.interchange import read_grid
 from service.slides.pipeline import PipelineSettings, SlideCancelled, SlideOptions, process_slide
 from service.slides.reader import open_slide
 from service.slides.store import (
@@ -104,6 +105,7 @@ class _JobRecord(JobStatus):
     """What ``job.json`` holds: the status plus the slide's location on this host."""
 
     slide_path: str
+    coords_path: str | None = None
 
 
 class JobManager:
@@ -165,8 +167,14 @@ class JobManager:
         upload: bytes | BinaryIO | None = None,
         filename: str | None = None,
         options: SlideOptions | Mapping[str, Any] | None = None,
+        coords: bytes | None = None,
+        coords_path: str | None = None,
     ) -> JobStatus:
         """Queue a job for a slide inside ``slide_root`` (``path``) or uploaded bytes (``upload``).
+
+        ``coords`` (bytes of a TRIDENT or CLAM coordinates file) or ``coords_path`` (such a file
+        inside ``slide_root``) makes the job embed that grid instead of its own; the file is
+        checked against the slide at submission.
 
         Raises ``InvalidInput`` for bad options, a path outside the slide root, or a file that is
         not a readable slide with a resolution; ``PayloadTooLarge`` for an upload over the limit;
@@ -195,8 +203,17 @@ class JobManager:
             else:
                 slide_path = self._save_upload(job_dir, upload, filename)
                 shown, source = Path(filename).name if filename else slide_path.name, "upload"
+            grid_file = self._save_coords(job_dir, coords, coords_path)
             with open_slide(slide_path, opts.slide_mpp) as reader:  # readable, plausible resolution, or 400 now
                 level0_mpp, mpp_source, metadata_mpp = reader.mpp, reader.mpp_source, reader.metadata_mpp
+                if grid_file is not None:
+                    read_grid(
+                        grid_file,
+                        level0_width=reader.dimensions[0],
+                        level0_height=reader.dimensions[1],
+                        level_downsamples=reader.level_downsamples,
+                        max_tiles=self.settings.max_tiles,
+                    )
             record = _JobRecord(
                 id=job_id,
                 state="queued",
@@ -208,6 +225,7 @@ class JobManager:
                 level0_mpp=level0_mpp,
                 mpp_source=mpp_source,
                 metadata_mpp=metadata_mpp,
+                coords_path=str(grid_file) if grid_file is not None else None,
             )
             with self._lock:
                 self._jobs[job_id] = record
@@ -219,26 +237,39 @@ class JobManager:
         self._queue.put(job_id)
         return self._public(record)
 
-    def _resolve_slide_path(self, path: str) -> Path:
+    def _resolve_slide_path(self, path: str, *, param: str = "path", allow_dir: bool = False) -> Path:
         if self.slide_root is None:
             raise InvalidInput(
-                "slides by path are disabled here (no slide root configured): upload the slide", param="path"
+                "slides by path are disabled here (no slide root configured): upload the slide", param=param
             )
         if not path or "\x00" in path:
-            raise InvalidInput("slide path is empty or malformed", param="path")
+            raise InvalidInput(f"{param} is empty or malformed", param=param)
         given = Path(path)
         if ".." in given.parts:
-            raise InvalidInput("slide path must not contain '..'", param="path")
+            raise InvalidInput(f"{param} must not contain '..'", param=param)
         candidate = given if given.is_absolute() else self.slide_root / given
         try:
             resolved = candidate.resolve()  # follows symlinks: a link that leads out is caught below
             if not resolved.is_relative_to(self.slide_root):
-                raise InvalidInput("slide path must lie inside the configured slide root", param="path")
-            if not resolved.is_file():
-                raise InvalidInput(f"no slide at {given}", param="path")
+                raise InvalidInput(f"{param} must lie inside the configured slide root", param=param)
+            if not (resolved.is_file() or (allow_dir and resolved.is_dir())):
+                raise InvalidInput(f"no {'slide' if param == 'path' else 'file'} at {given}", param=param)
         except OSError as exc:  # too long, a loop of links, ...: the client's path, not our fault
-            raise InvalidInput(f"slide path is not usable: {exc.strerror or exc}", param="path") from None
+            raise InvalidInput(f"{param} is not usable: {exc.strerror or exc}", param=param) from None
         return resolved
+
+    def _save_coords(self, job_dir: Path, coords: bytes | None, coords_path: str | None) -> Path | None:
+        if coords is not None and coords_path is not None:
+            raise InvalidInput("give coords or coords_path, not both", param="coords")
+        if coords_path is not None:
+            return self._resolve_slide_path(coords_path, param="coords_path")
+        if coords is None:
+            return None
+        if not coords:
+            raise InvalidInput("the uploaded coordinates file is empty", param="coords")
+        dest = job_dir / "coords.h5"
+        dest.write_bytes(coords)
+        return dest
 
     def _save_upload(self, job_dir: Path, upload: bytes | BinaryIO, filename: str | None) -> Path:
         suffix = Path(filename).suffix.lower() if filename else ""
@@ -384,6 +415,7 @@ class JobManager:
             record.tiles_per_s = record.eta_s = None
             self._persist(record)
             options, slide_path = record.options, Path(record.slide_path)
+            coords_file = Path(record.coords_path) if record.coords_path else None
         self._notify_state(job_id, "running")
         progress = _Progress(self, record)
         try:
@@ -398,6 +430,7 @@ class JobManager:
                 settings=self.settings,
                 progress=progress,
                 cancel=cancel,
+                coords_file=coords_file,
             )
         except SlideCancelled:
             with self._lock:
@@ -487,7 +520,7 @@ class JobManager:
 
     @staticmethod
     def _public(record: _JobRecord) -> JobStatus:
-        return JobStatus.model_validate(record.model_dump(exclude={"slide_path"}))
+        return JobStatus.model_validate(record.model_dump(exclude={"slide_path", "coords_path"}))
 
 
 class _Progress:

@@ -43,6 +43,7 @@ from service.errors import InvalidInput
 from service.runtime.memory import current_rss_bytes, peak_rss_bytes
 from service.slides.encoder import TileEncoder, encoder_facts
 from service.slides.grid import EdgeMode, make_grid
+from service.slides.interchange import ExportLayout, export_layouts, interchange_attrs, read_grid, slide_name
 from service.slides.reader import SlideReader, open_slide
 from service.slides.store import (
     FEATURES_FILE,
@@ -145,6 +146,14 @@ class SlideOptions(BaseModel):
         ),
     )
     edge: EdgeMode = Field(default="pad", description="Partial tiles at the right/bottom edge: pad or drop.")
+    export: tuple[ExportLayout, ...] = Field(
+        default=(),
+        max_length=2,
+        description=(
+            "Also write TRIDENT's layout (features_<model>/<slide>.h5, patches/<slide>_patches.h5) and/or "
+            "CLAM's (h5_files/<slide>.h5, pt_files/<slide>.pt) beside features.h5."
+        ),
+    )
 
     @model_validator(mode="after")
     def _overlap_below_tile(self) -> SlideOptions:
@@ -442,8 +451,13 @@ def process_slide(
     settings: PipelineSettings | None = None,
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
+    coords_file: str | Path | None = None,
 ) -> dict[str, Any]:
     """Tile, embed and store one slide into ``out_dir``; returns the report (also report.json).
+
+    ``coords_file``: a TRIDENT patches file or CLAM coordinates file whose grid is embedded as it
+    is (no tissue filter) instead of a grid of our own (see :mod:`service.slides.interchange`).
+    ``options.export`` adds TRIDENT's and/or CLAM's layouts beside ``features.h5``.
 
     Resumes from a partial ``features.h5`` written with the same slide, options, model and
     batch size. ``progress(tiles_done, tiles_total)`` is called once tiles are planned and after
@@ -465,32 +479,23 @@ def process_slide(
     try:
         mpp0 = reader.require_mpp()
         width, height = reader.dimensions
-        tile = options.tile or int(encoder.tile_size)
-        if options.overlap >= tile:
-            raise InvalidInput(f"overlap ({options.overlap}) must be smaller than tile ({tile})", param="overlap")
-        grid = make_grid(
-            width,
-            height,
-            level0_mpp=mpp0,
-            target_mpp=options.mpp,
-            tile=tile,
-            overlap=options.overlap,
-            edge=options.edge,
-        )
-        _check_tile_budget(grid.size, grid.patch_size_level0, mpp0, reader, settings.max_tiles)
-        level = reader.best_level_for_mpp(options.mpp)
-        region_size = max(1, round(grid.patch_size_level0 / reader.level_downsamples[level]))
-        if reader.level_mpp(0) > options.mpp * 1.01:
-            warnings.append(f"target {options.mpp} µm/px is finer than the slide's {mpp0:.4g}: tiles are upsampled")
+        plan = _plan_grid(reader, encoder, options, settings, coords_file)
+        if reader.level_mpp(0) > plan.target_mpp * 1.01:
+            warnings.append(
+                f"target {plan.target_mpp:.4g} µm/px is finer than the slide's {mpp0:.4g}: tiles are upsampled"
+            )
+        level, region_size = plan.level, plan.region_size
 
         t0 = time.perf_counter()
         thumbnail = reader.thumbnail(settings.thumbnail_size)
         times.thumbnail = time.perf_counter() - t0
         t0 = time.perf_counter()
         tissue = detect_tissue(thumbnail, width, height, level0_mpp=mpp0)
-        all_coords = grid.coords()
-        if options.tissue_threshold > 0 or options.tissue_rule != "fraction":
-            fractions = tissue.tile_fractions(all_coords, grid.patch_size_level0)
+        all_coords = plan.coords
+        if plan.source != "tessera":
+            planned = all_coords  # the lab's own segmentation and patching, used as they are
+        elif options.tissue_threshold > 0 or options.tissue_rule != "fraction":
+            fractions = tissue.tile_fractions(all_coords, plan.patch_size_level0)
             planned = all_coords[keep_tiles(fractions, options.tissue_threshold, options.tissue_rule)]
         else:
             planned = all_coords
@@ -503,26 +508,42 @@ def process_slide(
         facts = encoder_facts(encoder)
         batch_size = int(settings.batch_size or encoder.max_batch_size)
         attrs: dict[str, Any] = {
-            "patch_size": tile,
-            "patch_size_level0": grid.patch_size_level0,
-            "target_mpp": float(options.mpp),
+            "patch_size": plan.tile,
+            "patch_size_level0": plan.patch_size_level0,
+            "target_mpp": float(plan.target_mpp),
             "level0_mpp": float(mpp0),
             "level0_width": width,
             "level0_height": height,
             "model": facts["model"],
             "model_version": facts["model_version"],
             "weights": facts["weights"],
-            "overlap": options.overlap,
-            "stride_level0": grid.stride_level0,
+            "overlap": plan.overlap,
+            "stride_level0": plan.stride_level0,
             "edge": options.edge,
             "read_level": level,
             "tissue_threshold": float(options.tissue_threshold),
+            "tissue_rule": options.tissue_rule,
             "tiles_total": len(planned),
             "mpp_source": reader.mpp_source or "none",
             # NaN when the slide's metadata has no resolution
             "metadata_mpp": float(reader.metadata_mpp) if reader.metadata_mpp is not None else float("nan"),
+            "grid_source": plan.source,
+            **interchange_attrs(
+                name=slide_name(slide_path),
+                tile=plan.tile,
+                overlap=plan.overlap,
+                patch_size_level0=plan.patch_size_level0,
+                level0_mpp=mpp0,
+                target_mpp=plan.target_mpp,
+                objective_power=reader.objective_power,
+                level_downsample=reader.level_downsamples[level],
+                patch_level=level,
+                savetodir=str(out_dir),
+            ),
         }
-        fingerprint = _fingerprint(slide_path, reader, options, facts, batch_size, settings, len(planned))
+        fingerprint = _fingerprint(
+            slide_path, reader, options, facts, batch_size, settings, len(planned), plan.coords_sha256
+        )
         store = FeatureStore.open(
             out_dir / FEATURES_FILE,
             attrs=attrs,
@@ -584,17 +605,27 @@ def process_slide(
                     heat_thumb,
                     store.coords(),
                     values,
-                    patch_size_level0=grid.patch_size_level0,
+                    patch_size_level0=plan.patch_size_level0,
                     level0_width=width,
                     level0_height=height,
                 ),
                 out_dir / HEATMAP_FILE,
             )
             written = store.count
-            tiles_geojson = tile_features(store.coords(), grid.patch_size_level0)
+            tiles_geojson = tile_features(store.coords(), plan.patch_size_level0)
             write_feature_collection(out_dir / TILES_GEOJSON_FILE, tiles_geojson)
         finally:
             store.close()
+        exported = export_layouts(
+            out_dir / FEATURES_FILE,
+            out_dir,
+            options.export,
+            name=slide_name(slide_path),
+            model=str(facts["model"]),
+            level_dimensions=reader.level_dimensions,
+            level_downsamples=reader.level_downsamples,
+            read_level=level,
+        )
         times.finalize = time.perf_counter() - t0
         times.total = time.perf_counter() - started
         processed = written - resumed
@@ -602,8 +633,8 @@ def process_slide(
             "tiles": written,
             "tiles_processed": processed,
             "tiles_resumed": resumed,
-            "tiles_grid": grid.size,
-            "tiles_background": grid.size - len(planned),
+            "tiles_grid": plan.grid_size,
+            "tiles_background": plan.grid_size - len(planned),
             "tiles_per_s": round(processed / times.stream, 3) if times.stream > 0 and processed else 0.0,
             "timing_s": times.to_dict(),
             "memory": {
@@ -614,14 +645,15 @@ def process_slide(
             },
             "slide": {**reader.info().to_dict(), "file_bytes": Path(slide_path).stat().st_size},
             "grid": {
-                "tile": tile,
-                "overlap": options.overlap,
+                "source": plan.source,
+                "tile": plan.tile,
+                "overlap": plan.overlap,
                 "edge": options.edge,
-                "target_mpp": options.mpp,
-                "patch_size_level0": grid.patch_size_level0,
-                "stride_level0": grid.stride_level0,
-                "columns": grid.columns,
-                "rows": grid.rows,
+                "target_mpp": plan.target_mpp,
+                "patch_size_level0": plan.patch_size_level0,
+                "stride_level0": plan.stride_level0,
+                "columns": plan.columns,
+                "rows": plan.rows,
                 "read_level": level,
                 "read_level_mpp": reader.level_mpp(level),
                 "read_size": region_size,
@@ -652,6 +684,7 @@ def process_slide(
                 TILES_GEOJSON_FILE,
                 SLIDE_EMBEDDING_FILE,
                 REPORT_FILE,
+                *(str(path.relative_to(out_dir)) for path in exported),
             ],
             "warnings": warnings,
         }
@@ -659,6 +692,86 @@ def process_slide(
         return report
     finally:
         reader.close()
+
+
+@dataclass(frozen=True)
+class _GridPlan:
+    """Where the tiles are: our grid at the target resolution, or a TRIDENT/CLAM grid file."""
+
+    coords: np.ndarray
+    tile: int
+    target_mpp: float
+    patch_size_level0: int
+    stride_level0: int
+    overlap: int
+    columns: int
+    rows: int
+    grid_size: int
+    level: int
+    region_size: int
+    source: str
+    coords_sha256: str | None
+
+
+def _plan_grid(
+    reader: SlideReader,
+    encoder: TileEncoder,
+    options: SlideOptions,
+    settings: PipelineSettings,
+    coords_file: str | Path | None,
+) -> _GridPlan:
+    mpp0 = reader.require_mpp()
+    width, height = reader.dimensions
+    tile = options.tile or int(encoder.tile_size)
+    if coords_file is not None:
+        external = read_grid(
+            coords_file,
+            level0_width=width,
+            level0_height=height,
+            level_downsamples=reader.level_downsamples,
+            max_tiles=settings.max_tiles,
+        )
+        patch0 = external.patch_size_level0
+        target_mpp = patch0 * mpp0 / tile
+        level = reader.best_level_for_mpp(target_mpp)
+        overlap = int(external.attrs.get("overlap", 0) or 0)
+        return _GridPlan(
+            coords=external.coords,
+            tile=tile,
+            target_mpp=target_mpp,
+            patch_size_level0=patch0,
+            stride_level0=max(1, patch0 - round(overlap * patch0 / tile)),
+            overlap=overlap if overlap < tile else 0,
+            columns=0,
+            rows=0,
+            grid_size=len(external.coords),
+            level=level,
+            region_size=max(1, round(patch0 / reader.level_downsamples[level])),
+            source=external.layout,
+            coords_sha256=external.sha256,
+        )
+    if options.overlap >= tile:
+        raise InvalidInput(f"overlap ({options.overlap}) must be smaller than tile ({tile})", param="overlap")
+    grid = make_grid(
+        width, height, level0_mpp=mpp0, target_mpp=options.mpp, tile=tile, overlap=options.overlap, edge=options.edge
+    )
+    _check_tile_budget(grid.size, grid.patch_size_level0, mpp0, reader, settings.max_tiles)
+    level = reader.best_level_for_mpp(options.mpp)
+    return _GridPlan(
+        coords=grid.coords(),
+        tile=tile,
+        target_mpp=options.mpp,
+        patch_size_level0=grid.patch_size_level0,
+        stride_level0=grid.stride_level0,
+        overlap=options.overlap,
+        columns=grid.columns,
+        rows=grid.rows,
+        grid_size=grid.size,
+        level=level,
+        region_size=max(1, round(grid.patch_size_level0 / reader.level_downsamples[level])),
+        source="tessera",
+        coords_sha256=None,
+    )
 
 
 def _check_tile_budget(tiles: int, patch_level0: int, mpp0: float, reader: SlideReader, max_tiles: int) -> None:
@@ -707,6 +820,7 @@ def _fingerprint(
     batch_size: int,
     settings: PipelineSettings,
     planned: int,
+    coords_sha256: str | None = None,
 ) -> str:
     """What must match for a partial store to be resumed: same slide, options, model, batching."""
     payload = {
@@ -718,5 +832,6 @@ def _fingerprint(
         "batch_size": batch_size,
         "thumbnail_size": settings.thumbnail_size,
         "planned": planned,
+        "coords_sha256": coords_sha256,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
