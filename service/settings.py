@@ -61,6 +61,18 @@ class ServerSettings(BaseModel):
         default=2 << 30, ge=1024, le=1 << 40, description="Largest slide upload; larger slides go by path."
     )
     job_dir: str = Field(default=".tessera/jobs", description="Where slide jobs keep their state and results.")
+    slide_max_concurrent_jobs: int = Field(
+        default=2, ge=1, le=64, description="Slide jobs running at once; more wait queued."
+    )
+    slide_max_queued_jobs: int = Field(
+        default=1000, ge=1, le=1_000_000, description="Slide jobs waiting before submissions get 503."
+    )
+    slide_inflight_batches: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="Tile batches one slide job keeps in flight to its backbone (spread over its replicas).",
+    )
     auth_tokens_file: str | None = Field(default=None, description="File of accepted bearer tokens, one a line.")
     log_level: str = Field(default="INFO", description="Python log level for the service's loggers.")
 

@@ -18,6 +18,7 @@ from service.serve.metrics import _keys
 from service.settings import ServerSettings
 from service.slides.encoder import TileEncoder
 from service.slides.jobs import JobManager, JobState
+from service.slides.pipeline import PipelineSettings
 
 __all__ = ["HandleEncoder", "SlideJobs"]
 
@@ -40,7 +41,22 @@ class HandleEncoder:
         self.weights: Literal["trained", "untrained"] = "trained" if cfg.trained else "untrained"
 
     def encode(self, pixels: np.ndarray) -> np.ndarray:
-        reply: dict[str, Any] = self.handle.infer_batch.remote(pixels).result()
+        return self.encode_async(pixels).result()
+
+    def encode_async(self, pixels: np.ndarray) -> _PendingEmbedding:
+        """Send a batch without waiting: Ray Serve routes each call to a replica with room, so a
+        job with several batches in flight uses every replica of its backbone."""
+        return _PendingEmbedding(self.handle.infer_batch.remote(pixels))
+
+
+class _PendingEmbedding:
+    """A backbone call in flight; ``result()`` waits and returns the (N, D) embeddings."""
+
+    def __init__(self, response: Any):
+        self.response = response
+
+    def result(self) -> np.ndarray:
+        reply: dict[str, Any] = self.response.result()
         return np.asarray(reply["outputs"]["embedding"], dtype=np.float32)
 
 
@@ -68,6 +84,9 @@ class SlideJobs:
             encoder_factory,
             self.settings.slide_root,
             check_model=check_model,
+            settings=PipelineSettings(inflight_batches=self.settings.slide_inflight_batches),
+            max_concurrent=self.settings.slide_max_concurrent_jobs,
+            max_queued=self.settings.slide_max_queued_jobs,
             max_upload_bytes=self.settings.max_slide_bytes,
             on_tiles=lambda model, n: self._tiles.inc(n, tags={"model": model}),
             on_state=self._state_changed,

@@ -11,7 +11,9 @@ or running carry on from what their feature store holds.
 Slides are named by a path inside ``slide_root`` (``..``, absolute paths elsewhere and symlinks
 that lead out are refused) or uploaded as bytes. Both are opened at submission, so a file that
 is not a slide, or has no resolution and no ``slide_mpp``, is refused then (``InvalidInput``)
-rather than failing later. Jobs run on worker threads, one at a time by default.
+rather than failing later. Jobs run on worker threads, ``max_concurrent`` at once (default 2); more
+wait queued (up to ``max_queued``). While a job runs, :meth:`JobManager.partial_features` snapshots
+the features committed so far.
 
 REST routes and the CLI call this class; it knows nothing of HTTP or Ray.
 """
@@ -30,6 +32,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
+import h5py
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service.errors import InvalidInput, NotFound, Overloaded, PayloadTooLarge, TesseraError
@@ -45,6 +48,8 @@ from service.slides.store import (
     TILES_GEOJSON_FILE,
     TISSUE_GEOJSON_FILE,
     TISSUE_MASK_FILE,
+    FeatureStore,
+    copy_committed,
     write_json_atomic,
 )
 
@@ -125,7 +130,7 @@ class JobManager:
         slide_root: str | Path | None = None,
         *,
         settings: PipelineSettings | None = None,
-        max_concurrent: int = 1,
+        max_concurrent: int = 2,
         max_queued: int = 1000,
         max_upload_bytes: int = 20 << 30,
         check_model: Callable[[str | None], None] | None = None,
@@ -148,6 +153,7 @@ class JobManager:
         self._changed = threading.Condition(self._lock)
         self._jobs: dict[str, _JobRecord] = {}
         self._cancels: dict[str, threading.Event] = {}
+        self._stores: dict[str, FeatureStore] = {}
         self._interrupted: set[str] = set()
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._closing = False
@@ -330,6 +336,35 @@ class JobManager:
             raise NotFound(f"job {job_id} has no {name}", param="name")
         return path
 
+    def partial_features(self, job_id: str) -> Path:
+        """A snapshot of the features committed so far, as a complete HDF5 file (attribute
+        ``partial`` true until the job has finished), readable while the job runs.
+
+        The caller owns the returned file (a fresh name per call) and should delete it.
+        """
+        with self._lock:
+            record = self._get(job_id)
+            store = self._stores.get(job_id)
+        dest = self.root_dir / job_id / f".partial-{uuid.uuid4().hex}.h5"
+        if store is not None:
+            try:
+                store.snapshot(dest)
+                return dest
+            except (ValueError, RuntimeError, OSError):  # closed just now: read the file instead
+                log.debug("snapshot of a closing store failed; reading the file", exc_info=True)
+        source = self.root_dir / job_id / FEATURES_FILE
+        if not source.is_file():
+            raise NotFound(f"job {job_id} is {record.state} and has no features yet", param="id")
+        with self._lock:
+            if job_id in self._stores:  # it reopened: try again through the store
+                return self.partial_features(job_id)
+            try:
+                with h5py.File(source, "r") as src:
+                    copy_committed(src, dest)
+            except OSError as exc:
+                raise NotFound(f"job {job_id} has no readable features yet ({exc})", param="id") from None
+        return dest
+
     def wait(self, job_id: str, timeout: float | None = None) -> JobStatus:
         """Block until the job is in a final state (or ``timeout`` seconds pass)."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -431,6 +466,7 @@ class JobManager:
                 progress=progress,
                 cancel=cancel,
                 coords_file=coords_file,
+                on_store=lambda store: self._track_store(job_id, store),
             )
         except SlideCancelled:
             with self._lock:
@@ -462,6 +498,13 @@ class JobManager:
                 self._cancels.pop(job_id, None)
                 self._interrupted.discard(job_id)
                 self._changed.notify_all()
+
+    def _track_store(self, job_id: str, store: FeatureStore | None) -> None:
+        with self._lock:
+            if store is None:
+                self._stores.pop(job_id, None)
+            else:
+                self._stores[job_id] = store
 
     def _fail(self, record: _JobRecord, message: str, code: str) -> None:
         with self._lock:

@@ -29,7 +29,9 @@ import math
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -181,6 +183,15 @@ class PipelineSettings(BaseModel):
         default=2048, ge=256, le=8192, description="Longest side of the image tissue is detected on."
     )
     heatmap_size: int = Field(default=1024, ge=128, le=8192, description="Longest side of heatmap.png.")
+    inflight_batches: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description=(
+            "Batches encoding at once. Above 1, batches go out through the encoder's encode_async (a Ray "
+            "handle spreads them over the backbone's replicas) or a thread pool; results are written in order."
+        ),
+    )
     max_tiles: int = Field(
         default=2_000_000,
         ge=1,
@@ -394,6 +405,68 @@ class TileStream:
         self.close()
 
 
+class _Encoding:
+    """Batches in flight to the encoder, collected in submission order.
+
+    With ``inflight`` above 1 several batches are encoding at once: through the encoder's own
+    ``encode_async(pixels)`` when it has one (an object with ``result()``, e.g. a Ray Serve
+    response, so the batches spread over every replica of the backbone), else on a small thread
+    pool calling ``encode``. Features are still written in grid order.
+    """
+
+    def __init__(self, encoder: TileEncoder, inflight: int, model: str):
+        self.encoder, self.inflight, self.model = encoder, max(1, inflight), model
+        self._queue: deque[tuple[TileBatch, Any, float]] = deque()
+        self._async = getattr(encoder, "encode_async", None)
+        self._pool: ThreadPoolExecutor | None = None
+        if self.inflight > 1 and self._async is None:
+            self._pool = ThreadPoolExecutor(max_workers=self.inflight, thread_name_prefix="tessera-slide-encode")
+
+    def submit(self, batch: TileBatch) -> None:
+        t0 = time.perf_counter()
+        if self._async is not None:
+            handle: Any = self._async(batch.pixels)
+        elif self._pool is not None:
+            handle = self._pool.submit(self.encoder.encode, batch.pixels)
+        else:
+            handle = _Done(self.encoder.encode(batch.pixels))
+        self._queue.append((batch, handle, t0))
+
+    def full(self) -> bool:
+        return len(self._queue) >= self.inflight
+
+    def pending(self) -> bool:
+        return bool(self._queue)
+
+    def collect(self, times: StageTimes) -> tuple[np.ndarray, np.ndarray]:
+        """The oldest batch's coords and features (waits for it)."""
+        batch, handle, submitted = self._queue.popleft()
+        t0 = time.perf_counter()
+        features = np.asarray(handle.result(), dtype=np.float32)
+        # with one batch in flight this is the encoder's time; with several, the wait for results
+        times.inference += time.perf_counter() - (submitted if self.inflight == 1 else t0)
+        if features.ndim != 2 or features.shape[0] != len(batch.coords):
+            raise RuntimeError(
+                f"encoder {self.model} returned {features.shape} for {len(batch.coords)} tiles; expected (N, D)"
+            )
+        return batch.coords, features
+
+    def close(self) -> None:
+        self._queue.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+@dataclass
+class _Done:
+    """A result that is already there (the synchronous encoder)."""
+
+    value: np.ndarray
+
+    def result(self) -> np.ndarray:
+        return self.value
+
+
 class _Writer:
     """Commits (coords, features) batches to the store on its own thread, in order."""
 
@@ -452,12 +525,15 @@ def process_slide(
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
     coords_file: str | Path | None = None,
+    on_store: Callable[[FeatureStore | None], None] | None = None,
 ) -> dict[str, Any]:
     """Tile, embed and store one slide into ``out_dir``; returns the report (also report.json).
 
     ``coords_file``: a TRIDENT patches file or CLAM coordinates file whose grid is embedded as it
     is (no tissue filter) instead of a grid of our own (see :mod:`service.slides.interchange`).
     ``options.export`` adds TRIDENT's and/or CLAM's layouts beside ``features.h5``.
+    ``on_store(store)`` is called once the feature store is open (so that partial results can be
+    read while the slide runs, :meth:`FeatureStore.snapshot`) and ``on_store(None)`` before it closes.
 
     Resumes from a partial ``features.h5`` written with the same slide, options, model and
     batch size. ``progress(tiles_done, tiles_total)`` is called once tiles are planned and after
@@ -551,6 +627,8 @@ def process_slide(
             planned_coords=planned,
             embedding_dim=getattr(encoder, "embedding_dim", None),
         )
+        if on_store is not None:
+            on_store(store)
         try:
             resumed = store.resumed
             if progress is not None:
@@ -571,24 +649,22 @@ def process_slide(
                 cancel=cancel,
             )
             writer = _Writer(store, len(planned), progress)
+            encoding = _Encoding(encoder, settings.inflight_batches, str(facts["model"]))
             try:
                 with stream:
                     wait_start = time.perf_counter()
                     for batch in stream:
                         times.wait_for_tiles += time.perf_counter() - wait_start
-                        t1 = time.perf_counter()
-                        features = np.asarray(encoder.encode(batch.pixels), dtype=np.float32)
-                        times.inference += time.perf_counter() - t1
-                        if features.ndim != 2 or features.shape[0] != len(batch.coords):
-                            raise RuntimeError(
-                                f"encoder {facts['model']} returned {features.shape} for "
-                                f"{len(batch.coords)} tiles; expected (N, D)"
-                            )
-                        times.wait_for_writer += writer.put(batch.coords, features)
+                        encoding.submit(batch)
+                        while encoding.full():
+                            times.wait_for_writer += writer.put(*encoding.collect(times))
                         if cancel.is_set():
                             raise SlideCancelled("cancelled")
                         wait_start = time.perf_counter()
+                    while encoding.pending():
+                        times.wait_for_writer += writer.put(*encoding.collect(times))
             finally:
+                encoding.close()
                 writer.finish()
             times.stream = time.perf_counter() - t0
             times.read, times.preprocess = stream.times.read, stream.times.preprocess
@@ -615,7 +691,10 @@ def process_slide(
             tiles_geojson = tile_features(store.coords(), plan.patch_size_level0)
             write_feature_collection(out_dir / TILES_GEOJSON_FILE, tiles_geojson)
         finally:
-            store.close()
+            if on_store is not None:
+                on_store(None)
+            with store.lock:
+                store.close()
         exported = export_layouts(
             out_dir / FEATURES_FILE,
             out_dir,
