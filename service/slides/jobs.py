@@ -20,8 +20,10 @@ REST routes and the CLI call this class; it knows nothing of HTTP or Ray.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import queue
 import re
 import shutil
@@ -29,6 +31,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
@@ -72,6 +75,9 @@ RESULT_FILES = (
 #: suffixes an upload keeps (OpenSlide recognises some formats by their extension)
 UPLOAD_SUFFIXES = frozenset({".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif", ".svslide", ".qptiff", ".vms"})
 _ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
+#: where uploads staged in chunks wait for their ``submit`` (inside ``root_dir``)
+_STAGING_DIR = ".uploads"
+_STAGED_MAX_AGE_S = 24 * 3600.0
 _PERSIST_INTERVAL_S = 1.0
 _COPY_CHUNK = 1 << 20
 
@@ -104,6 +110,13 @@ class JobStatus(BaseModel):
     metadata_mpp: float | None = Field(
         default=None, description="The slide's own metadata µm/px (kept when slide_mpp overrides it)."
     )
+
+
+@dataclass(frozen=True)
+class _StagedFile:
+    """An upload staged in chunks, moved (not copied) into its job's folder at submission."""
+
+    path: Path
 
 
 class _JobRecord(JobStatus):
@@ -175,18 +188,26 @@ class JobManager:
         options: SlideOptions | Mapping[str, Any] | None = None,
         coords: bytes | None = None,
         coords_path: str | None = None,
+        upload_id: str | None = None,
     ) -> JobStatus:
         """Queue a job for a slide inside ``slide_root`` (``path``) or uploaded bytes (``upload``).
 
         ``coords`` (bytes of a TRIDENT or CLAM coordinates file) or ``coords_path`` (such a file
         inside ``slide_root``) makes the job embed that grid instead of its own; the file is
-        checked against the slide at submission.
+        checked against the slide at submission. ``upload_id`` names an upload staged in chunks
+        with :meth:`begin_upload` and :meth:`append_upload` (how a transport that cannot pass a
+        file forwards one without holding it whole).
 
         Raises ``InvalidInput`` for bad options, a path outside the slide root, or a file that is
         not a readable slide with a resolution; ``PayloadTooLarge`` for an upload over the limit;
         ``Overloaded`` when the queue is full or the manager is shutting down.
         """
-        if (path is None) == (upload is None):
+        given: bytes | BinaryIO | _StagedFile | None = upload
+        if upload_id is not None:
+            if upload is not None:
+                raise InvalidInput("give an upload or an upload_id, not both", param="slide")
+            given = self._staged(upload_id)
+        if (path is None) == (given is None):
             raise InvalidInput("give either a slide path or an uploaded slide, not both or neither", param="slide")
         opts = _validate_options(options)
         if self._check_model is not None:
@@ -202,12 +223,12 @@ class JobManager:
         job_dir.mkdir(parents=True)
         try:
             source: Literal["path", "upload"]
-            if upload is None:
+            if given is None:
                 slide_path = self._resolve_slide_path(path or "")
                 shown = str(slide_path.relative_to(self.slide_root)) if self.slide_root else slide_path.name
                 source = "path"
             else:
-                slide_path = self._save_upload(job_dir, upload, filename)
+                slide_path = self._save_upload(job_dir, given, filename)
                 shown, source = Path(filename).name if filename else slide_path.name, "upload"
             grid_file = self._save_coords(job_dir, coords, coords_path)
             with open_slide(slide_path, opts.slide_mpp) as reader:  # readable, plausible resolution, or 400 now
@@ -264,6 +285,43 @@ class JobManager:
             raise InvalidInput(f"{param} is not usable: {exc.strerror or exc}", param=param) from None
         return resolved
 
+    # -- uploads staged in chunks ------------------------------------------------------------
+    def begin_upload(self) -> str:
+        """Start a staged upload; returns its id (for :meth:`append_upload` and ``submit``)."""
+        staging = self.root_dir / _STAGING_DIR
+        staging.mkdir(exist_ok=True)
+        cutoff = time.time() - _STAGED_MAX_AGE_S
+        for stale in staging.iterdir():  # uploads abandoned by a crashed client or ingress
+            with contextlib.suppress(OSError):
+                if stale.stat().st_mtime < cutoff:
+                    stale.unlink()
+        upload_id = uuid.uuid4().hex
+        (staging / upload_id).touch()
+        return upload_id
+
+    def append_upload(self, upload_id: str, chunk: bytes) -> int:
+        """Append a chunk to a staged upload; returns its size so far (``PayloadTooLarge`` past
+        the limit, which also discards it)."""
+        path = self._staged_path(upload_id)
+        size = path.stat().st_size + len(chunk)
+        if size > self.max_upload_bytes:
+            path.unlink(missing_ok=True)
+            raise PayloadTooLarge(f"slide upload exceeds the limit of {self.max_upload_bytes} bytes", param="slide")
+        with open(path, "ab") as fh:
+            fh.write(chunk)
+        return size
+
+    def _staged_path(self, upload_id: str) -> Path:
+        if not isinstance(upload_id, str) or not _ID_PATTERN.match(upload_id):
+            raise InvalidInput("malformed upload id", param="upload_id")
+        path = self.root_dir / _STAGING_DIR / upload_id
+        if not path.is_file():
+            raise NotFound(f"no staged upload {upload_id}", param="upload_id")
+        return path
+
+    def _staged(self, upload_id: str) -> _StagedFile:
+        return _StagedFile(self._staged_path(upload_id))
+
     def _save_coords(self, job_dir: Path, coords: bytes | None, coords_path: str | None) -> Path | None:
         if coords is not None and coords_path is not None:
             raise InvalidInput("give coords or coords_path, not both", param="coords")
@@ -277,9 +335,15 @@ class JobManager:
         dest.write_bytes(coords)
         return dest
 
-    def _save_upload(self, job_dir: Path, upload: bytes | BinaryIO, filename: str | None) -> Path:
+    def _save_upload(self, job_dir: Path, upload: bytes | BinaryIO | _StagedFile, filename: str | None) -> Path:
         suffix = Path(filename).suffix.lower() if filename else ""
         dest = job_dir / f"slide{suffix if suffix in UPLOAD_SUFFIXES else '.tiff'}"
+        if isinstance(upload, _StagedFile):
+            if upload.path.stat().st_size == 0:
+                upload.path.unlink()
+                raise InvalidInput("the uploaded slide is empty", param="slide")
+            os.replace(upload.path, dest)  # same file system: no copy
+            return dest
         written = 0
         with open(dest, "wb") as fh:
             if isinstance(upload, (bytes, bytearray, memoryview)):
