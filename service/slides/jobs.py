@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service.errors import InvalidInput, NotFound, Overloaded, PayloadTooLarge, TesseraError
 from service.slides.encoder import TileEncoder
+from service.slides.formats import SLIDE_SUFFIXES, extract_zip
 from service.slides.interchange import read_grid
 from service.slides.pipeline import PipelineSettings, SlideCancelled, SlideOptions, process_slide
 from service.slides.reader import open_slide
@@ -72,8 +73,9 @@ RESULT_FILES = (
     SLIDE_EMBEDDING_FILE,
     REPORT_FILE,
 )
-#: suffixes an upload keeps (OpenSlide recognises some formats by their extension)
-UPLOAD_SUFFIXES = frozenset({".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif", ".svslide", ".qptiff", ".vms"})
+#: suffixes an upload keeps (OpenSlide recognises some formats by their extension); ``.zip`` is a
+#: multi-file slide (MIRAX, a DICOM series, ...) unpacked into the job's folder
+UPLOAD_SUFFIXES = SLIDE_SUFFIXES
 _ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 #: where uploads staged in chunks wait for their ``submit`` (inside ``root_dir``)
 _STAGING_DIR = ".uploads"
@@ -224,7 +226,7 @@ class JobManager:
         try:
             source: Literal["path", "upload"]
             if given is None:
-                slide_path = self._resolve_slide_path(path or "")
+                slide_path = self._resolve_slide_path(path or "", allow_dir=True)
                 shown = str(slide_path.relative_to(self.slide_root)) if self.slide_root else slide_path.name
                 source = "path"
             else:
@@ -343,7 +345,7 @@ class JobManager:
                 upload.path.unlink()
                 raise InvalidInput("the uploaded slide is empty", param="slide")
             os.replace(upload.path, dest)  # same file system: no copy
-            return dest
+            return self._unpack(job_dir, dest)
         written = 0
         with open(dest, "wb") as fh:
             if isinstance(upload, (bytes, bytearray, memoryview)):
@@ -363,7 +365,16 @@ class JobManager:
                     fh.write(chunk)
         if written == 0:
             raise InvalidInput("the uploaded slide is empty", param="slide")
-        return dest
+        return self._unpack(job_dir, dest)
+
+    def _unpack(self, job_dir: Path, saved: Path) -> Path:
+        """A zip upload becomes a folder (its slide is located when opened); anything else stays."""
+        if saved.suffix.lower() != ".zip":
+            return saved
+        try:
+            return extract_zip(saved, job_dir / "slide", self.max_upload_bytes)
+        finally:
+            saved.unlink(missing_ok=True)
 
     # -- queries -----------------------------------------------------------------------------
     def status(self, job_id: str) -> JobStatus:

@@ -722,7 +722,7 @@ def process_slide(
                 "rss_max_sampled_bytes": max(writer.rss_max, current_rss_bytes()),
                 "rss_end_bytes": current_rss_bytes(),
             },
-            "slide": {**reader.info().to_dict(), "file_bytes": Path(slide_path).stat().st_size},
+            "slide": {**reader.info().to_dict(), "file_bytes": reader.path.stat().st_size},
             "grid": {
                 "source": plan.source,
                 "tile": plan.tile,
@@ -903,7 +903,7 @@ def _fingerprint(
 ) -> str:
     """What must match for a partial store to be resumed: same slide, options, model, batching."""
     payload = {
-        "slide_bytes": Path(slide_path).stat().st_size,
+        "slide_bytes": reader.path.stat().st_size,
         "dimensions": reader.level_dimensions,
         "mpp": reader.mpp,
         "options": options.model_dump(exclude={"model"}),

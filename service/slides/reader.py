@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image
 
 from service.errors import InvalidInput
+from service.slides.formats import locate_slide
 
 __all__ = [
     "MAX_SLIDE_EXTENT_MM",
@@ -379,12 +380,13 @@ class _TiffSlideReader(SlideReader):
 def open_slide(path: str | Path, slide_mpp: float | None = None, *, require_mpp: bool = True) -> SlideReader:
     """Open a whole-slide image and resolve its level-0 resolution.
 
-    Raises :class:`InvalidInput` (``param="slide"``) when the file is missing or is not a slide
-    either backend can read, and (``param="slide_mpp"``) when ``require_mpp`` and no resolution
-    can be found, or the resolution found is implausible (see :func:`resolve_mpp` and
-    :func:`check_plausible_mpp`).
+    ``path`` may be a folder holding one slide (a DICOM series, a multi-file slide): see
+    :func:`service.slides.formats.locate_slide`. Raises :class:`InvalidInput`
+    (``param="slide"``) when the file is missing or is not a slide either backend can read, and
+    (``param="slide_mpp"``) when ``require_mpp`` and no resolution can be found, or the
+    resolution found is implausible (see :func:`resolve_mpp` and :func:`check_plausible_mpp`).
     """
-    path = Path(path)
+    path = locate_slide(Path(path))  # a folder (DICOM series, multi-file slide) → the file to open
     if slide_mpp is not None and not (math.isfinite(slide_mpp) and slide_mpp > 0):
         raise InvalidInput(f"slide_mpp must be a positive number of µm per pixel, got {slide_mpp}", param="slide_mpp")
     if not path.is_file():
