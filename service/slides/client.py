@@ -108,22 +108,30 @@ class SlideClient:
         path: str | None = None,
         upload_file: str | Path | None = None,
         options: SlideOptions | Mapping[str, Any] | None = None,
+        *,
+        coords_file: str | Path | None = None,
+        coords_path: str | None = None,
     ) -> dict[str, Any]:
         """Start a job; returns the server's answer (``id``, ``state``).
 
         ``path`` names a slide inside the server's slide root (nothing is uploaded);
         ``upload_file`` is a local slide streamed as the multipart field ``slide``. Give one.
+        ``coords_file`` (with an upload) or ``coords_path`` (inside the slide root, with a path)
+        is a TRIDENT or CLAM coordinates file whose grid the job embeds.
         """
         if (path is None) == (upload_file is None):
             raise InvalidInput("give either a server-side slide path or a file to upload, not both or neither")
         params, fields = _option_params(options)
         if path is not None:
-            return self._json("POST", "/v1/slides", params=params, json={"path": path, **fields})
+            body = {"path": path, **fields, **({"coords_path": coords_path} if coords_path else {})}
+            return self._json("POST", "/v1/slides", params=params, json=body)
         upload = Path(upload_file)  # type: ignore[arg-type]  # not None here: checked above
         if not upload.is_file():
             raise FileNotFoundError(f"slide {upload} does not exist")
         with upload.open("rb") as fh:
-            files = {"slide": (upload.name, fh, "application/octet-stream")}
+            files: dict[str, Any] = {"slide": (upload.name, fh, "application/octet-stream")}
+            if coords_file is not None:
+                files["coords"] = (Path(coords_file).name, Path(coords_file).read_bytes(), "application/x-hdf5")
             # an upload can take a while: no read timeout while the server receives it
             return self._json(
                 "POST",
@@ -254,6 +262,8 @@ def _option_params(options: SlideOptions | Mapping[str, Any] | None) -> tuple[di
 
 
 def _param(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(_param(v) for v in value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):

@@ -88,7 +88,10 @@ def add_slide_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--coords",
         default=None,
         metavar="H5",
-        help="embed the grid of a TRIDENT patches file or a CLAM coordinates file instead of our own (offline)",
+        help=(
+            "embed the grid of a TRIDENT patches file or a CLAM coordinates file instead of our own "
+            "(with --server: uploaded beside the slide, or a path in the server's slide root with --server-path)"
+        ),
     )
     p.add_argument(
         "--export",
@@ -186,11 +189,12 @@ def _run_on_server(args: argparse.Namespace) -> int:
     out_dir = Path(args.out_dir)
     token = args.token or os.environ.get(TOKEN_ENV) or None
     with SlideClient(args.server, token=token) as client:
+        coords = getattr(args, "coords", None)
         if args.server_path:
-            answer = client.submit(path=args.slide, options=options)
+            answer = client.submit(path=args.slide, options=options, coords_path=coords)
         else:
             print(f"uploading {slide.name} ({slide.stat().st_size / 2**20:.1f} MiB) to {client.base_url}", flush=True)
-            answer = client.submit(upload_file=slide, options=options)
+            answer = client.submit(upload_file=slide, options=options, coords_file=coords)
         job_id = str(answer["id"])
         print(f"job {job_id}: {answer.get('state', 'queued')}", flush=True)
         bar = tqdm(total=None, unit="tile", desc=slide.name, dynamic_ncols=True)

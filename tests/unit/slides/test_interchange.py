@@ -3,6 +3,7 @@ and their coordinate files (written here to those layouts) embedded as the grid.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import h5py
@@ -169,3 +170,32 @@ def test_magnification_follows_trident() -> None:
     assert magnification(0.25) == 40 and magnification(0.5) == 20
     assert magnification(0.2527, 40) == 40  # the objective power when it agrees
     assert magnification(0.2527, 20) == pytest.approx(39.573, abs=1e-3)
+
+
+def test_the_client_sends_a_grid_file_and_export_layouts(tmp_path: Path) -> None:
+    import httpx
+
+    from service.slides.client import SlideClient
+
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        request.read()
+        return httpx.Response(202, json={"id": "0" * 32, "state": "queued"})
+
+    slide, grid = tmp_path / "a.svs", tmp_path / "a_patches.h5"
+    slide.write_bytes(b"slide")
+    grid.write_bytes(b"grid")
+    with SlideClient("http://tessera", transport=httpx.MockTransport(handler)) as client:
+        client.submit(upload_file=slide, options={"mpp": 0.5, "export": ("trident", "clam")}, coords_file=grid)
+        client.submit(path="cases/a.svs", options={"export": ["clam"]}, coords_path="cases/a_patches.h5")
+    upload, by_path = seen
+    body = upload.content
+    assert b'name="coords"; filename="a_patches.h5"' in body and b'name="export"' in body and b"trident,clam" in body
+    assert upload.url.params["mpp"] == "0.5"
+    assert json.loads(by_path.content) == {
+        "path": "cases/a.svs",
+        "export": ["clam"],
+        "coords_path": "cases/a_patches.h5",
+    }
