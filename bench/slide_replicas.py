@@ -26,9 +26,9 @@ from service.serve.slides import HandleEncoder
 from service.slides import PipelineSettings, SlideOptions, process_slide
 
 
-@serve.deployment(max_ongoing_requests=4)
+@serve.deployment(max_ongoing_requests=1)  # one batch at a time per replica, like one device
 class SleepBackbone:
-    """Answers ``infer_batch`` like the real backbone, after sleeping ``batch_s``."""
+    """Answers ``infer_batch`` like the real backbone, after sleeping ``batch_s`` (one batch at a time)."""
 
     def __init__(self, batch_s: float, dim: int):
         self.batch_s, self.dim = batch_s, dim
