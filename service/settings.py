@@ -71,6 +71,18 @@ class ServerSettings(BaseModel):
         description="Triton's model control: 'explicit' lets clients unload and load models (the repository "
         "extension); 'none' refuses those requests with 403.",
     )
+    slide_max_concurrent_jobs: int = Field(
+        default=2, ge=1, le=64, description="Slide jobs running at once; more wait queued."
+    )
+    slide_max_queued_jobs: int = Field(
+        default=1000, ge=1, le=1_000_000, description="Slide jobs waiting before submissions get 503."
+    )
+    slide_inflight_batches: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="Tile batches one slide job keeps in flight to its backbone (spread over its replicas).",
+    )
     auth_tokens_file: str | None = Field(default=None, description="File of accepted bearer tokens, one a line.")
     log_level: str = Field(default="INFO", description="Python log level for the service's loggers.")
 

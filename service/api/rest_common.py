@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import Request
 from starlette.datastructures import FormData
+from starlette.types import Message
 
 from service.errors import InvalidInput, PayloadTooLarge
 
-__all__ = ["read_body_limited", "replay_form"]
+__all__ = ["read_body_limited", "replay_form", "spooled_form"]
 
 
 async def read_body_limited(request: Request, limit: int) -> bytes:
@@ -46,3 +49,43 @@ async def replay_form(request: Request, body: bytes, *, max_files: int = 1, max_
         return await Request(request.scope, replay).form(max_files=max_files, max_fields=max_fields)
     except Exception as exc:  # malformed multipart is the client's mistake
         raise InvalidInput(f"malformed multipart body: {exc}", param="body") from exc
+
+
+@contextlib.asynccontextmanager
+async def spooled_form(
+    request: Request, limit: int, *, max_files: int = 1, max_fields: int = 16
+) -> AsyncIterator[FormData]:
+    """Parse a multipart body as it streams in: files are spooled to temporary files on disk
+    (Starlette's ``UploadFile``), so a large upload is never held in memory; the body is refused
+    with 413 from ``Content-Length`` before reading, or at the first chunk past ``limit``.
+    The files are closed (and deleted) when the context exits.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise InvalidInput("Content-Length is not a number", param="content-length") from None
+        if size > limit:
+            raise PayloadTooLarge(f"request body of {size} bytes exceeds the limit of {limit}", param="body")
+    total = 0
+
+    async def receive() -> Message:
+        nonlocal total
+        message = await request.receive()
+        if message["type"] == "http.request":
+            total += len(message.get("body", b""))
+            if total > limit:
+                raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes", param="body")
+        return message
+
+    try:
+        form = await Request(request.scope, receive).form(max_files=max_files, max_fields=max_fields)
+    except PayloadTooLarge:
+        raise
+    except Exception as exc:  # malformed multipart is the client's mistake
+        raise InvalidInput(f"malformed multipart body: {exc}", param="body") from exc
+    try:
+        yield form
+    finally:
+        await form.close()

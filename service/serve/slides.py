@@ -3,21 +3,24 @@ same backbone deployments as ``/v1/predict``."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import Any, Literal
+from collections.abc import AsyncIterator
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 from ray import serve
 from ray.serve import metrics
-from ray.serve.handle import DeploymentHandle
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
-from service.api.slides_service import LocalSlideService
+from service.api.slides_service import RESULT_CHUNK, LocalSlideService
 from service.errors import NotFound
 from service.models import ModelConfig, ModelRepository
 from service.serve.metrics import _keys
 from service.settings import ServerSettings
 from service.slides.encoder import TileEncoder
 from service.slides.jobs import JobManager, JobState
+from service.slides.pipeline import PipelineSettings
 
 __all__ = ["HandleEncoder", "SlideJobs"]
 
@@ -40,7 +43,22 @@ class HandleEncoder:
         self.weights: Literal["trained", "untrained"] = "trained" if cfg.trained else "untrained"
 
     def encode(self, pixels: np.ndarray) -> np.ndarray:
-        reply: dict[str, Any] = self.handle.infer_batch.remote(pixels).result()
+        return self.encode_async(pixels).result()
+
+    def encode_async(self, pixels: np.ndarray) -> _PendingEmbedding:
+        """Send a batch without waiting: Ray Serve routes each call to a replica with room, so a
+        job with several batches in flight uses every replica of its backbone."""
+        return _PendingEmbedding(self.handle.infer_batch.remote(pixels))
+
+
+class _PendingEmbedding:
+    """A backbone call in flight; ``result()`` waits and returns the (N, D) embeddings."""
+
+    def __init__(self, response: Any):
+        self.response = response
+
+    def result(self) -> np.ndarray:
+        reply: dict[str, Any] = self.response.result()
         return np.asarray(reply["outputs"]["embedding"], dtype=np.float32)
 
 
@@ -68,6 +86,9 @@ class SlideJobs:
             encoder_factory,
             self.settings.slide_root,
             check_model=check_model,
+            settings=PipelineSettings(inflight_batches=self.settings.slide_inflight_batches),
+            max_concurrent=self.settings.slide_max_concurrent_jobs,
+            max_queued=self.settings.slide_max_queued_jobs,
             max_upload_bytes=self.settings.max_slide_bytes,
             on_tiles=lambda model, n: self._tiles.inc(n, tags={"model": model}),
             on_state=self._state_changed,
@@ -82,9 +103,30 @@ class SlideJobs:
             self._jobs.set(count, tags={"state": state})
 
     async def submit(
-        self, path: str | None, upload: bytes | None, filename: str | None, options: dict[str, Any]
+        self,
+        path: str | None,
+        upload_id: str | None,
+        filename: str | None,
+        options: dict[str, Any],
+        coords: bytes | None = None,
+        coords_path: str | None = None,
     ) -> dict[str, Any]:
-        return await self.service.submit(path, upload, filename, options)
+        status = await asyncio.to_thread(
+            self.manager.submit,
+            path,
+            upload_id=upload_id,
+            filename=filename,
+            options=options,
+            coords=coords,
+            coords_path=coords_path,
+        )
+        return status.model_dump(mode="json")
+
+    async def begin_upload(self) -> str:
+        return await asyncio.to_thread(self.manager.begin_upload)
+
+    async def append_upload(self, upload_id: str, chunk: bytes) -> int:
+        return await asyncio.to_thread(self.manager.append_upload, upload_id, chunk)
 
     async def status(self, job_id: str) -> dict[str, Any]:
         return await self.service.status(job_id)
@@ -92,8 +134,10 @@ class SlideJobs:
     async def cancel(self, job_id: str) -> dict[str, Any]:
         return await self.service.cancel(job_id)
 
-    async def result(self, job_id: str, name: str) -> bytes:
-        return await self.service.result(job_id, name)
+    async def result_chunks(self, job_id: str, name: str) -> AsyncIterator[bytes]:
+        """A result file in chunks (a streaming method: call it with ``handle.options(stream=True)``)."""
+        async for chunk in self.service.result_stream(job_id, name):
+            yield chunk
 
     def __del__(self) -> None:
         manager = getattr(self, "manager", None)
@@ -102,15 +146,33 @@ class SlideJobs:
 
 
 class HandleSlideService:
-    """``SlideService`` over the ``SlideJobs`` deployment handle (used by the ingress)."""
+    """``SlideService`` over the ``SlideJobs`` deployment handle (used by the ingress).
+
+    An upload is forwarded in chunks (``begin_upload``, ``append_upload``, then ``submit`` with
+    its id) and results come back through a streaming handle, so neither the ingress nor the
+    job replica holds a slide or a result whole in memory.
+    """
 
     def __init__(self, handle: DeploymentHandle):
         self.handle = handle
 
     async def submit(
-        self, path: str | None, upload: bytes | None, filename: str | None, options: dict[str, Any]
+        self,
+        path: str | None,
+        upload: BinaryIO | None,
+        filename: str | None,
+        options: dict[str, Any],
+        coords: bytes | None = None,
+        coords_path: str | None = None,
     ) -> dict[str, Any]:
-        result: dict[str, Any] = await self.handle.submit.remote(path, upload, filename, options)
+        upload_id: str | None = None
+        if upload is not None:
+            upload_id = await self.handle.begin_upload.remote()
+            while chunk := await asyncio.to_thread(upload.read, RESULT_CHUNK):
+                await self.handle.append_upload.remote(upload_id, chunk)
+        result: dict[str, Any] = await self.handle.submit.remote(
+            path, upload_id, filename, options, coords, coords_path
+        )
         return result
 
     async def status(self, job_id: str) -> dict[str, Any]:
@@ -121,6 +183,9 @@ class HandleSlideService:
         result: dict[str, Any] = await self.handle.cancel.remote(job_id)
         return result
 
-    async def result(self, job_id: str, name: str) -> bytes:
-        data: bytes = await self.handle.result.remote(job_id, name)
-        return data
+    async def result_stream(self, job_id: str, name: str) -> AsyncIterator[bytes]:
+        chunks = self.handle.options(stream=True).result_chunks.remote(job_id, name)
+        if not isinstance(chunks, DeploymentResponseGenerator):  # a streaming handle always gives one
+            raise TypeError(f"expected a response generator, got {type(chunks).__name__}")
+        async for chunk in chunks:
+            yield chunk

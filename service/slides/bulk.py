@@ -27,7 +27,7 @@ import numpy as np
 
 from service.errors import InvalidInput, TesseraError
 from service.slides.encoder import BackendEncoder
-from service.slides.jobs import UPLOAD_SUFFIXES
+from service.slides.formats import MAIN_SUFFIXES, scan_folder
 from service.slides.offline import run_slide
 from service.slides.pipeline import PipelineSettings, SlideOptions
 from service.slides.store import write_json_atomic
@@ -37,8 +37,8 @@ __all__ = ["BULK_REPORT_FILE", "SLIDE_SUFFIXES", "SlideWorker", "collect_slides"
 log = logging.getLogger(__name__)
 
 BULK_REPORT_FILE = "bulk_report.json"
-#: file suffixes a folder given to ``--batch`` is scanned for
-SLIDE_SUFFIXES = UPLOAD_SUFFIXES
+#: file suffixes a folder given to ``--batch`` is scanned for (besides DICOM-series folders)
+SLIDE_SUFFIXES = frozenset(MAIN_SUFFIXES)
 #: the columns every worker returns, so every block has the same schema (no nulls)
 #: retries of a slide whose worker process died
 _CRASH_RETRIES = 1
@@ -48,16 +48,20 @@ _COLUMNS = ("index", "path", "out_dir", "ok", "tiles", "tiles_per_s", "seconds",
 def collect_slides(source: str | Path) -> list[Path]:
     """The slides ``--batch`` names: the slide files in a folder, or the paths listed in a text file.
 
-    A folder is scanned (not recursively) for files with a slide suffix (:data:`SLIDE_SUFFIXES`).
+    A folder is scanned (not recursively) for files with a slide suffix (:data:`SLIDE_SUFFIXES`:
+    MIRAX ``.mrxs``, CZI and the single-file formats) and sub-folders holding a DICOM series
+    (:func:`service.slides.formats.scan_folder`).
     A manifest has one path per line; blank lines and ``#`` comments are skipped and relative
     paths are taken relative to the manifest's folder. Raises ``FileNotFoundError`` for a
     missing source or listed slide, ``InvalidInput`` when nothing is found.
     """
     source = Path(source)
     if source.is_dir():
-        slides = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in SLIDE_SUFFIXES)
+        slides = scan_folder(source)
         if not slides:
-            raise InvalidInput(f"no slides ({', '.join(sorted(SLIDE_SUFFIXES))}) in {source}", param="slide")
+            raise InvalidInput(
+                f"no slides ({', '.join(sorted(SLIDE_SUFFIXES))} or DICOM series) in {source}", param="slide"
+            )
         return slides
     if not source.is_file():
         raise FileNotFoundError(f"{source} is neither a folder of slides nor a manifest file")
@@ -68,7 +72,7 @@ def collect_slides(source: str | Path) -> list[Path]:
             continue
         path = Path(line).expanduser()
         path = path if path.is_absolute() else source.parent / path
-        if not path.is_file():
+        if not (path.is_file() or path.is_dir()):
             raise FileNotFoundError(f"{source}:{number}: slide {path} does not exist")
         slides.append(path)
     if not slides:

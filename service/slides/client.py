@@ -31,7 +31,15 @@ from service.errors import (
     UnsupportedMediaType,
 )
 from service.slides.pipeline import SlideOptions
-from service.slides.store import FEATURES_FILE, HEATMAP_FILE, REPORT_FILE, SLIDE_EMBEDDING_FILE, TISSUE_MASK_FILE
+from service.slides.store import (
+    FEATURES_FILE,
+    HEATMAP_FILE,
+    REPORT_FILE,
+    SLIDE_EMBEDDING_FILE,
+    TILES_GEOJSON_FILE,
+    TISSUE_GEOJSON_FILE,
+    TISSUE_MASK_FILE,
+)
 
 __all__ = ["QUERY_OPTIONS", "RESULT_ROUTES", "TERMINAL_STATES", "ServerUnavailable", "SlideClient"]
 
@@ -40,12 +48,14 @@ RESULT_ROUTES: dict[str, str] = {
     FEATURES_FILE: "features",
     HEATMAP_FILE: "heatmap.png",
     TISSUE_MASK_FILE: "tissue_mask.png",
+    TISSUE_GEOJSON_FILE: "tissue.geojson",
+    TILES_GEOJSON_FILE: "tiles.geojson",
     SLIDE_EMBEDDING_FILE: "slide_embedding.npy",
     REPORT_FILE: "report.json",
 }
 TERMINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 #: options ``POST /v1/slides`` takes as query parameters; others go in the JSON body or as form fields
-QUERY_OPTIONS = frozenset({"mpp", "slide_mpp", "tile", "overlap", "model", "tissue_threshold"})
+QUERY_OPTIONS = frozenset({"mpp", "slide_mpp", "tile", "overlap", "model", "tissue_threshold", "tissue_rule"})
 
 _ERRORS: tuple[type[TesseraError], ...] = (
     InvalidInput,
@@ -98,22 +108,30 @@ class SlideClient:
         path: str | None = None,
         upload_file: str | Path | None = None,
         options: SlideOptions | Mapping[str, Any] | None = None,
+        *,
+        coords_file: str | Path | None = None,
+        coords_path: str | None = None,
     ) -> dict[str, Any]:
         """Start a job; returns the server's answer (``id``, ``state``).
 
         ``path`` names a slide inside the server's slide root (nothing is uploaded);
         ``upload_file`` is a local slide streamed as the multipart field ``slide``. Give one.
+        ``coords_file`` (with an upload) or ``coords_path`` (inside the slide root, with a path)
+        is a TRIDENT or CLAM coordinates file whose grid the job embeds.
         """
         if (path is None) == (upload_file is None):
             raise InvalidInput("give either a server-side slide path or a file to upload, not both or neither")
         params, fields = _option_params(options)
         if path is not None:
-            return self._json("POST", "/v1/slides", params=params, json={"path": path, **fields})
+            body = {"path": path, **fields, **({"coords_path": coords_path} if coords_path else {})}
+            return self._json("POST", "/v1/slides", params=params, json=body)
         upload = Path(upload_file)  # type: ignore[arg-type]  # not None here: checked above
         if not upload.is_file():
             raise FileNotFoundError(f"slide {upload} does not exist")
         with upload.open("rb") as fh:
-            files = {"slide": (upload.name, fh, "application/octet-stream")}
+            files: dict[str, Any] = {"slide": (upload.name, fh, "application/octet-stream")}
+            if coords_file is not None:
+                files["coords"] = (Path(coords_file).name, Path(coords_file).read_bytes(), "application/x-hdf5")
             # an upload can take a while: no read timeout while the server receives it
             return self._json(
                 "POST",
@@ -244,6 +262,8 @@ def _option_params(options: SlideOptions | Mapping[str, Any] | None) -> tuple[di
 
 
 def _param(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(_param(v) for v in value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):

@@ -35,6 +35,8 @@ _FLAGS = {
     "overlap": "--overlap",
     "model": "--model",
     "tissue_threshold": "--tissue-threshold",
+    "tissue_rule": "--tissue-rule",
+    "export": "--export",
     "workers": "--workers",
 }
 
@@ -60,7 +62,10 @@ def add_slide_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", dest="out_dir", metavar="DIR", required=True, help="output folder")
     p.add_argument("--mpp", type=float, default=None, help="target resolution in µm per pixel (default 0.5)")
     p.add_argument(
-        "--slide-mpp", type=float, default=None, help="the slide's level-0 µm per pixel, if its metadata has none"
+        "--slide-mpp",
+        type=float,
+        default=None,
+        help="the slide's level-0 µm per pixel; overrides its metadata (which is still recorded)",
     )
     p.add_argument("--tile", type=int, default=None, help="tile side in target pixels (default: the model's input)")
     p.add_argument("--overlap", type=int, default=None, help="overlap of neighbouring tiles in pixels (default 0)")
@@ -72,6 +77,27 @@ def add_slide_parser(subparsers: Any) -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="minimum tissue fraction of a tile for it to be embedded; 0 keeps every tile (default 0.25)",
+    )
+    p.add_argument(
+        "--tissue-rule",
+        choices=("fraction", "trident"),
+        default=None,
+        help="fraction (default): at least --tissue-threshold tissue; trident: TRIDENT's min_tissue_proportion rule",
+    )
+    p.add_argument(
+        "--coords",
+        default=None,
+        metavar="H5",
+        help=(
+            "embed the grid of a TRIDENT patches file or a CLAM coordinates file instead of our own "
+            "(with --server: uploaded beside the slide, or a path in the server's slide root with --server-path)"
+        ),
+    )
+    p.add_argument(
+        "--export",
+        default=None,
+        metavar="LAYOUTS",
+        help="also write these layouts beside features.h5: trident, clam or trident,clam",
     )
     p.add_argument("--server", default=None, metavar="URL", help="submit to a Tessera server, e.g. http://host:8000")
     p.add_argument(
@@ -140,7 +166,9 @@ def _run_offline(args: argparse.Namespace) -> int:
     spin = ServerSettings.from_env().ort_spin
     encoder = BackendEncoder(load_backend(repo, name, spin=spin), config)
     out_dir = Path(args.out_dir)
-    report = run_slide(slide, out_dir, encoder, options, progress=True, settings=settings)
+    report = run_slide(
+        slide, out_dir, encoder, options, progress=True, settings=settings, coords_file=getattr(args, "coords", None)
+    )
     print(_summary(slide.name, report, out_dir))
     return 0
 
@@ -161,11 +189,12 @@ def _run_on_server(args: argparse.Namespace) -> int:
     out_dir = Path(args.out_dir)
     token = args.token or os.environ.get(TOKEN_ENV) or None
     with SlideClient(args.server, token=token) as client:
+        coords = getattr(args, "coords", None)
         if args.server_path:
-            answer = client.submit(path=args.slide, options=options)
+            answer = client.submit(path=args.slide, options=options, coords_path=coords)
         else:
             print(f"uploading {slide.name} ({slide.stat().st_size / 2**20:.1f} MiB) to {client.base_url}", flush=True)
-            answer = client.submit(upload_file=slide, options=options)
+            answer = client.submit(upload_file=slide, options=options, coords_file=coords)
         job_id = str(answer["id"])
         print(f"job {job_id}: {answer.get('state', 'queued')}", flush=True)
         bar = tqdm(total=None, unit="tile", desc=slide.name, dynamic_ncols=True)
@@ -253,6 +282,8 @@ def _options(args: argparse.Namespace, model: str | None) -> SlideOptions:
         "overlap": args.overlap,
         "model": model,
         "tissue_threshold": args.tissue_threshold,
+        "tissue_rule": args.tissue_rule,
+        "export": tuple(part.strip() for part in args.export.split(",") if part.strip()) if args.export else None,
     }
     return SlideOptions(**{k: v for k, v in given.items() if v is not None})
 

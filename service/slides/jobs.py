@@ -11,15 +11,19 @@ or running carry on from what their feature store holds.
 Slides are named by a path inside ``slide_root`` (``..``, absolute paths elsewhere and symlinks
 that lead out are refused) or uploaded as bytes. Both are opened at submission, so a file that
 is not a slide, or has no resolution and no ``slide_mpp``, is refused then (``InvalidInput``)
-rather than failing later. Jobs run on worker threads, one at a time by default.
+rather than failing later. Jobs run on worker threads, ``max_concurrent`` at once (default 2); more
+wait queued (up to ``max_queued``). While a job runs, :meth:`JobManager.partial_features` snapshots
+the features committed so far.
 
 REST routes and the CLI call this class; it knows nothing of HTTP or Ray.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import queue
 import re
 import shutil
@@ -27,13 +31,17 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
+import h5py
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service.errors import InvalidInput, NotFound, Overloaded, PayloadTooLarge, TesseraError
 from service.slides.encoder import TileEncoder
+from service.slides.formats import SLIDE_SUFFIXES, extract_zip
+from service.slides.interchange import read_grid
 from service.slides.pipeline import PipelineSettings, SlideCancelled, SlideOptions, process_slide
 from service.slides.reader import open_slide
 from service.slides.store import (
@@ -41,7 +49,11 @@ from service.slides.store import (
     HEATMAP_FILE,
     REPORT_FILE,
     SLIDE_EMBEDDING_FILE,
+    TILES_GEOJSON_FILE,
+    TISSUE_GEOJSON_FILE,
     TISSUE_MASK_FILE,
+    FeatureStore,
+    copy_committed,
     write_json_atomic,
 )
 
@@ -52,10 +64,22 @@ log = logging.getLogger(__name__)
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 TERMINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 JOB_FILE = "job.json"
-RESULT_FILES = (FEATURES_FILE, HEATMAP_FILE, TISSUE_MASK_FILE, SLIDE_EMBEDDING_FILE, REPORT_FILE)
-#: suffixes an upload keeps (OpenSlide recognises some formats by their extension)
-UPLOAD_SUFFIXES = frozenset({".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif", ".svslide", ".qptiff", ".vms"})
+RESULT_FILES = (
+    FEATURES_FILE,
+    HEATMAP_FILE,
+    TISSUE_MASK_FILE,
+    TISSUE_GEOJSON_FILE,
+    TILES_GEOJSON_FILE,
+    SLIDE_EMBEDDING_FILE,
+    REPORT_FILE,
+)
+#: suffixes an upload keeps (OpenSlide recognises some formats by their extension); ``.zip`` is a
+#: multi-file slide (MIRAX, a DICOM series, ...) unpacked into the job's folder
+UPLOAD_SUFFIXES = SLIDE_SUFFIXES
 _ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
+#: where uploads staged in chunks wait for their ``submit`` (inside ``root_dir``)
+_STAGING_DIR = ".uploads"
+_STAGED_MAX_AGE_S = 24 * 3600.0
 _PERSIST_INTERVAL_S = 1.0
 _COPY_CHUNK = 1 << 20
 
@@ -81,12 +105,27 @@ class JobStatus(BaseModel):
     error: str | None = Field(default=None, description="Why the job failed.")
     error_code: str | None = Field(default=None, description="Machine-readable code of the failure.")
     attempts: int = Field(default=0, ge=0, description="Runs started (more than one after a resume).")
+    level0_mpp: float | None = Field(default=None, description="The level-0 µm/px the job uses.")
+    mpp_source: Literal["caller", "metadata", "objective"] | None = Field(
+        default=None, description="Where level0_mpp came from: the caller's slide_mpp, the metadata or the objective."
+    )
+    metadata_mpp: float | None = Field(
+        default=None, description="The slide's own metadata µm/px (kept when slide_mpp overrides it)."
+    )
+
+
+@dataclass(frozen=True)
+class _StagedFile:
+    """An upload staged in chunks, moved (not copied) into its job's folder at submission."""
+
+    path: Path
 
 
 class _JobRecord(JobStatus):
     """What ``job.json`` holds: the status plus the slide's location on this host."""
 
     slide_path: str
+    coords_path: str | None = None
 
 
 class JobManager:
@@ -106,7 +145,7 @@ class JobManager:
         slide_root: str | Path | None = None,
         *,
         settings: PipelineSettings | None = None,
-        max_concurrent: int = 1,
+        max_concurrent: int = 2,
         max_queued: int = 1000,
         max_upload_bytes: int = 20 << 30,
         check_model: Callable[[str | None], None] | None = None,
@@ -129,6 +168,7 @@ class JobManager:
         self._changed = threading.Condition(self._lock)
         self._jobs: dict[str, _JobRecord] = {}
         self._cancels: dict[str, threading.Event] = {}
+        self._stores: dict[str, FeatureStore] = {}
         self._interrupted: set[str] = set()
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._closing = False
@@ -148,14 +188,28 @@ class JobManager:
         upload: bytes | BinaryIO | None = None,
         filename: str | None = None,
         options: SlideOptions | Mapping[str, Any] | None = None,
+        coords: bytes | None = None,
+        coords_path: str | None = None,
+        upload_id: str | None = None,
     ) -> JobStatus:
         """Queue a job for a slide inside ``slide_root`` (``path``) or uploaded bytes (``upload``).
+
+        ``coords`` (bytes of a TRIDENT or CLAM coordinates file) or ``coords_path`` (such a file
+        inside ``slide_root``) makes the job embed that grid instead of its own; the file is
+        checked against the slide at submission. ``upload_id`` names an upload staged in chunks
+        with :meth:`begin_upload` and :meth:`append_upload` (how a transport that cannot pass a
+        file forwards one without holding it whole).
 
         Raises ``InvalidInput`` for bad options, a path outside the slide root, or a file that is
         not a readable slide with a resolution; ``PayloadTooLarge`` for an upload over the limit;
         ``Overloaded`` when the queue is full or the manager is shutting down.
         """
-        if (path is None) == (upload is None):
+        given: bytes | BinaryIO | _StagedFile | None = upload
+        if upload_id is not None:
+            if upload is not None:
+                raise InvalidInput("give an upload or an upload_id, not both", param="slide")
+            given = self._staged(upload_id)
+        if (path is None) == (given is None):
             raise InvalidInput("give either a slide path or an uploaded slide, not both or neither", param="slide")
         opts = _validate_options(options)
         if self._check_model is not None:
@@ -171,15 +225,24 @@ class JobManager:
         job_dir.mkdir(parents=True)
         try:
             source: Literal["path", "upload"]
-            if upload is None:
-                slide_path = self._resolve_slide_path(path or "")
+            if given is None:
+                slide_path = self._resolve_slide_path(path or "", allow_dir=True)
                 shown = str(slide_path.relative_to(self.slide_root)) if self.slide_root else slide_path.name
                 source = "path"
             else:
-                slide_path = self._save_upload(job_dir, upload, filename)
+                slide_path = self._save_upload(job_dir, given, filename)
                 shown, source = Path(filename).name if filename else slide_path.name, "upload"
-            with open_slide(slide_path, opts.slide_mpp):
-                pass  # a readable slide with a resolution, or InvalidInput now
+            grid_file = self._save_coords(job_dir, coords, coords_path)
+            with open_slide(slide_path, opts.slide_mpp) as reader:  # readable, plausible resolution, or 400 now
+                level0_mpp, mpp_source, metadata_mpp = reader.mpp, reader.mpp_source, reader.metadata_mpp
+                if grid_file is not None:
+                    read_grid(
+                        grid_file,
+                        level0_width=reader.dimensions[0],
+                        level0_height=reader.dimensions[1],
+                        level_downsamples=reader.level_downsamples,
+                        max_tiles=self.settings.max_tiles,
+                    )
             record = _JobRecord(
                 id=job_id,
                 state="queued",
@@ -188,6 +251,10 @@ class JobManager:
                 options=opts,
                 created_at=time.time(),
                 slide_path=str(slide_path),
+                level0_mpp=level0_mpp,
+                mpp_source=mpp_source,
+                metadata_mpp=metadata_mpp,
+                coords_path=str(grid_file) if grid_file is not None else None,
             )
             with self._lock:
                 self._jobs[job_id] = record
@@ -199,30 +266,86 @@ class JobManager:
         self._queue.put(job_id)
         return self._public(record)
 
-    def _resolve_slide_path(self, path: str) -> Path:
+    def _resolve_slide_path(self, path: str, *, param: str = "path", allow_dir: bool = False) -> Path:
         if self.slide_root is None:
             raise InvalidInput(
-                "slides by path are disabled here (no slide root configured): upload the slide", param="path"
+                "slides by path are disabled here (no slide root configured): upload the slide", param=param
             )
         if not path or "\x00" in path:
-            raise InvalidInput("slide path is empty or malformed", param="path")
+            raise InvalidInput(f"{param} is empty or malformed", param=param)
         given = Path(path)
         if ".." in given.parts:
-            raise InvalidInput("slide path must not contain '..'", param="path")
+            raise InvalidInput(f"{param} must not contain '..'", param=param)
         candidate = given if given.is_absolute() else self.slide_root / given
         try:
             resolved = candidate.resolve()  # follows symlinks: a link that leads out is caught below
             if not resolved.is_relative_to(self.slide_root):
-                raise InvalidInput("slide path must lie inside the configured slide root", param="path")
-            if not resolved.is_file():
-                raise InvalidInput(f"no slide at {given}", param="path")
+                raise InvalidInput(f"{param} must lie inside the configured slide root", param=param)
+            if not (resolved.is_file() or (allow_dir and resolved.is_dir())):
+                raise InvalidInput(f"no {'slide' if param == 'path' else 'file'} at {given}", param=param)
         except OSError as exc:  # too long, a loop of links, ...: the client's path, not our fault
-            raise InvalidInput(f"slide path is not usable: {exc.strerror or exc}", param="path") from None
+            raise InvalidInput(f"{param} is not usable: {exc.strerror or exc}", param=param) from None
         return resolved
 
-    def _save_upload(self, job_dir: Path, upload: bytes | BinaryIO, filename: str | None) -> Path:
+    # -- uploads staged in chunks ------------------------------------------------------------
+    def begin_upload(self) -> str:
+        """Start a staged upload; returns its id (for :meth:`append_upload` and ``submit``)."""
+        staging = self.root_dir / _STAGING_DIR
+        staging.mkdir(exist_ok=True)
+        cutoff = time.time() - _STAGED_MAX_AGE_S
+        for stale in staging.iterdir():  # uploads abandoned by a crashed client or ingress
+            with contextlib.suppress(OSError):
+                if stale.stat().st_mtime < cutoff:
+                    stale.unlink()
+        upload_id = uuid.uuid4().hex
+        (staging / upload_id).touch()
+        return upload_id
+
+    def append_upload(self, upload_id: str, chunk: bytes) -> int:
+        """Append a chunk to a staged upload; returns its size so far (``PayloadTooLarge`` past
+        the limit, which also discards it)."""
+        path = self._staged_path(upload_id)
+        size = path.stat().st_size + len(chunk)
+        if size > self.max_upload_bytes:
+            path.unlink(missing_ok=True)
+            raise PayloadTooLarge(f"slide upload exceeds the limit of {self.max_upload_bytes} bytes", param="slide")
+        with open(path, "ab") as fh:
+            fh.write(chunk)
+        return size
+
+    def _staged_path(self, upload_id: str) -> Path:
+        if not isinstance(upload_id, str) or not _ID_PATTERN.match(upload_id):
+            raise InvalidInput("malformed upload id", param="upload_id")
+        path = self.root_dir / _STAGING_DIR / upload_id
+        if not path.is_file():
+            raise NotFound(f"no staged upload {upload_id}", param="upload_id")
+        return path
+
+    def _staged(self, upload_id: str) -> _StagedFile:
+        return _StagedFile(self._staged_path(upload_id))
+
+    def _save_coords(self, job_dir: Path, coords: bytes | None, coords_path: str | None) -> Path | None:
+        if coords is not None and coords_path is not None:
+            raise InvalidInput("give coords or coords_path, not both", param="coords")
+        if coords_path is not None:
+            return self._resolve_slide_path(coords_path, param="coords_path")
+        if coords is None:
+            return None
+        if not coords:
+            raise InvalidInput("the uploaded coordinates file is empty", param="coords")
+        dest = job_dir / "coords.h5"
+        dest.write_bytes(coords)
+        return dest
+
+    def _save_upload(self, job_dir: Path, upload: bytes | BinaryIO | _StagedFile, filename: str | None) -> Path:
         suffix = Path(filename).suffix.lower() if filename else ""
         dest = job_dir / f"slide{suffix if suffix in UPLOAD_SUFFIXES else '.tiff'}"
+        if isinstance(upload, _StagedFile):
+            if upload.path.stat().st_size == 0:
+                upload.path.unlink()
+                raise InvalidInput("the uploaded slide is empty", param="slide")
+            os.replace(upload.path, dest)  # same file system: no copy
+            return self._unpack(job_dir, dest)
         written = 0
         with open(dest, "wb") as fh:
             if isinstance(upload, (bytes, bytearray, memoryview)):
@@ -242,7 +365,16 @@ class JobManager:
                     fh.write(chunk)
         if written == 0:
             raise InvalidInput("the uploaded slide is empty", param="slide")
-        return dest
+        return self._unpack(job_dir, dest)
+
+    def _unpack(self, job_dir: Path, saved: Path) -> Path:
+        """A zip upload becomes a folder (its slide is located when opened); anything else stays."""
+        if saved.suffix.lower() != ".zip":
+            return saved
+        try:
+            return extract_zip(saved, job_dir / "slide", self.max_upload_bytes)
+        finally:
+            saved.unlink(missing_ok=True)
 
     # -- queries -----------------------------------------------------------------------------
     def status(self, job_id: str) -> JobStatus:
@@ -278,6 +410,35 @@ class JobManager:
         if not path.is_file():
             raise NotFound(f"job {job_id} has no {name}", param="name")
         return path
+
+    def partial_features(self, job_id: str) -> Path:
+        """A snapshot of the features committed so far, as a complete HDF5 file (attribute
+        ``partial`` true until the job has finished), readable while the job runs.
+
+        The caller owns the returned file (a fresh name per call) and should delete it.
+        """
+        with self._lock:
+            record = self._get(job_id)
+            store = self._stores.get(job_id)
+        dest = self.root_dir / job_id / f".partial-{uuid.uuid4().hex}.h5"
+        if store is not None:
+            try:
+                store.snapshot(dest)
+                return dest
+            except (ValueError, RuntimeError, OSError):  # closed just now: read the file instead
+                log.debug("snapshot of a closing store failed; reading the file", exc_info=True)
+        source = self.root_dir / job_id / FEATURES_FILE
+        if not source.is_file():
+            raise NotFound(f"job {job_id} is {record.state} and has no features yet", param="id")
+        with self._lock:
+            if job_id in self._stores:  # it reopened: try again through the store
+                return self.partial_features(job_id)
+            try:
+                with h5py.File(source, "r") as src:
+                    copy_committed(src, dest)
+            except OSError as exc:
+                raise NotFound(f"job {job_id} has no readable features yet ({exc})", param="id") from None
+        return dest
 
     def wait(self, job_id: str, timeout: float | None = None) -> JobStatus:
         """Block until the job is in a final state (or ``timeout`` seconds pass)."""
@@ -364,6 +525,7 @@ class JobManager:
             record.tiles_per_s = record.eta_s = None
             self._persist(record)
             options, slide_path = record.options, Path(record.slide_path)
+            coords_file = Path(record.coords_path) if record.coords_path else None
         self._notify_state(job_id, "running")
         progress = _Progress(self, record)
         try:
@@ -378,6 +540,8 @@ class JobManager:
                 settings=self.settings,
                 progress=progress,
                 cancel=cancel,
+                coords_file=coords_file,
+                on_store=lambda store: self._track_store(job_id, store),
             )
         except SlideCancelled:
             with self._lock:
@@ -409,6 +573,13 @@ class JobManager:
                 self._cancels.pop(job_id, None)
                 self._interrupted.discard(job_id)
                 self._changed.notify_all()
+
+    def _track_store(self, job_id: str, store: FeatureStore | None) -> None:
+        with self._lock:
+            if store is None:
+                self._stores.pop(job_id, None)
+            else:
+                self._stores[job_id] = store
 
     def _fail(self, record: _JobRecord, message: str, code: str) -> None:
         with self._lock:
@@ -467,7 +638,7 @@ class JobManager:
 
     @staticmethod
     def _public(record: _JobRecord) -> JobStatus:
-        return JobStatus.model_validate(record.model_dump(exclude={"slide_path"}))
+        return JobStatus.model_validate(record.model_dump(exclude={"slide_path", "coords_path"}))
 
 
 class _Progress:

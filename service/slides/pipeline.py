@@ -29,7 +29,9 @@ import math
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -43,12 +45,15 @@ from service.errors import InvalidInput
 from service.runtime.memory import current_rss_bytes, peak_rss_bytes
 from service.slides.encoder import TileEncoder, encoder_facts
 from service.slides.grid import EdgeMode, make_grid
+from service.slides.interchange import ExportLayout, export_layouts, interchange_attrs, read_grid, slide_name
 from service.slides.reader import SlideReader, open_slide
 from service.slides.store import (
     FEATURES_FILE,
     HEATMAP_FILE,
     REPORT_FILE,
     SLIDE_EMBEDDING_FILE,
+    TILES_GEOJSON_FILE,
+    TISSUE_GEOJSON_FILE,
     TISSUE_MASK_FILE,
     FeatureStore,
     first_principal_component,
@@ -57,7 +62,14 @@ from service.slides.store import (
     slide_embedding,
     write_json_atomic,
 )
-from service.slides.tissue import detect_tissue
+from service.slides.tissue import (
+    TissueRule,
+    detect_tissue,
+    keep_tiles,
+    tile_features,
+    tissue_geojson,
+    write_feature_collection,
+)
 
 __all__ = [
     "PipelineSettings",
@@ -102,9 +114,12 @@ class SlideOptions(BaseModel):
     )
     slide_mpp: float | None = Field(
         default=None,
-        gt=0.01,
-        le=64.0,
-        description="The slide's level-0 µm per pixel, used only when its metadata has none.",
+        gt=0.0,
+        le=1000.0,
+        description=(
+            "The slide's level-0 µm per pixel. Overrides the slide's metadata (which is still recorded "
+            "beside it); must lie in the plausible range 0.05-20 µm/px."
+        ),
     )
     tile: int | None = Field(
         default=None, ge=16, le=4096, description="Tile side in target pixels; default: the model's input size."
@@ -119,9 +134,28 @@ class SlideOptions(BaseModel):
         default=0.25,
         ge=0.0,
         le=1.0,
-        description="Minimum fraction of a tile covered by tissue for it to be embedded; 0 keeps every tile.",
+        description=(
+            "Minimum fraction of a tile covered by tissue for it to be embedded (default 0.25: at least a "
+            "quarter of the tile; TRIDENT's default is 0 with tissue_rule='trident', CLAM keeps a tile when "
+            "one of four points near its centre is tissue). With tissue_rule='fraction', 0 keeps every tile."
+        ),
+    )
+    tissue_rule: TissueRule = Field(
+        default="fraction",
+        description=(
+            "fraction: tiles with at least tissue_threshold tissue; trident: TRIDENT's min_tissue_proportion "
+            "rule (0 keeps every tile that touches tissue)."
+        ),
     )
     edge: EdgeMode = Field(default="pad", description="Partial tiles at the right/bottom edge: pad or drop.")
+    export: tuple[ExportLayout, ...] = Field(
+        default=(),
+        max_length=2,
+        description=(
+            "Also write TRIDENT's layout (features_<model>/<slide>.h5, patches/<slide>_patches.h5) and/or "
+            "CLAM's (h5_files/<slide>.h5, pt_files/<slide>.pt) beside features.h5."
+        ),
+    )
 
     @model_validator(mode="after")
     def _overlap_below_tile(self) -> SlideOptions:
@@ -149,6 +183,24 @@ class PipelineSettings(BaseModel):
         default=2048, ge=256, le=8192, description="Longest side of the image tissue is detected on."
     )
     heatmap_size: int = Field(default=1024, ge=128, le=8192, description="Longest side of heatmap.png.")
+    inflight_batches: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description=(
+            "Batches encoding at once. Above 1, batches go out through the encoder's encode_async (a Ray "
+            "handle spreads them over the backbone's replicas) or a thread pool; results are written in order."
+        ),
+    )
+    max_tiles: int = Field(
+        default=2_000_000,
+        ge=1,
+        le=1 << 31,
+        description=(
+            "Most tiles one slide may plan. A whole 75 x 50 mm slide at 0.25 µm/px in 224-px tiles is about "
+            "1.2 million; more means a wrong resolution or an absurd target."
+        ),
+    )
 
 
 @dataclass
@@ -353,6 +405,68 @@ class TileStream:
         self.close()
 
 
+class _Encoding:
+    """Batches in flight to the encoder, collected in submission order.
+
+    With ``inflight`` above 1 several batches are encoding at once: through the encoder's own
+    ``encode_async(pixels)`` when it has one (an object with ``result()``, e.g. a Ray Serve
+    response, so the batches spread over every replica of the backbone), else on a small thread
+    pool calling ``encode``. Features are still written in grid order.
+    """
+
+    def __init__(self, encoder: TileEncoder, inflight: int, model: str):
+        self.encoder, self.inflight, self.model = encoder, max(1, inflight), model
+        self._queue: deque[tuple[TileBatch, Any, float]] = deque()
+        self._async = getattr(encoder, "encode_async", None)
+        self._pool: ThreadPoolExecutor | None = None
+        if self.inflight > 1 and self._async is None:
+            self._pool = ThreadPoolExecutor(max_workers=self.inflight, thread_name_prefix="tessera-slide-encode")
+
+    def submit(self, batch: TileBatch) -> None:
+        t0 = time.perf_counter()
+        if self._async is not None:
+            handle: Any = self._async(batch.pixels)
+        elif self._pool is not None:
+            handle = self._pool.submit(self.encoder.encode, batch.pixels)
+        else:
+            handle = _Done(self.encoder.encode(batch.pixels))
+        self._queue.append((batch, handle, t0))
+
+    def full(self) -> bool:
+        return len(self._queue) >= self.inflight
+
+    def pending(self) -> bool:
+        return bool(self._queue)
+
+    def collect(self, times: StageTimes) -> tuple[np.ndarray, np.ndarray]:
+        """The oldest batch's coords and features (waits for it)."""
+        batch, handle, submitted = self._queue.popleft()
+        t0 = time.perf_counter()
+        features = np.asarray(handle.result(), dtype=np.float32)
+        # with one batch in flight this is the encoder's time; with several, the wait for results
+        times.inference += time.perf_counter() - (submitted if self.inflight == 1 else t0)
+        if features.ndim != 2 or features.shape[0] != len(batch.coords):
+            raise RuntimeError(
+                f"encoder {self.model} returned {features.shape} for {len(batch.coords)} tiles; expected (N, D)"
+            )
+        return batch.coords, features
+
+    def close(self) -> None:
+        self._queue.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+@dataclass
+class _Done:
+    """A result that is already there (the synchronous encoder)."""
+
+    value: np.ndarray
+
+    def result(self) -> np.ndarray:
+        return self.value
+
+
 class _Writer:
     """Commits (coords, features) batches to the store on its own thread, in order."""
 
@@ -410,8 +524,16 @@ def process_slide(
     settings: PipelineSettings | None = None,
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
+    coords_file: str | Path | None = None,
+    on_store: Callable[[FeatureStore | None], None] | None = None,
 ) -> dict[str, Any]:
     """Tile, embed and store one slide into ``out_dir``; returns the report (also report.json).
+
+    ``coords_file``: a TRIDENT patches file or CLAM coordinates file whose grid is embedded as it
+    is (no tissue filter) instead of a grid of our own (see :mod:`service.slides.interchange`).
+    ``options.export`` adds TRIDENT's and/or CLAM's layouts beside ``features.h5``.
+    ``on_store(store)`` is called once the feature store is open (so that partial results can be
+    read while the slide runs, :meth:`FeatureStore.snapshot`) and ``on_store(None)`` before it closes.
 
     Resumes from a partial ``features.h5`` written with the same slide, options, model and
     batch size. ``progress(tiles_done, tiles_total)`` is called once tiles are planned and after
@@ -433,35 +555,28 @@ def process_slide(
     try:
         mpp0 = reader.require_mpp()
         width, height = reader.dimensions
-        tile = options.tile or int(encoder.tile_size)
-        if options.overlap >= tile:
-            raise InvalidInput(f"overlap ({options.overlap}) must be smaller than tile ({tile})", param="overlap")
-        grid = make_grid(
-            width,
-            height,
-            level0_mpp=mpp0,
-            target_mpp=options.mpp,
-            tile=tile,
-            overlap=options.overlap,
-            edge=options.edge,
-        )
-        level = reader.best_level_for_mpp(options.mpp)
-        region_size = max(1, round(grid.patch_size_level0 / reader.level_downsamples[level]))
-        if reader.level_mpp(0) > options.mpp * 1.01:
-            warnings.append(f"target {options.mpp} µm/px is finer than the slide's {mpp0:.4g}: tiles are upsampled")
+        plan = _plan_grid(reader, encoder, options, settings, coords_file)
+        if reader.level_mpp(0) > plan.target_mpp * 1.01:
+            warnings.append(
+                f"target {plan.target_mpp:.4g} µm/px is finer than the slide's {mpp0:.4g}: tiles are upsampled"
+            )
+        level, region_size = plan.level, plan.region_size
 
         t0 = time.perf_counter()
         thumbnail = reader.thumbnail(settings.thumbnail_size)
         times.thumbnail = time.perf_counter() - t0
         t0 = time.perf_counter()
         tissue = detect_tissue(thumbnail, width, height, level0_mpp=mpp0)
-        all_coords = grid.coords()
-        if options.tissue_threshold > 0:
-            fractions = tissue.tile_fractions(all_coords, grid.patch_size_level0)
-            planned = all_coords[fractions >= options.tissue_threshold]
+        all_coords = plan.coords
+        if plan.source != "tessera":
+            planned = all_coords  # the lab's own segmentation and patching, used as they are
+        elif options.tissue_threshold > 0 or options.tissue_rule != "fraction":
+            fractions = tissue.tile_fractions(all_coords, plan.patch_size_level0)
+            planned = all_coords[keep_tiles(fractions, options.tissue_threshold, options.tissue_rule)]
         else:
             planned = all_coords
         tissue.save_png(out_dir / TISSUE_MASK_FILE)
+        write_json_atomic(out_dir / TISSUE_GEOJSON_FILE, tissue_geojson(tissue))
         times.tissue = time.perf_counter() - t0
         if len(planned) == 0:
             warnings.append("no tile has enough tissue: the slide looks empty at this tissue_threshold")
@@ -469,24 +584,42 @@ def process_slide(
         facts = encoder_facts(encoder)
         batch_size = int(settings.batch_size or encoder.max_batch_size)
         attrs: dict[str, Any] = {
-            "patch_size": tile,
-            "patch_size_level0": grid.patch_size_level0,
-            "target_mpp": float(options.mpp),
+            "patch_size": plan.tile,
+            "patch_size_level0": plan.patch_size_level0,
+            "target_mpp": float(plan.target_mpp),
             "level0_mpp": float(mpp0),
             "level0_width": width,
             "level0_height": height,
             "model": facts["model"],
             "model_version": facts["model_version"],
             "weights": facts["weights"],
-            "overlap": options.overlap,
-            "stride_level0": grid.stride_level0,
+            "overlap": plan.overlap,
+            "stride_level0": plan.stride_level0,
             "edge": options.edge,
             "read_level": level,
             "tissue_threshold": float(options.tissue_threshold),
+            "tissue_rule": options.tissue_rule,
             "tiles_total": len(planned),
             "mpp_source": reader.mpp_source or "none",
+            # NaN when the slide's metadata has no resolution
+            "metadata_mpp": float(reader.metadata_mpp) if reader.metadata_mpp is not None else float("nan"),
+            "grid_source": plan.source,
+            **interchange_attrs(
+                name=slide_name(slide_path),
+                tile=plan.tile,
+                overlap=plan.overlap,
+                patch_size_level0=plan.patch_size_level0,
+                level0_mpp=mpp0,
+                target_mpp=plan.target_mpp,
+                objective_power=reader.objective_power,
+                level_downsample=reader.level_downsamples[level],
+                patch_level=level,
+                savetodir=str(out_dir),
+            ),
         }
-        fingerprint = _fingerprint(slide_path, reader, options, facts, batch_size, settings, len(planned))
+        fingerprint = _fingerprint(
+            slide_path, reader, options, facts, batch_size, settings, len(planned), plan.coords_sha256
+        )
         store = FeatureStore.open(
             out_dir / FEATURES_FILE,
             attrs=attrs,
@@ -494,6 +627,8 @@ def process_slide(
             planned_coords=planned,
             embedding_dim=getattr(encoder, "embedding_dim", None),
         )
+        if on_store is not None:
+            on_store(store)
         try:
             resumed = store.resumed
             if progress is not None:
@@ -514,24 +649,22 @@ def process_slide(
                 cancel=cancel,
             )
             writer = _Writer(store, len(planned), progress)
+            encoding = _Encoding(encoder, settings.inflight_batches, str(facts["model"]))
             try:
                 with stream:
                     wait_start = time.perf_counter()
                     for batch in stream:
                         times.wait_for_tiles += time.perf_counter() - wait_start
-                        t1 = time.perf_counter()
-                        features = np.asarray(encoder.encode(batch.pixels), dtype=np.float32)
-                        times.inference += time.perf_counter() - t1
-                        if features.ndim != 2 or features.shape[0] != len(batch.coords):
-                            raise RuntimeError(
-                                f"encoder {facts['model']} returned {features.shape} for "
-                                f"{len(batch.coords)} tiles; expected (N, D)"
-                            )
-                        times.wait_for_writer += writer.put(batch.coords, features)
+                        encoding.submit(batch)
+                        while encoding.full():
+                            times.wait_for_writer += writer.put(*encoding.collect(times))
                         if cancel.is_set():
                             raise SlideCancelled("cancelled")
                         wait_start = time.perf_counter()
+                    while encoding.pending():
+                        times.wait_for_writer += writer.put(*encoding.collect(times))
             finally:
+                encoding.close()
                 writer.finish()
             times.stream = time.perf_counter() - t0
             times.read, times.preprocess = stream.times.read, stream.times.preprocess
@@ -548,15 +681,30 @@ def process_slide(
                     heat_thumb,
                     store.coords(),
                     values,
-                    patch_size_level0=grid.patch_size_level0,
+                    patch_size_level0=plan.patch_size_level0,
                     level0_width=width,
                     level0_height=height,
                 ),
                 out_dir / HEATMAP_FILE,
             )
             written = store.count
+            tiles_geojson = tile_features(store.coords(), plan.patch_size_level0)
+            write_feature_collection(out_dir / TILES_GEOJSON_FILE, tiles_geojson)
         finally:
-            store.close()
+            if on_store is not None:
+                on_store(None)
+            with store.lock:
+                store.close()
+        exported = export_layouts(
+            out_dir / FEATURES_FILE,
+            out_dir,
+            options.export,
+            name=slide_name(slide_path),
+            model=str(facts["model"]),
+            level_dimensions=reader.level_dimensions,
+            level_downsamples=reader.level_downsamples,
+            read_level=level,
+        )
         times.finalize = time.perf_counter() - t0
         times.total = time.perf_counter() - started
         processed = written - resumed
@@ -564,8 +712,8 @@ def process_slide(
             "tiles": written,
             "tiles_processed": processed,
             "tiles_resumed": resumed,
-            "tiles_grid": grid.size,
-            "tiles_background": grid.size - len(planned),
+            "tiles_grid": plan.grid_size,
+            "tiles_background": plan.grid_size - len(planned),
             "tiles_per_s": round(processed / times.stream, 3) if times.stream > 0 and processed else 0.0,
             "timing_s": times.to_dict(),
             "memory": {
@@ -574,16 +722,17 @@ def process_slide(
                 "rss_max_sampled_bytes": max(writer.rss_max, current_rss_bytes()),
                 "rss_end_bytes": current_rss_bytes(),
             },
-            "slide": {**reader.info().to_dict(), "file_bytes": Path(slide_path).stat().st_size},
+            "slide": {**reader.info().to_dict(), "file_bytes": reader.path.stat().st_size},
             "grid": {
-                "tile": tile,
-                "overlap": options.overlap,
+                "source": plan.source,
+                "tile": plan.tile,
+                "overlap": plan.overlap,
                 "edge": options.edge,
-                "target_mpp": options.mpp,
-                "patch_size_level0": grid.patch_size_level0,
-                "stride_level0": grid.stride_level0,
-                "columns": grid.columns,
-                "rows": grid.rows,
+                "target_mpp": plan.target_mpp,
+                "patch_size_level0": plan.patch_size_level0,
+                "stride_level0": plan.stride_level0,
+                "columns": plan.columns,
+                "rows": plan.rows,
                 "read_level": level,
                 "read_level_mpp": reader.level_mpp(level),
                 "read_size": region_size,
@@ -591,7 +740,10 @@ def process_slide(
             },
             "tissue": {
                 "tissue_threshold": options.tissue_threshold,
+                "tissue_rule": options.tissue_rule,
                 "saturation_threshold": tissue.threshold,
+                "mask_mpp": tissue.mask_mpp,
+                "excluded_dark_or_pen_fraction": round(tissue.excluded_fraction, 6),
                 "tissue_fraction": round(tissue.tissue_fraction, 6),
                 "mask_size": list(tissue.mask.shape[::-1]),
             },
@@ -603,13 +755,115 @@ def process_slide(
                 "batch_size": batch_size,
                 "prefetch_batches": settings.prefetch_batches or settings.workers + 2,
             },
-            "outputs": [FEATURES_FILE, HEATMAP_FILE, TISSUE_MASK_FILE, SLIDE_EMBEDDING_FILE, REPORT_FILE],
+            "outputs": [
+                FEATURES_FILE,
+                HEATMAP_FILE,
+                TISSUE_MASK_FILE,
+                TISSUE_GEOJSON_FILE,
+                TILES_GEOJSON_FILE,
+                SLIDE_EMBEDDING_FILE,
+                REPORT_FILE,
+                *(str(path.relative_to(out_dir)) for path in exported),
+            ],
             "warnings": warnings,
         }
         write_json_atomic(out_dir / REPORT_FILE, report)
         return report
     finally:
         reader.close()
+
+
+@dataclass(frozen=True)
+class _GridPlan:
+    """Where the tiles are: our grid at the target resolution, or a TRIDENT/CLAM grid file."""
+
+    coords: np.ndarray
+    tile: int
+    target_mpp: float
+    patch_size_level0: int
+    stride_level0: int
+    overlap: int
+    columns: int
+    rows: int
+    grid_size: int
+    level: int
+    region_size: int
+    source: str
+    coords_sha256: str | None
+
+
+def _plan_grid(
+    reader: SlideReader,
+    encoder: TileEncoder,
+    options: SlideOptions,
+    settings: PipelineSettings,
+    coords_file: str | Path | None,
+) -> _GridPlan:
+    mpp0 = reader.require_mpp()
+    width, height = reader.dimensions
+    tile = options.tile or int(encoder.tile_size)
+    if coords_file is not None:
+        external = read_grid(
+            coords_file,
+            level0_width=width,
+            level0_height=height,
+            level_downsamples=reader.level_downsamples,
+            max_tiles=settings.max_tiles,
+        )
+        patch0 = external.patch_size_level0
+        target_mpp = patch0 * mpp0 / tile
+        level = reader.best_level_for_mpp(target_mpp)
+        overlap = int(external.attrs.get("overlap", 0) or 0)
+        return _GridPlan(
+            coords=external.coords,
+            tile=tile,
+            target_mpp=target_mpp,
+            patch_size_level0=patch0,
+            stride_level0=max(1, patch0 - round(overlap * patch0 / tile)),
+            overlap=overlap if overlap < tile else 0,
+            columns=0,
+            rows=0,
+            grid_size=len(external.coords),
+            level=level,
+            region_size=max(1, round(patch0 / reader.level_downsamples[level])),
+            source=external.layout,
+            coords_sha256=external.sha256,
+        )
+    if options.overlap >= tile:
+        raise InvalidInput(f"overlap ({options.overlap}) must be smaller than tile ({tile})", param="overlap")
+    grid = make_grid(
+        width, height, level0_mpp=mpp0, target_mpp=options.mpp, tile=tile, overlap=options.overlap, edge=options.edge
+    )
+    _check_tile_budget(grid.size, grid.patch_size_level0, mpp0, reader, settings.max_tiles)
+    level = reader.best_level_for_mpp(options.mpp)
+    return _GridPlan(
+        coords=grid.coords(),
+        tile=tile,
+        target_mpp=options.mpp,
+        patch_size_level0=grid.patch_size_level0,
+        stride_level0=grid.stride_level0,
+        overlap=options.overlap,
+        columns=grid.columns,
+        rows=grid.rows,
+        grid_size=grid.size,
+        level=level,
+        region_size=max(1, round(grid.patch_size_level0 / reader.level_downsamples[level])),
+        source="tessera",
+        coords_sha256=None,
+    )
+
+
+def _check_tile_budget(tiles: int, patch_level0: int, mpp0: float, reader: SlideReader, max_tiles: int) -> None:
+    """Refuse a plan with more tiles than ``max_tiles``, naming the physical sizes involved."""
+    if tiles <= max_tiles:
+        return
+    width_mm, height_mm = (side * mpp0 / 1000 for side in reader.dimensions)
+    raise InvalidInput(
+        f"{tiles} tiles of {patch_level0 * mpp0:.4g} µm over a {width_mm:.1f} x {height_mm:.1f} mm "
+        f"slide exceed the limit of {max_tiles}: check slide_mpp ({mpp0:.4g} µm/px, from "
+        f"{reader.mpp_source or 'nowhere'}), mpp and tile",
+        param="slide_mpp" if reader.mpp_source != "caller" else "mpp",
+    )
 
 
 def process_peak_rss_bytes() -> int:
@@ -645,10 +899,11 @@ def _fingerprint(
     batch_size: int,
     settings: PipelineSettings,
     planned: int,
+    coords_sha256: str | None = None,
 ) -> str:
     """What must match for a partial store to be resumed: same slide, options, model, batching."""
     payload = {
-        "slide_bytes": Path(slide_path).stat().st_size,
+        "slide_bytes": reader.path.stat().st_size,
         "dimensions": reader.level_dimensions,
         "mpp": reader.mpp,
         "options": options.model_dump(exclude={"model"}),
@@ -656,5 +911,6 @@ def _fingerprint(
         "batch_size": batch_size,
         "thumbnail_size": settings.thumbnail_size,
         "planned": planned,
+        "coords_sha256": coords_sha256,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()

@@ -9,8 +9,13 @@ level-0 pixels and a size in pixels of ``level``. Regions past the slide's edge 
 same for both backends, so edge tiles look like background rather than black.
 
 The resolution of level 0 (µm per pixel) is resolved once, by one rule (:func:`resolve_mpp`):
-the slide's metadata, else the caller's ``slide_mpp``, else ``10 / objective power`` (40x →
-0.25, 20x → 0.5), else an :class:`InvalidInput` that names ``slide_mpp``.
+the caller's ``slide_mpp`` (the caller can always correct a wrong header), else the slide's
+metadata, else ``10 / objective power`` (40x → 0.25, 20x → 0.5), else an :class:`InvalidInput`
+that names ``slide_mpp``. Whatever the source, the result must be plausible for a microscope
+scan (:data:`PLAUSIBLE_MPP`, 0.05-20 µm/px) and must not make the slide larger than a glass
+slide (:data:`MAX_SLIDE_EXTENT_MM` per side): a generic TIFF whose resolution tag says 72 dpi
+(352.8 µm/px) is refused with a message that names ``slide_mpp``, never tiled into millions of
+sub-pixel tiles. The metadata's own value is kept beside the one used (``metadata_mpp``).
 
 A reader may be shared by threads: each thread gets its own native handle on first use
 (neither OpenSlide's cache nor tiffslide's file handle is meant to be shared by concurrent
@@ -31,8 +36,18 @@ import numpy as np
 from PIL import Image
 
 from service.errors import InvalidInput
+from service.slides.formats import locate_slide
 
-__all__ = ["MppSource", "SlideInfo", "SlideReader", "open_slide", "resolve_mpp"]
+__all__ = [
+    "MAX_SLIDE_EXTENT_MM",
+    "PLAUSIBLE_MPP",
+    "MppSource",
+    "SlideInfo",
+    "SlideReader",
+    "check_plausible_mpp",
+    "open_slide",
+    "resolve_mpp",
+]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +62,12 @@ _THUMBNAIL_CHUNK = 2048
 OPENSLIDE_CACHE_BYTES = 64 << 20
 #: metadata MPP and a caller's slide_mpp that differ by more than this are logged
 _MPP_DISAGREEMENT = 0.05
+#: level-0 µm/px a microscope scan can have: from a 200x oil-immersion scan (≈0.05) to a 0.5x
+#: overview (≈20). A TIFF resolution tag of 72 or 300 dpi (352.8 or 84.7 µm/px) is outside.
+PLAUSIBLE_MPP = (0.05, 20.0)
+#: the longest side, in mm, a slide's level 0 may cover (glass slides are 75 x 25 or 75 x 50 mm;
+#: whole-mount slides up to about 127 mm)
+MAX_SLIDE_EXTENT_MM = 130.0
 
 
 @dataclass(frozen=True)
@@ -359,11 +380,13 @@ class _TiffSlideReader(SlideReader):
 def open_slide(path: str | Path, slide_mpp: float | None = None, *, require_mpp: bool = True) -> SlideReader:
     """Open a whole-slide image and resolve its level-0 resolution.
 
-    Raises :class:`InvalidInput` (``param="slide"``) when the file is missing or is not a slide
-    either backend can read, and (``param="slide_mpp"``) when ``require_mpp`` and no resolution
-    can be found (see :func:`resolve_mpp`).
+    ``path`` may be a folder holding one slide (a DICOM series, a multi-file slide): see
+    :func:`service.slides.formats.locate_slide`. Raises :class:`InvalidInput`
+    (``param="slide"``) when the file is missing or is not a slide either backend can read, and
+    (``param="slide_mpp"``) when ``require_mpp`` and no resolution can be found, or the
+    resolution found is implausible (see :func:`resolve_mpp` and :func:`check_plausible_mpp`).
     """
-    path = Path(path)
+    path = locate_slide(Path(path))  # a folder (DICOM series, multi-file slide) → the file to open
     if slide_mpp is not None and not (math.isfinite(slide_mpp) and slide_mpp > 0):
         raise InvalidInput(f"slide_mpp must be a positive number of µm per pixel, got {slide_mpp}", param="slide_mpp")
     if not path.is_file():
@@ -373,14 +396,18 @@ def open_slide(path: str | Path, slide_mpp: float | None = None, *, require_mpp:
         mpp, source = resolve_mpp(reader.metadata_mpp, slide_mpp, reader.objective_power)
         if mpp is None and require_mpp:
             raise InvalidInput(_no_mpp_message(path), param="slide_mpp")
+        if mpp is not None and (require_mpp or source != "metadata"):
+            check_plausible_mpp(mpp, source, reader.dimensions, path.name)
         reader.mpp, reader.mpp_source = mpp, source
         if (
-            source == "metadata"
-            and slide_mpp is not None
+            source == "caller"
+            and reader.metadata_mpp is not None
             and mpp is not None
-            and abs(slide_mpp - mpp) > _MPP_DISAGREEMENT * mpp
+            and abs(reader.metadata_mpp - mpp) > _MPP_DISAGREEMENT * mpp
         ):
-            log.warning("%s: slide_mpp=%s ignored, the slide's metadata says %s µm/px", path.name, slide_mpp, mpp)
+            log.warning(
+                "%s: the caller's slide_mpp=%s overrides the metadata's %s µm/px", path.name, mpp, reader.metadata_mpp
+            )
     except BaseException:
         reader.close()
         raise
@@ -390,14 +417,43 @@ def open_slide(path: str | Path, slide_mpp: float | None = None, *, require_mpp:
 def resolve_mpp(
     metadata_mpp: float | None, slide_mpp: float | None, objective_power: float | None
 ) -> tuple[float | None, MppSource | None]:
-    """The level-0 µm/px and where it came from: metadata, else caller, else objective."""
-    if metadata_mpp is not None:
-        return metadata_mpp, "metadata"
+    """The level-0 µm/px and where it came from: caller, else metadata, else objective."""
     if slide_mpp is not None:
         return float(slide_mpp), "caller"
+    if metadata_mpp is not None:
+        return metadata_mpp, "metadata"
     if objective_power is not None:
         return 10.0 / objective_power, "objective"
     return None, None
+
+
+def check_plausible_mpp(mpp: float, source: MppSource | None, dimensions: tuple[int, int], name: str) -> None:
+    """Refuse a level-0 resolution no microscope scan has, or one that makes the slide larger
+    than a glass slide (:class:`InvalidInput` naming ``slide_mpp``)."""
+    low, high = PLAUSIBLE_MPP
+    origin = {"caller": "slide_mpp", "metadata": "the slide's metadata", "objective": "the objective power"}.get(
+        source or "", "the slide"
+    )
+    if not low <= mpp <= high:
+        hint = (
+            "pass slide_mpp within that range"
+            if source == "caller"
+            else "its resolution tag is likely wrong (72 dpi is 352.8 µm/px): pass slide_mpp, "
+            "the slide's true level-0 µm per pixel (e.g. 0.25 for a 40x scan, 0.5 for 20x)"
+        )
+        raise InvalidInput(
+            f"{name}: {origin} gives {mpp:.4g} µm/px at level 0, outside the plausible range "
+            f"{low}-{high} µm/px for a microscope scan; {hint}",
+            param="slide_mpp",
+        )
+    width_mm, height_mm = dimensions[0] * mpp / 1000.0, dimensions[1] * mpp / 1000.0
+    if max(width_mm, height_mm) > MAX_SLIDE_EXTENT_MM:
+        raise InvalidInput(
+            f"{name}: at {mpp:.4g} µm/px ({origin}) its {dimensions[0]}x{dimensions[1]} pixels would cover "
+            f"{width_mm:.0f} x {height_mm:.0f} mm, larger than any glass slide ({MAX_SLIDE_EXTENT_MM:.0f} mm): "
+            "pass slide_mpp, the slide's true level-0 µm per pixel",
+            param="slide_mpp",
+        )
 
 
 def _open_any(path: Path) -> SlideReader:

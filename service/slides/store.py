@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,9 +36,12 @@ __all__ = [
     "HEATMAP_FILE",
     "REPORT_FILE",
     "SLIDE_EMBEDDING_FILE",
+    "TILES_GEOJSON_FILE",
+    "TISSUE_GEOJSON_FILE",
     "TISSUE_MASK_FILE",
     "FeatureStore",
     "colormap",
+    "copy_committed",
     "first_principal_component",
     "render_heatmap",
     "save_png",
@@ -50,6 +54,8 @@ log = logging.getLogger(__name__)
 FEATURES_FILE = "features.h5"
 HEATMAP_FILE = "heatmap.png"
 TISSUE_MASK_FILE = "tissue_mask.png"
+TISSUE_GEOJSON_FILE = "tissue.geojson"
+TILES_GEOJSON_FILE = "tiles.geojson"
 SLIDE_EMBEDDING_FILE = "slide_embedding.npy"
 REPORT_FILE = "report.json"
 
@@ -90,6 +96,9 @@ class FeatureStore:
     def __init__(self, path: Path, handle: h5py.File, resumed: int):
         self.path = path
         self._h5 = handle
+        #: held while a batch is committed or a snapshot is taken (the writer and readers of
+        #: partial results share the one open handle: HDF5 refuses a second one while writing)
+        self.lock = threading.RLock()
         #: tiles that were already in the store when it was opened
         self.resumed = resumed
 
@@ -196,6 +205,10 @@ class FeatureStore:
         n = coords.shape[0]
         if n == 0:
             return
+        with self.lock:
+            self._append(coords, features, n)
+
+    def _append(self, coords: np.ndarray, features: np.ndarray, n: int) -> None:
         start = self.count
         dset = self._h5.get("features")
         if dset is None:
@@ -209,6 +222,12 @@ class FeatureStore:
         cset[start : start + n] = coords
         self._h5.attrs["tiles_written"] = start + n
         self._h5.flush()
+
+    def snapshot(self, dest: str | Path) -> int:
+        """Copy the committed tiles (coords, features, attributes) into a new HDF5 file while the
+        store is still being written; returns the number of tiles copied."""
+        with self.lock:
+            return copy_committed(self._h5, Path(dest))
 
     def finish(self, extra_attrs: dict[str, Any] | None = None) -> None:
         """Mark the store complete (and make sure ``features`` exists, even when empty)."""
@@ -239,6 +258,28 @@ class FeatureStore:
             return
         for start in range(0, self.count, chunk):
             yield np.asarray(dset[start : min(self.count, start + chunk)], dtype=np.float32)
+
+
+def copy_committed(src: h5py.File, dest: Path) -> int:
+    """The committed prefix (``tiles_written``) of a store, as a complete file at ``dest``."""
+    count = int(src.attrs.get("tiles_written", 0))
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    with h5py.File(tmp, "w") as out:
+        for key, value in src.attrs.items():
+            out.attrs[key] = value
+        out.attrs["partial"] = not bool(src.attrs.get("complete", False))
+        for name in ("coords", "features"):
+            data = src.get(name)
+            if data is None:
+                continue
+            width = data.shape[1]
+            target = out.create_dataset(name, shape=(count, width), dtype=data.dtype)
+            for start in range(0, count, _READ_CHUNK):
+                target[start : min(count, start + _READ_CHUNK)] = data[start : min(count, start + _READ_CHUNK)]
+            for key, value in data.attrs.items():
+                target.attrs[key] = value
+    os.replace(tmp, dest)
+    return count
 
 
 def slide_embedding(chunks: Iterator[np.ndarray], dim: int | None) -> np.ndarray:

@@ -80,3 +80,33 @@ def test_job_resumes_after_its_replica_is_killed(serve_url: str) -> None:
     coords, features = _features(serve_url, job["id"])
     assert np.array_equal(coords, ref_coords)
     np.testing.assert_allclose(features, ref_features, atol=1e-5)
+
+
+def test_upload_is_forwarded_in_chunks_and_results_stream_back(serve_url: str, cmu_slide: Path) -> None:
+    """Through the ingress → SlideJobs handle: a multipart upload (staged in chunks), then the
+    features, the partial snapshot and the GeoJSON streamed back through a streaming handle."""
+    with cmu_slide.open("rb") as fh:
+        response = httpx.post(
+            f"{serve_url}/v1/slides?mpp=2.0&slide_mpp=0.5",
+            files={"slide": (cmu_slide.name, fh, "application/octet-stream")},
+            timeout=120,
+        )
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert job["mpp_source"] == "caller" and job["metadata_mpp"] == pytest.approx(0.499)
+    status = _wait(serve_url, job["id"])
+    assert status["state"] == "succeeded", status
+    coords, features = _features(serve_url, status["id"])
+    assert len(coords) == status["tiles_total"] > 0
+    partial = httpx.get(f"{serve_url}/v1/slides/{job['id']}/features.partial", timeout=60)
+    with h5py.File(io.BytesIO(partial.content)) as h5:
+        np.testing.assert_array_equal(h5["features"][:], features)
+    tiles = httpx.get(f"{serve_url}/v1/slides/{job['id']}/tiles.geojson", timeout=60).json()
+    assert len(tiles["features"]) == len(coords)
+    missing = httpx.get(f"{serve_url}/v1/slides/0123456789abcdef0123456789abcdef/features", timeout=60)
+    assert missing.status_code == 404
+
+
+def test_implausible_mpp_is_refused_through_serve(serve_url: str) -> None:
+    bad = httpx.post(f"{serve_url}/v1/slides?slide_mpp=352.8", json={"path": "synthetic.tiff"}, timeout=60)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "slide_mpp"

@@ -82,3 +82,65 @@ def test_bad_requests(client: TestClient) -> None:
     assert client.post("/v1/slides", files={"other": ("a", b"x")}).status_code == 400
     assert client.get("/v1/slides/0123456789abcdef0123456789abcdef").status_code == 404
     assert client.get("/v1/slides/not-an-id/heatmap.png").status_code == 404
+
+
+def test_implausible_mpp_is_a_400_naming_slide_mpp(client: TestClient, cmu_slide: Path) -> None:
+    response = client.post("/v1/slides?slide_mpp=352.8", json={"path": cmu_slide.name})
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "slide_mpp"
+    ok = client.post("/v1/slides?mpp=4.0&slide_mpp=0.25", json={"path": cmu_slide.name})
+    assert ok.status_code == 202
+    job = ok.json()
+    assert job["mpp_source"] == "caller" and job["level0_mpp"] == 0.25
+    assert job["metadata_mpp"] == pytest.approx(0.499)
+    assert _wait(client, job["id"])["state"] == "succeeded"
+
+
+def test_upload_with_a_clam_grid_streams_geojson_and_partial_features(client: TestClient, cmu_slide: Path) -> None:
+    import numpy as np
+
+    coords = np.array([[0, 0], [600, 600], [1200, 1800]], dtype=np.int64)
+    grid = io.BytesIO()
+    with h5py.File(grid, "w") as f:
+        dset = f.create_dataset("coords", data=coords)
+        dset.attrs["patch_level"], dset.attrs["patch_size"] = 0, 448
+    with cmu_slide.open("rb") as fh:
+        response = client.post(
+            "/v1/slides",
+            files={
+                "slide": (cmu_slide.name, fh, "application/octet-stream"),
+                "coords": ("grid.h5", grid.getvalue(), "application/x-hdf5"),
+            },
+            data={"export": "trident"},
+        )
+    assert response.status_code == 202, response.text
+    status = _wait(client, response.json()["id"])
+    assert status["state"] == "succeeded" and status["tiles_done"] == 3
+    features = client.get(f"/v1/slides/{status['id']}/features")
+    with h5py.File(io.BytesIO(features.content)) as h5:
+        assert h5["coords"][:].tolist() == coords.tolist() and h5.attrs["grid_source"] == "clam"
+    partial = client.get(f"/v1/slides/{status['id']}/features.partial")
+    assert partial.status_code == 200
+    with h5py.File(io.BytesIO(partial.content)) as h5:
+        assert h5["features"].shape[0] == 3 and not bool(h5.attrs["partial"])
+    tiles = client.get(f"/v1/slides/{status['id']}/tiles.geojson")
+    assert tiles.status_code == 200 and tiles.headers["content-type"] == "application/geo+json"
+    assert len(tiles.json()["features"]) == 3
+    assert client.get(f"/v1/slides/{status['id']}/tissue.geojson").json()["type"] == "FeatureCollection"
+
+
+def test_a_grid_for_another_slide_is_a_400(client: TestClient, cmu_slide: Path) -> None:
+    grid = io.BytesIO()
+    with h5py.File(grid, "w") as f:
+        dset = f.create_dataset("coords", data=[[0, 0]])
+        dset.attrs["patch_size_level0"], dset.attrs["level0_width"] = 448, 99999
+    with cmu_slide.open("rb") as fh:
+        response = client.post(
+            "/v1/slides",
+            files={"slide": (cmu_slide.name, fh, "application/octet-stream"), "coords": ("g.h5", grid.getvalue())},
+        )
+    assert response.status_code == 400 and response.json()["error"]["param"] == "coords"
+
+
+def test_partial_features_of_an_unknown_job_is_404(client: TestClient) -> None:
+    assert client.get("/v1/slides/0123456789abcdef0123456789abcdef/features.partial").status_code == 404

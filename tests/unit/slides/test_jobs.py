@@ -169,7 +169,11 @@ class _Gate:
 def test_cancel_queued_and_running(tmp_path: Path, slide_root: Path) -> None:
     gate = _Gate(at=2)
     jobs = JobManager(
-        tmp_path / "jobs", lambda model: FakeEncoder(max_batch_size=4, after_batch=gate), slide_root, settings=FAST
+        tmp_path / "jobs",
+        lambda model: FakeEncoder(max_batch_size=4, after_batch=gate),
+        slide_root,
+        settings=FAST,
+        max_concurrent=1,
     )
     try:
         running = jobs.submit("cases/synthetic.tiff")

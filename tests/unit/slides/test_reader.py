@@ -60,9 +60,10 @@ def test_tcga_with_caller_mpp_reads_its_pyramid(slides_dir: Path) -> None:
         assert level1.shape == (128, 128, 3) and level1.std() > 5
 
 
-def test_metadata_mpp_wins_over_caller(slides_dir: Path) -> None:
+def test_caller_mpp_overrides_metadata_which_is_kept(slides_dir: Path) -> None:
     with open_slide(slides_dir / CMU, slide_mpp=0.25) as slide:
-        assert slide.mpp == pytest.approx(0.499) and slide.mpp_source == "metadata"
+        assert slide.mpp == 0.25 and slide.mpp_source == "caller"
+        assert slide.metadata_mpp == pytest.approx(0.499)
 
 
 @pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf")])
@@ -73,7 +74,8 @@ def test_bad_slide_mpp_is_refused(slides_dir: Path, bad: float) -> None:
 
 
 def test_resolve_mpp_rule() -> None:
-    assert resolve_mpp(0.3, 0.5, 20) == (0.3, "metadata")
+    assert resolve_mpp(0.3, 0.5, 20) == (0.5, "caller")
+    assert resolve_mpp(0.3, None, 20) == (0.3, "metadata")
     assert resolve_mpp(None, 0.5, 20) == (0.5, "caller")
     assert resolve_mpp(None, None, 40) == (0.25, "objective")
     assert resolve_mpp(None, None, 20) == (0.5, "objective")
