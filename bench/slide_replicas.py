@@ -3,7 +3,7 @@
 The backbone is sleep-bound (``--batch-ms`` per batch, like a GPU replica seen from the host's
 CPU), so the scaling shows on a 2-core machine: the slide pipeline runs in this process with the
 service's own :class:`~service.serve.slides.HandleEncoder`, which keeps ``--inflight`` batches in
-flight; Ray Serve routes each to a replica with room. Writes ``bench/results/slide_replicas.json``.
+flight; Ray Serve routes each to a replica with room. Writes ``bench/results/<host>-<date>-slide_replicas.json``.
 
     python bench/slide_replicas.py --slide ../shared/data/slides/CMU-1-Small-Region.svs
 """
@@ -21,6 +21,7 @@ import numpy as np
 import ray
 from ray import serve
 
+from service.bench._common import write_result
 from service.models import ModelRepository
 from service.serve.slides import HandleEncoder
 from service.slides import PipelineSettings, SlideOptions, process_slide
@@ -59,7 +60,6 @@ def main() -> None:
     parser.add_argument("--mpp", type=float, default=1.0)
     parser.add_argument("--batch-ms", type=float, default=100.0)
     parser.add_argument("--inflight", type=int, default=4)
-    parser.add_argument("--out", type=Path, default=Path("bench/results/slide_replicas.json"))
     args = parser.parse_args()
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
@@ -68,16 +68,18 @@ def main() -> None:
     finally:
         serve.shutdown()
         ray.shutdown()
+    speedup = round(rows[1]["tiles_per_s"] / rows[0]["tiles_per_s"], 3) if rows[0]["tiles_per_s"] else None
     result = {
+        "benchmark": "slide_replicas",
+        "goal": "a slide's tiles/s grows with backbone replicas",
         "slide": args.slide.name,
         "batch_ms": args.batch_ms,
         "inflight": args.inflight,
-        "runs": rows,
-        "speedup": round(rows[1]["tiles_per_s"] / rows[0]["tiles_per_s"], 3) if rows[0]["tiles_per_s"] else None,
+        "rows": rows,
+        "summary": {"speedup_2_vs_1_replicas": speedup},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
+    print(f"wrote {write_result('slide_replicas', result)}")
 
 
 if __name__ == "__main__":

@@ -181,29 +181,37 @@ def _goal_linear(results: dict[str, dict[str, Any]]) -> Goal:
     return Goal(what, goal, "; ".join(parts), MET if ok else NOT_MET, "attention_scaling")
 
 
+def _fused_points(results: dict[str, dict[str, Any]]) -> list[tuple[str, float]]:
+    """(runtime, memory per pixel at 2048² / at 512²) for the global ViT with fused attention."""
+    points = []
+    scaling = results.get("attention_scaling") or {}
+    families = _families(scaling)
+    for s in scaling.get("summary", []):
+        if families.get(s.get("model", "")) == "vit":
+            m = _num(s.get("memory_per_pixel_ratio_2048_vs_512"))
+            if m is not None:
+                label = "PyTorch SDPA" if s.get("backend") == "torch" else str(s.get("backend"))
+                points.append((f"{s['model']} ({label})", m))
+    fusion = results.get("fusion") or {}
+    keyed = {r.get("size"): r for r in fusion.get("rows", []) if r.get("opset") == 23 and "peak_delta_bytes" in r}
+    if 512 in keyed and 2048 in keyed:
+        small, large = keyed[512], keyed[2048]
+        ratio = (large["peak_delta_bytes"] / 2048**2) / max(small["peak_delta_bytes"] / 512**2, 1e-9)
+        points.append((f"{large.get('model')} (ONNX Runtime CPU, opset-23 Attention)", ratio))
+    return points
+
+
 def _goal_fused(results: dict[str, dict[str, Any]]) -> Goal:
     what = "Global ViT with fused attention at 2048²"
     goal = "peak memory with no N² term (no materialised score matrix)"
-    result = results.get("attention_scaling")
-    if not result:
-        return Goal(what, goal, "-", "not measured: no result", "attention_scaling")
-    families = _families(result)
-    rows = [
-        s
-        for s in result.get("summary", [])
-        if families.get(s.get("model", "")) == "vit" and s.get("backend") == "torch"
-    ]
-    if not rows:
-        return Goal(
-            what, goal, "-", "not measured: no ViT point with PyTorch SDPA at 512² and 2048²", "attention_scaling"
-        )
-    parts, ok = [], True
-    for s in rows:
-        m = _num(s.get("memory_per_pixel_ratio_2048_vs_512"))
-        parts.append(f"{s['model']} (PyTorch SDPA): memory per pixel {m:.2f}x the 512² value" if m else s["model"])
-        ok = ok and m is not None and m <= N2_MEMORY_RATIO_LIMIT
-    measured = "; ".join(parts) + f" (an N² term would make it ~16x; met below {N2_MEMORY_RATIO_LIMIT:g}x)"
-    return Goal(what, goal, measured, MET if ok else NOT_MET, "attention_scaling")
+    points = _fused_points(results)
+    if not points:
+        return Goal(what, goal, "-", "not measured: no ViT point at 512² and 2048²", "attention_scaling")
+    parts = [f"{label}: memory per pixel {m:.2f}x the 512² value" for label, m in points]
+    measured = "; ".join(parts) + f" (an N² term makes it ~16x; met below {N2_MEMORY_RATIO_LIMIT:g}x)"
+    met = [m <= N2_MEMORY_RATIO_LIMIT for _, m in points]
+    status = MET if all(met) else (f"met on {sum(met)} of {len(met)} runtimes" if any(met) else NOT_MET)
+    return Goal(what, goal, measured, status, "attention_scaling")
 
 
 _PREDICTED = ("predicted_ms", "predicted_latency_ms", "pred_ms")
