@@ -23,14 +23,16 @@ from service.slides.command import add_slide_parser
 
 pytestmark = pytest.mark.integration
 
-OPTIONS = {"mpp": 0.25}  # level 0 in 224-px tiles: a few dozen tissue tiles per slide
+# Level 0 in 224-px tiles: a few dozen tissue tiles per slide. 1 µm/px makes the slides 2 x 1.5 mm,
+# so their tissue pieces pass the detector's area filter (0.05 mm², measured at physical scale).
+OPTIONS = {"mpp": 1.0}
 
 
 @pytest.fixture(scope="module")
 def slide_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("bulk_slides")
-    make_synthetic_slide(folder / "generic.tiff", 2000, 1500, mpp=0.25, blob_scale=0.3, seed=11)
-    make_synthetic_slide(folder / "scanner.svs", 2000, 1500, mpp=0.25, flavour="aperio", blob_scale=0.3, seed=12)
+    make_synthetic_slide(folder / "generic.tiff", 2000, 1500, mpp=1.0, blob_scale=0.3, seed=11)
+    make_synthetic_slide(folder / "scanner.svs", 2000, 1500, mpp=1.0, flavour="aperio", blob_scale=0.3, seed=12)
     (folder / "broken.svs").write_bytes(b"II*\x00" + b"\x17" * 4096)  # a TIFF header, then garbage
     return folder
 

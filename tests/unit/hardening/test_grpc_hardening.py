@@ -18,7 +18,7 @@ import pytest
 from tritonclient.grpc import service_pb2 as oip
 from tritonclient.grpc import service_pb2_grpc as oip_grpc
 
-from service.api.grpc import _IMAGES_METHODS, _OIP_METHODS  # the servicers' own method lists
+from service.api.grpc import _IMAGES_METHODS, _OIP_METHODS, _OIP_STREAM_METHODS  # the servicers' own method lists
 from service.api.protos import tessera_images_pb2 as images
 from service.api.protos import tessera_images_pb2_grpc as images_grpc
 from tests.unit.hardening.conftest import GRPC_TOKEN, GrpcServers
@@ -287,8 +287,26 @@ def _valid_calls(stubs: Stubs) -> dict[str, Callable[[list[tuple[str, str]]], An
             oip.ModelMetadataRequest(name="vit_small"), metadata=md, timeout=30
         ),
         "ModelInfer": lambda md: stubs.oip.ModelInfer(pixels, metadata=md, timeout=60),
+        "ModelStreamInfer": lambda md: list(stubs.oip.ModelStreamInfer(iter([pixels]), metadata=md, timeout=60)),
+        "ModelConfig": lambda md: stubs.oip.ModelConfig(
+            oip.ModelConfigRequest(name="vit_small"), metadata=md, timeout=30
+        ),
+        "ModelStatistics": lambda md: stubs.oip.ModelStatistics(
+            oip.ModelStatisticsRequest(name="vit_small"), metadata=md, timeout=30
+        ),
+        "RepositoryIndex": lambda md: stubs.oip.RepositoryIndex(oip.RepositoryIndexRequest(), metadata=md, timeout=30),
+        "RepositoryModelLoad": lambda md: stubs.oip.RepositoryModelLoad(
+            oip.RepositoryModelLoadRequest(model_name="vit_small"), metadata=md, timeout=30
+        ),
+        "RepositoryModelUnload": lambda md: stubs.oip.RepositoryModelUnload(
+            oip.RepositoryModelUnloadRequest(model_name="vit_small"), metadata=md, timeout=30
+        ),
         "Predict": lambda md: stubs.images.Predict(image, metadata=md, timeout=60),
     }
+
+
+#: refused by the server's configuration (model control is off here) once the token is accepted
+CONTROL = {"RepositoryModelLoad", "RepositoryModelUnload"}
 
 
 PUBLIC = {"ServerLive", "ServerReady"}
@@ -296,7 +314,9 @@ PUBLIC = {"ServerLive", "ServerReady"}
 
 def test_every_rpc_but_health_needs_a_token(auth_stubs: Stubs) -> None:
     calls = _valid_calls(auth_stubs)
-    assert set(calls) == set(_OIP_METHODS) | set(_IMAGES_METHODS), "a new RPC needs an access-control test"
+    assert set(calls) == {*_OIP_METHODS, *_OIP_STREAM_METHODS, *_IMAGES_METHODS}, (
+        "a new RPC needs an access-control test"
+    )
     for name, call in calls.items():
         if name in PUBLIC:
             assert call([]) is not None
@@ -308,11 +328,19 @@ def test_every_rpc_but_health_needs_a_token(auth_stubs: Stubs) -> None:
         assert code == grpc.StatusCode.PERMISSION_DENIED, (name, code, details)
         code, _, _ = _refused(lambda call=call: call([("authorization", GRPC_TOKEN)]))  # no "Bearer "
         assert code == grpc.StatusCode.UNAUTHENTICATED, name
+        if name in CONTROL:
+            code, details, _ = _refused(lambda call=call: call([("authorization", f"Bearer {GRPC_TOKEN}")]))
+            assert code == grpc.StatusCode.PERMISSION_DENIED and "model control" in details.lower(), (name, details)
+            continue
         assert call([("authorization", f"Bearer {GRPC_TOKEN}")]) is not None, name
 
 
 def test_grpc_without_tokens_is_open(open_stubs: Stubs) -> None:
     for name, call in _valid_calls(open_stubs).items():
+        if name in CONTROL:
+            code, details, _ = _refused(lambda call=call: call([]))
+            assert code == grpc.StatusCode.PERMISSION_DENIED and "model control" in details.lower(), name
+            continue
         assert call([]) is not None, name
 
 
