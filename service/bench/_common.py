@@ -14,7 +14,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["host_facts", "median_time", "results_dir", "write_result"]
+__all__ = ["host_facts", "median_time", "peak_and_median", "results_dir", "write_result"]
 
 
 def results_dir() -> Path:
@@ -65,6 +65,21 @@ def median_time(fn: Callable[[], object], *, repeats: int, warmup: int = 1) -> t
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times), times
+
+
+def peak_and_median(fn: Callable[[], object], *, repeats: int) -> tuple[float, int]:
+    """Median seconds of ``repeats`` calls and this process's peak resident memory above where it
+    stood before them (the call's own working memory; warm up first so the model is loaded)."""
+    from service.runtime.memory import current_rss_bytes, peak_rss_bytes, reset_peak_rss
+
+    reset_peak_rss()
+    before = current_rss_bytes()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), max(0, peak_rss_bytes() - before)
 
 
 def write_result(name: str, payload: dict[str, Any]) -> Path:

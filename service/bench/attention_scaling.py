@@ -12,7 +12,6 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 from typing import Any
 
 from service.bench._common import write_result
@@ -26,28 +25,23 @@ def measure_point(repo_path: str, model: str, backend: str, size: int, repeats: 
     """Runs inside the subprocess: load, warm up at 224, measure one size."""
     import numpy as np
 
+    from service.bench._common import peak_and_median
     from service.models import ModelRepository
     from service.runtime import load_backend
-    from service.runtime.memory import current_rss_bytes, peak_rss_bytes, reset_peak_rss
+    from service.runtime.memory import current_rss_bytes
 
     repo = ModelRepository(repo_path)
     runner = load_backend(repo, model, prefer="torch" if backend == "torch" else "onnxruntime")
     runner.infer(np.zeros((1, 3, 224, 224), np.float32))
     pixels = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
-    reset_peak_rss()
     before = current_rss_bytes()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        runner.infer(pixels)
-        times.append(time.perf_counter() - start)
-    peak = peak_rss_bytes()
+    seconds, peak_delta = peak_and_median(lambda: runner.infer(pixels), repeats=repeats)
     return {
         "model": model,
         "backend": backend,
         "size": size,
-        "latency_ms": round(sorted(times)[len(times) // 2] * 1e3, 2),
-        "peak_delta_bytes": max(0, peak - before),
+        "latency_ms": round(seconds * 1e3, 2),
+        "peak_delta_bytes": peak_delta,
         "rss_before_bytes": before,
         "repeats": repeats,
     }

@@ -22,24 +22,16 @@ POINTS = ((224, 8), (512, 1), (1024, 1), (2048, 1))
 
 def measure(path: str, size: int, batch: int, repeats: int) -> dict[str, Any]:
     """Inside the subprocess: one session, warm-up, median latency, peak RSS above the loaded model."""
-    import time
-
     import numpy as np
 
-    from service.runtime.memory import current_rss_bytes, peak_rss_bytes, reset_peak_rss
+    from service.bench._common import peak_and_median
     from service.runtime.ort import OrtBackend
 
     backend = OrtBackend(path, providers=["CPUExecutionProvider"])
     pixels = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
     backend.infer(pixels[:1, :, :224, :224])
-    reset_peak_rss()
-    before = current_rss_bytes()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        backend.infer(pixels)
-        times.append(time.perf_counter() - start)
-    return {"latency_ms": sorted(times)[len(times) // 2] * 1e3, "peak_delta_bytes": max(0, peak_rss_bytes() - before)}
+    seconds, peak_delta = peak_and_median(lambda: backend.infer(pixels), repeats=repeats)
+    return {"latency_ms": seconds * 1e3, "peak_delta_bytes": peak_delta}
 
 
 def _export(repo_path: str, cfg_name: str, opset: int, folder: Path) -> tuple[Path, dict[str, int]]:
