@@ -33,6 +33,10 @@ def wait_ready(url: str, timeout_s: float = 300.0) -> None:
     raise TimeoutError(f"{url} not ready after {timeout_s:.0f}s (last: {last})")
 
 
+#: How often replicas report metrics to Ray's agent in embedded Ray (Ray's floor; its default is 10 s).
+METRICS_REPORT_INTERVAL_MS = 1000
+
+
 def start_service(settings: ServerSettings, *, address: str | None = None) -> None:
     """Start Ray and Serve and deploy the app; returns once the HTTP readiness route answers 200."""
     import ray
@@ -52,6 +56,10 @@ def start_service(settings: ServerSettings, *, address: str | None = None) -> No
         init_kwargs["address"] = address
     else:
         init_kwargs["_metrics_export_port"] = _free_port()
+        # Replicas report their metrics to Ray's agent every 10 s by default, so a scrape right
+        # after the first request found no tessera_* series. 1 s is the floor Ray allows; a cluster
+        # joined with --address keeps its own setting (RAY_metrics_report_interval_ms on its nodes).
+        init_kwargs["_system_config"] = {"metrics_report_interval_ms": METRICS_REPORT_INTERVAL_MS}
     ray.init(**init_kwargs)  # type: ignore[arg-type]
     grpc_options = None
     if settings.grpc_port:

@@ -42,11 +42,13 @@ def test_serve_predict_and_drain_on_sigterm(small_repo: Path, tmp_path: Path, cm
         body = response.json()
         assert body["weights"] == "untrained" and len(body["embedding"]) == 384
 
+        # Metrics from the first request: embedded Ray reports every second (runner.py), so a scrape
+        # a few seconds after the first answer holds the request counter (Ray's default is 10 s).
         metrics = ""
-        deadline = time.monotonic() + 60
-        while "tessera_requests_total" not in metrics and time.monotonic() < deadline:
+        answered = time.monotonic()
+        while "tessera_requests_total" not in metrics and time.monotonic() < answered + 8:
             metrics = httpx.get(f"http://127.0.0.1:{ports['metrics']}/metrics", timeout=10).text
-            time.sleep(1)
+            time.sleep(0.5)
         assert "tessera_requests_total" in metrics and "ray_tessera_" not in metrics
 
         children = _descendants(proc.pid)
