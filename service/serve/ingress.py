@@ -92,8 +92,7 @@ class Ingress(GrpcIngressMixin):
     async def _metrics(self) -> str:
         import asyncio
 
-        from service.serve.metrics_relay import fetch_metrics
-        from service.serve.runner import node_metrics_url
+        from service.serve.metrics_relay import fetch_metrics, node_metrics_url
 
         return await asyncio.to_thread(fetch_metrics, node_metrics_url())
 

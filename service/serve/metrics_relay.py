@@ -13,7 +13,18 @@ import httpx
 
 from service.api.metrics_text import CONTENT_TYPE, restore_contract_names
 
-__all__ = ["MetricsRelay", "fetch_metrics"]
+__all__ = ["MetricsRelay", "fetch_metrics", "node_metrics_url"]
+
+
+def node_metrics_url() -> str:
+    """Where this node's Ray metrics agent exports (the internal port behind the relay)."""
+    import ray
+
+    node_id = ray.get_runtime_context().get_node_id()
+    for node in ray.nodes():
+        if node["NodeID"] == node_id:
+            return f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
+    raise RuntimeError("this Ray node is not in ray.nodes()")
 
 
 def fetch_metrics(url: str, timeout_s: float = 5.0) -> str:

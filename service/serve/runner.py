@@ -77,17 +77,6 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def node_metrics_url() -> str:
-    """Where this node's Ray metrics agent exports (the internal port behind the relay)."""
-    import ray
-
-    node_id = ray.get_runtime_context().get_node_id()
-    for node in ray.nodes():
-        if node["NodeID"] == node_id:
-            return f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
-    raise RuntimeError("this Ray node is not in ray.nodes()")
-
-
 def drain(timeout_s: float = 60.0) -> int:
     """Make the ingress refuse new requests and wait until those in progress have answered.
 
@@ -151,7 +140,7 @@ def run_service(
     relay = None
     try:
         start_service(settings, address=address)
-        from service.serve.metrics_relay import MetricsRelay
+        from service.serve.metrics_relay import MetricsRelay, node_metrics_url
 
         relay = MetricsRelay(settings.host, settings.metrics_port, node_metrics_url()).start()
         for sig in previous:
