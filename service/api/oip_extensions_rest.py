@@ -120,7 +120,7 @@ async def repository_index(request: Request) -> list[RepositoryModel]:
 async def load_model(request: Request, model: ModelName) -> Response:
     """Put a deployed model back in service (explicit model control only; 403 otherwise)."""
     body = await _body(request, RepositoryControlBody)
-    _oip(request).load(model, body.parameters)
+    await _oip(request).load(model, body.parameters)
     return Response(status_code=200)
 
 

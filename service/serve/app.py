@@ -11,6 +11,7 @@ from ray.serve import Application
 from service.models import ModelRepository
 from service.serve.backbone import Backbone
 from service.serve.ingress import Ingress
+from service.serve.models import ModelStates
 from service.serve.slides import SlideJobs
 from service.settings import ServerSettings
 
@@ -33,9 +34,16 @@ def build_app(settings: ServerSettings) -> Application:
         }
     )
     repo = ModelRepository(settings.model_repo)
+    if not settings.build_missing and all(repo.manifest(name) is None for name in repo.names()):
+        raise FileNotFoundError(
+            f"no model in {repo.root} is built: run `tessera build`, or `tessera serve --build` to build "
+            "them while serving (make serve does)"
+        )
+    # Every configured model gets its backbone deployment; one not built yet holds nothing until
+    # it is (its state says "building", or "unavailable: not built" without --build).
+    states = ModelStates.options(name="ModelStates").bind(settings.model_dump(mode="json"))  # type: ignore[attr-defined]
     handles: dict[str, Any] = {}
     for name, cfg in repo.configs().items():
-        repo.require_manifest(name)  # fail before deploying anything if a model is not built
         batching = cfg.batching
         handles[name] = Backbone.options(  # type: ignore[attr-defined]
             name=backbone_deployment_name(name),
@@ -51,6 +59,7 @@ def build_app(settings: ServerSettings) -> Application:
             settings.intra_op_threads,
             settings.ort_spin,
             settings.trt_cache_dir,
+            states,
         )
     slide_jobs = SlideJobs.options(  # type: ignore[attr-defined]
         name="SlideJobs", ray_actor_options={"num_cpus": 0.1}
@@ -60,7 +69,7 @@ def build_app(settings: ServerSettings) -> Application:
         max_ongoing_requests=settings.ingress_max_ongoing_requests,
         max_queued_requests=settings.ingress_max_queued_requests,
         ray_actor_options={"num_cpus": 0.1},
-    ).bind(settings.model_dump(mode="json"), handles, slide_jobs)
+    ).bind(settings.model_dump(mode="json"), handles, slide_jobs, states)
 
 
 def app_builder(args: dict[str, Any]) -> Application:
