@@ -110,10 +110,12 @@ def start_tessera_serve(
     cwd: Path | None = None,
     ready_timeout_s: float = 240.0,
     args: tuple[str, ...] = (),
+    output: list[str] | None = None,
 ) -> tuple[subprocess.Popen[str], dict[str, int], str]:
     """``tessera serve`` as a subprocess on free ports: the process, its ports and its ready line.
 
-    ``args`` are more ``tessera serve`` flags (e.g. ``--model-control-mode=explicit``).
+    ``args`` are more ``tessera serve`` flags (e.g. ``--model-control-mode=explicit``); ``output``
+    collects every line it prints, before and after the ready line.
 
     Returns once the ready line is printed (its output is drained from then on); fails the test if
     the process exits first or prints none within ``ready_timeout_s``. Stopping it is the caller's.
@@ -133,7 +135,7 @@ def start_tessera_serve(
     )
     assert proc.stdout is not None
     deadline = time.monotonic() + ready_timeout_s
-    lines: list[str] = []
+    lines: list[str] = [] if output is None else output
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
         if not line:
@@ -142,7 +144,7 @@ def start_tessera_serve(
             continue
         lines.append(line)
         if line.startswith("ready: "):
-            threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep draining output
+            threading.Thread(target=lines.extend, args=(proc.stdout,), daemon=True).start()  # keep draining
             return proc, ports, line.strip()
     proc.kill()
     pytest.fail(f"no ready line within {ready_timeout_s:.0f} s:\n" + "".join(lines))

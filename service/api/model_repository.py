@@ -1,14 +1,14 @@
 """Triton's model repository and model configuration extensions, over the serving core.
 
-``ModelControl`` keeps which models are loaded (available to the router, ``/v1/models``, OIP
-readiness and inference) and how many requests each has in flight. Tessera deploys a backbone
-for every built model when the service starts (``service.serve.app.build_app``); with explicit
-model control (``ServerSettings.model_control_mode = "explicit"``) ``unload`` takes a model out
-of service (new requests are refused with 503 / UNAVAILABLE, the router routes around it) and
-waits for its in-flight requests to finish; ``load`` puts a deployed model back. A model that is
-not built cannot be loaded (400: build it with ``tessera build``): loading never builds, and the
-backbone deployment's replicas stay up while the model is unloaded. Without explicit model
-control load and unload are refused with 403 / PERMISSION_DENIED.
+``ModelControl`` knows each model's state (``ModelStatus``: building, loading, ready, failed,
+unloaded...) and how many requests each has in flight. In one process (the CLI, the tests) a model
+is ready when it is built. In the service the states come from a shared source (the
+``ModelStates`` deployment, ``service.serve.models``), so models built while the service runs join
+when ready and every replica follows one load/unload. With explicit model control
+(``ServerSettings.model_control_mode = "explicit"``) ``unload`` takes a model out of service at
+once, waits for its requests in flight, then for the backbones to release it; ``load`` builds the
+model when it is not built and returns once it answers. Without explicit model control load and
+unload are refused with 403 / PERMISSION_DENIED.
 
 ``triton_model_config`` answers ``GET /v2/models/{m}/config`` and gRPC ``ModelConfig`` in
 Triton's model-configuration shape (``model_config.proto``), with Tessera's own facts (size

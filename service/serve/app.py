@@ -41,7 +41,10 @@ def build_app(settings: ServerSettings) -> Application:
         )
     # Every configured model gets its backbone deployment; one not built yet holds nothing until
     # it is (its state says "building", or "unavailable: not built" without --build).
-    states = ModelStates.options(name="ModelStates").bind(settings.model_dump(mode="json"))  # type: ignore[attr-defined]
+    states = ModelStates.options(  # type: ignore[attr-defined]
+        name="ModelStates",
+        logging_config={"enable_access_log": False},  # polled by every replica
+    ).bind(settings.model_dump(mode="json"))
     handles: dict[str, Any] = {}
     for name, cfg in repo.configs().items():
         batching = cfg.batching
