@@ -172,26 +172,26 @@ class ModelControl:
         return frozenset(m for m, s in self._status.items() if s.state == "ready" and m not in self._unloaded)
 
     async def refresh(self) -> None:
-        """Fetch the shared states now (and start refreshing them in the background)."""
+        """Fetch the shared states now."""
         if self.source is None:
             return
         before = self.ready_models()
         self._status = await self.source.states()
         if self.ready_models() != before:
             self.on_change()
-        if self._refresher is None or self._refresher.done():
+
+    def start(self) -> None:
+        """Keep the shared states fresh in the background (call from the running event loop)."""
+        if self.source is not None and (self._refresher is None or self._refresher.done()):
             self._refresher = asyncio.get_running_loop().create_task(self._refresh_forever())
 
     async def _refresh_forever(self) -> None:
         while True:
-            await asyncio.sleep(self.refresh_s)
             try:
-                before = self.ready_models()
-                self._status = await self.source.states()  # type: ignore[union-attr]
-                if self.ready_models() != before:
-                    self.on_change()
+                await self.refresh()
             except Exception as exc:  # the states keep their last value; requests are not failed for it
                 log.warning("model states not refreshed: %s", exc)
+            await asyncio.sleep(self.refresh_s)
 
     # -- requests in flight --------------------------------------------------------------------
     @contextlib.contextmanager
@@ -268,8 +268,12 @@ class ModelControl:
         if self.source is None:
             return
         await self.source.unload(model)
+        # The shared state says unloading from now on, for every replica: a later load through any
+        # ingress replica must not find this one still holding its own override.
+        await self.refresh()
+        self._unloaded.pop(model, None)
         while loop.time() < deadline:
-            self._status = await self.source.states()
+            await self.refresh()
             if self._status.get(model, ModelStatus(state="unloaded")).state in ("unloaded", "unavailable"):
                 return
             await asyncio.sleep(self.refresh_s)

@@ -93,8 +93,9 @@ class Ingress(GrpcIngressMixin):
             states=HandleModelStates(states) if states is not None else None,
             router_factory=lambda: make_router(ModelRepository(self.settings.model_repo), self.settings),
         )
-        if states is not None:  # the first states now, then refreshed in the background
-            self._first_states = asyncio.get_running_loop().create_task(self.core.control.refresh())
+        # The models' states now and then twice a second, in the background (Ray Serve runs this
+        # constructor on the replica's event loop).
+        self.core.control.start()
 
     async def _metrics(self) -> str:
         from service.serve.metrics_relay import fetch_metrics, node_metrics_url

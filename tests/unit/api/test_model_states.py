@@ -192,3 +192,48 @@ def test_repository_index_maps_states_to_tritons(small_repo: Path, backends: dic
     assert index["vit_small"].state == "READY" and index["vit_small"].reason == ""
     assert index["swin_tiny"].state == "LOADING" and "export" in index["swin_tiny"].reason
     assert index["nat_tiny"].state == "UNAVAILABLE" and "no GPU" in index["nat_tiny"].reason
+
+
+def test_every_ingress_follows_one_decision(small_repo: Path, backends: dict[str, Backend]) -> None:
+    """Unloaded through one ingress replica, loaded through another: both serve it again."""
+    states = FakeStates({n: ModelStatus(state="ready", built=True) for n in ("vit_small", "swin_tiny", "nat_tiny")})
+    first, second = _core(small_repo, backends, states), _core(small_repo, backends, states)
+    states.load_ticks = 1
+
+    async def scenario() -> None:
+        await first.control.refresh()
+        await second.control.refresh()
+        await first.control.unload("nat_tiny")
+        await second.control.refresh()
+        assert not first.is_ready("nat_tiny") and not second.is_ready("nat_tiny")
+        await second.control.load("nat_tiny")
+        await first.control.refresh()
+        assert first.is_ready("nat_tiny") and second.is_ready("nat_tiny")
+
+    asyncio.run(scenario())
+
+
+def test_states_keep_refreshing_after_a_failed_fetch(small_repo: Path, backends: dict[str, Backend]) -> None:
+    states = FakeStates({"vit_small": ModelStatus(state="ready", built=True)} | _building("swin_tiny", "nat_tiny"))
+    real = states.states
+    calls = 0
+
+    async def flaky() -> dict[str, ModelStatus]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ConnectionError("ModelStates restarting")
+        return await real()
+
+    states.states = flaky  # type: ignore[method-assign]
+    core = _core(small_repo, backends, states)
+
+    async def scenario() -> None:
+        core.control.start()
+        for _ in range(200):
+            if core.server_ready():
+                break
+            await asyncio.sleep(0.01)
+        assert core.server_ready() and calls >= 2
+
+    asyncio.run(scenario())
