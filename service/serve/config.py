@@ -44,6 +44,7 @@ def serve_config(settings: ServerSettings, *, model_repo_in_cluster: str | None 
             }
         )
     deployments.append({"name": "SlideJobs", "num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}})
+    deployments.append({"name": "ModelStates", "num_replicas": 1, "ray_actor_options": {"num_cpus": 0}})
     config: dict[str, Any] = {
         "proxy_location": "EveryNode",
         "http_options": {"host": "0.0.0.0", "port": settings.http_port},
