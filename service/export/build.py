@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import re
 import shutil
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -18,6 +15,7 @@ import numpy as np
 import onnx
 import torch
 
+from service.export.fingerprint import BUILD_RECIPE, config_fingerprint, package_version, up_to_date
 from service.export.onnx_export import count_fused, export_onnx, nonstandard_domains, optimize_onnx
 from service.export.parity import onnx_parity
 from service.export.rows import BuildRow
@@ -71,59 +69,6 @@ class BuildEstimate:
 
 
 log = logging.getLogger(__name__)
-
-#: Bump when the artifact layout or export recipe changes, so old builds are rebuilt.
-BUILD_RECIPE = 5
-
-
-#: Config sections that only shape serving, never an artifact: changing them rebuilds nothing.
-SERVING_ONLY = frozenset({"batching", "description"})
-
-
-def config_fingerprint(cfg: ModelConfig, config_dir: Path) -> str:
-    """Hash of everything the ONNX artifacts depend on: config (less its serving-only sections and
-    which artifacts are asked for), checkpoint bytes, recipe, and the exporting packages' versions.
-    Whether an fp16 artifact is wanted is checked against the manifest instead (``_up_to_date``).
-    A TensorRT plan has its own fingerprint (``tensorrt_build.plan_fingerprint``: this one, the
-    fp16 graph, TensorRT's version and the GPU architecture), so asking for a plan or moving to
-    another GPU never rebuilds the ONNX artifacts, and a plain build keeps the plan."""
-    digest = hashlib.sha256()
-    exported = cfg.model_dump(mode="json", exclude=set(SERVING_ONLY))
-    for switch in ("fp16", "tensorrt", "tensorrt_max_batch"):
-        exported["artifacts"].pop(switch, None)
-    digest.update(json.dumps(exported, sort_keys=True, separators=(",", ":")).encode())
-    digest.update(f"recipe={BUILD_RECIPE}".encode())
-    for pkg in ("torch", "timm", "onnx", "onnxruntime"):
-        digest.update(f"{pkg}={_version(pkg)}".encode())
-    if cfg.weights.source == "file" and cfg.weights.path:
-        ckpt = Path(cfg.weights.path)
-        ckpt = ckpt if ckpt.is_absolute() else config_dir / ckpt
-        digest.update(sha256_file(ckpt).encode())
-    return digest.hexdigest()
-
-
-def _version(pkg: str) -> str:
-    for name in (pkg, f"{pkg}-gpu"):
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return "absent"
-
-
-def _up_to_date(manifest: Manifest | None, fingerprint: str, version_dir: Path, *, fp16: bool) -> bool:
-    """The ONNX artifacts are current and complete (a TensorRT plan is checked on its own)."""
-    if manifest is None or manifest.config_sha256 != fingerprint or "onnx" not in manifest.artifacts:
-        return False
-    if fp16 and "onnx_fp16" not in manifest.artifacts:  # never built, or its last build failed
-        return False
-    for record in manifest.artifacts.values():
-        if record.kind == "tensorrt":
-            continue
-        path = version_dir / record.file
-        if not path.exists() or path.stat().st_size != record.bytes:
-            return False
-    return True
 
 
 def _gmacs(facts: ArchFacts, size: int) -> float:
@@ -181,7 +126,7 @@ def build_model(
     want_fp16 = (cfg.artifacts.fp16 if fp16 is None else fp16) or want_trt
     fingerprint = config_fingerprint(cfg, model_dir)
     existing = repo.manifest(name)
-    if not force and _up_to_date(existing, fingerprint, version_dir, fp16=want_fp16):
+    if not force and up_to_date(existing, fingerprint, version_dir, fp16=want_fp16):
         assert existing is not None
         current = [
             BuildRow(name, key, "up-to-date", rec.parity.get("max_abs"), 0.0)
@@ -202,7 +147,7 @@ def build_model(
     facts = facts_from_model(backbone, cfg.family, cfg)
     rng = np.random.default_rng(cfg.weights.seed)
     buckets = cfg.input.buckets
-    if existing is not None and not force and want_fp16 and _up_to_date(existing, fingerprint, version_dir, fp16=False):
+    if existing is not None and not force and want_fp16 and up_to_date(existing, fingerprint, version_dir, fp16=False):
         # Built without fp16 (``tessera serve --build`` serves the fp32 graph first): add it alone.
         step = BuildEstimate(name, facts, buckets, 1, progress)
         raw = version_dir / "model.raw.onnx"
@@ -252,7 +197,7 @@ def _new_manifest(cfg: ModelConfig, fingerprint: str, facts: ArchFacts) -> Manif
         params=facts.params,
         gmacs_native=round(_gmacs(facts, cfg.input.native_size), 4),
         native_size=cfg.input.native_size,
-        versions={pkg: _version(pkg) for pkg in ("torch", "timm", "onnx", "onnxruntime", "onnxscript")},
+        versions={pkg: package_version(pkg) for pkg in ("torch", "timm", "onnx", "onnxruntime", "onnxscript")},
         built_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     manifest.versions["exporter"] = "torch.onnx dynamo"

@@ -31,6 +31,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from service.api.model_repository import ModelStatus
+from service.export.fingerprint import is_current
 from service.models import ModelRepository
 from service.settings import ServerSettings
 
@@ -72,7 +73,11 @@ class ModelStates:
         self.settings = ServerSettings.model_validate(settings)
         self.repo = ModelRepository(self.settings.model_repo)
         self.models = {name: _Model() for name in self.repo.names()}
-        self._built = {name: self.repo.manifest(name) is not None for name in self.models}
+        # With --build a model counts as built only when its build is current (config, checkpoint
+        # and exporters unchanged): a stale one is rebuilt before it serves, as `tessera build`
+        # before `tessera serve` did. Without it the service serves what is built.
+        current = is_current if self.settings.build_missing else _has_manifest
+        self._built = {name: current(self.repo, name) for name in self.models}
         self._queue: asyncio.Queue[tuple[str, tuple[str, ...]]] = asyncio.Queue()
         self._builder: asyncio.Task[None] | None = None
         if self.settings.build_missing:
@@ -211,6 +216,10 @@ class ModelStates:
         if failures and "loading" not in states:
             return ModelStatus(state="failed", reason=failures[0], built=True)
         return ModelStatus(state="loading", reason="the backbone is loading it", built=True)
+
+
+def _has_manifest(repo: ModelRepository, name: str) -> bool:
+    return repo.manifest(name) is not None
 
 
 def _progress(line: str) -> dict[str, Any] | None:

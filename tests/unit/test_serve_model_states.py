@@ -120,3 +120,31 @@ def test_build_missing_queues_the_small_model_first(small_repo: Path, tmp_path: 
 def test_progress_lines(line: str, phase: str | None) -> None:
     parsed = _progress(line)
     assert (parsed or {}).get("phase") == phase
+
+
+def test_build_missing_rebuilds_a_stale_model_before_it_serves(small_repo: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(small_repo, repo)
+    config = repo / "swin_tiny" / "config.yaml"
+    config.write_text(config.read_text().replace("seed: 0", "seed: 1"))  # other weights: its build is stale
+
+    async def scenario() -> tuple[Any, Any, Any]:
+        cls = ModelStates.func_or_class  # type: ignore[attr-defined]
+        states = cls.__new__(cls)
+        release = asyncio.Event()
+
+        async def fake_run(model: str, args: list[str]) -> str | None:
+            await release.wait()
+            return None
+
+        states._run = fake_run
+        await states.__init__(ServerSettings(model_repo=str(repo), build_missing=True).model_dump(mode="json"))
+        building = (await states.states())["swin_tiny"]
+        wanted = await states.wanted("swin_tiny")
+        others = await states.wanted("vit_small")
+        release.set()
+        return building, wanted, others
+
+    building, wanted, others = asyncio.run(scenario())
+    assert building.state == "building" and wanted[0] is False  # the stale build is not served
+    assert others[0] is True
