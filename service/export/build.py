@@ -43,7 +43,16 @@ BUILD_RECIPE = 5
 
 
 #: Config sections that only shape serving, never an artifact: changing them rebuilds nothing.
-SERVING_ONLY = frozenset({"batching", "description"})
+SERVING_ONLY = frozenset({"batching", "description", "enabled"})
+
+#: Fields added after models were first built, with the value that changes nothing: left out of
+#: the fingerprint while they hold it, so that adding them did not rebuild existing artifacts.
+_NEUTRAL_DEFAULTS: dict[tuple[str, str], object] = {
+    ("architecture", "mlp_layer"): None,
+    ("architecture", "act_layer"): None,
+    ("weights", "layout"): "timm",
+    ("output", "pooling"): "head",
+}
 
 
 def config_fingerprint(cfg: ModelConfig, config_dir: Path) -> str:
@@ -57,6 +66,9 @@ def config_fingerprint(cfg: ModelConfig, config_dir: Path) -> str:
     exported = cfg.model_dump(mode="json", exclude=set(SERVING_ONLY))
     for switch in ("fp16", "tensorrt", "tensorrt_max_batch"):
         exported["artifacts"].pop(switch, None)
+    for (section, key), neutral in _NEUTRAL_DEFAULTS.items():
+        if exported[section].get(key, neutral) == neutral:
+            exported[section].pop(key, None)
     digest.update(json.dumps(exported, sort_keys=True, separators=(",", ":")).encode())
     digest.update(f"recipe={BUILD_RECIPE}".encode())
     for pkg in ("torch", "timm", "onnx", "onnxruntime"):
