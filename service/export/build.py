@@ -6,7 +6,6 @@ import functools
 import hashlib
 import json
 import logging
-import shutil
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -18,7 +17,16 @@ import numpy as np
 import onnx
 import torch
 
-from service.export.onnx_export import count_fused, export_onnx, nonstandard_domains, optimize_onnx
+from service.export.onnx_export import (
+    EXTERNAL_DATA_BYTES,
+    artifact_files,
+    copy_onnx,
+    count_fused,
+    export_onnx,
+    nonstandard_domains,
+    optimize_onnx,
+    remove_onnx,
+)
 from service.export.parity import onnx_parity
 from service.export.rows import BuildRow
 from service.models import ArtifactRecord, Manifest, ModelConfig, ModelRepository
@@ -52,6 +60,7 @@ _NEUTRAL_DEFAULTS: dict[tuple[str, str], object] = {
     ("architecture", "act_layer"): None,
     ("weights", "layout"): "timm",
     ("output", "pooling"): "head",
+    ("artifacts", "external_data"): False,
 }
 
 
@@ -76,6 +85,8 @@ def config_fingerprint(cfg: ModelConfig, config_dir: Path) -> str:
     if cfg.weights.source == "file" and cfg.weights.path:
         ckpt = Path(cfg.weights.path)
         ckpt = ckpt if ckpt.is_absolute() else config_dir / ckpt
+        if not ckpt.is_file():
+            raise FileNotFoundError(f"{cfg.name}: weights.path {ckpt} does not exist; point it at the local checkpoint")
         digest.update(sha256_file(ckpt).encode())
     return digest.hexdigest()
 
@@ -101,6 +112,9 @@ def _up_to_date(manifest: Manifest | None, fingerprint: str, version_dir: Path, 
         path = version_dir / record.file
         if not path.exists() or path.stat().st_size != record.bytes:
             return False
+        data = version_dir / record.data_file if record.data_file else None
+        if data is not None and (not data.exists() or data.stat().st_size != record.data_bytes):
+            return False
     return True
 
 
@@ -112,7 +126,9 @@ def _gmacs(facts: ArchFacts, size: int) -> float:
     return float(estimate_cost(facts, size, size).gmacs)
 
 
-def _optimize(raw: Path, final: Path, cfg: ModelConfig, facts: ArchFacts) -> tuple[dict[str, int], dict[str, Any]]:
+def _optimize(
+    raw: Path, final: Path, cfg: ModelConfig, facts: ArchFacts, *, external_data: bool = False
+) -> tuple[dict[str, int], dict[str, Any]]:
     """ORT's transformer optimizer when it works on this graph; the exported graph when it does not.
 
     ``raw`` is left in place: it is the standard-ops graph the fp16 artifact (and from it TensorRT)
@@ -120,13 +136,20 @@ def _optimize(raw: Path, final: Path, cfg: ModelConfig, facts: ArchFacts) -> tup
     generic fusions at load time): an optimizer that silently does nothing is a finding to report.
     """
     if not cfg.artifacts.optimize:
-        shutil.copyfile(raw, final)
+        copy_onnx(raw, final, external_data=external_data)
         return count_fused(onnx.load(str(final), load_external_data=False)), {"applied": False, "reason": "disabled"}
     try:
-        fused = optimize_onnx(raw, final, family=cfg.family, num_heads=facts.num_heads[0], hidden_size=facts.dims[0])
+        fused = optimize_onnx(
+            raw,
+            final,
+            family=cfg.family,
+            num_heads=facts.num_heads[0],
+            hidden_size=facts.dims[0],
+            external_data=external_data,
+        )
     except Exception as exc:
         log.warning("%s: ORT transformer optimizer failed (%s); keeping the exported graph", cfg.name, exc)
-        shutil.copyfile(raw, final)
+        copy_onnx(raw, final, external_data=external_data)
         fused = count_fused(onnx.load(str(final), load_external_data=False))
         return fused, {"applied": False, "reason": f"optimizer failed: {type(exc).__name__}: {exc}"[:400]}
     return fused, {"applied": True, "model_type": cfg.family}
@@ -184,23 +207,42 @@ def build_model(
     rng = np.random.default_rng(cfg.weights.seed)
     if cfg.artifacts.onnx:
         raw = version_dir / "model.raw.onnx"
+        external = needs_external_data(cfg, wrapped)
         try:
-            rows.append(_build_onnx(wrapped, raw, version_dir, manifest, cfg, facts, rng, step))
+            rows.append(_build_onnx(wrapped, raw, version_dir, manifest, cfg, facts, rng, step, external))
             if want_fp16:
                 from service.export.fp16 import build_fp16
 
                 buckets = cfg.input.buckets
                 rows.append(
-                    build_fp16(wrapped, raw, version_dir, manifest, buckets, rng, family=cfg.family, progress=step)
+                    build_fp16(
+                        wrapped,
+                        raw,
+                        version_dir,
+                        manifest,
+                        buckets,
+                        rng,
+                        family=cfg.family,
+                        external_data=external,
+                        progress=step,
+                    )
                 )
         finally:
-            raw.unlink(missing_ok=True)
+            remove_onnx(raw)
     _keep_plan(existing, manifest, version_dir)
     if want_trt:
         step("tensorrt plan")
         rows.append(_plan(version_dir, manifest, cfg, force=force))
     manifest.write(version_dir / "manifest.json")
     return rows
+
+
+def needs_external_data(cfg: ModelConfig, model: torch.nn.Module) -> bool:
+    """Whether the graphs keep their weights in a ``.data`` file: asked for, or fp32 weights above
+    ``EXTERNAL_DATA_BYTES`` (a ViT-H or ViT-g: a single protobuf cannot hold them)."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    weights += sum(b.numel() * b.element_size() for b in model.buffers())
+    return cfg.artifacts.external_data or weights > EXTERNAL_DATA_BYTES
 
 
 def _new_manifest(cfg: ModelConfig, fingerprint: str, facts: ArchFacts) -> Manifest:
@@ -230,6 +272,7 @@ def _build_onnx(
     facts: ArchFacts,
     rng: np.random.Generator,
     step: Callable[[str], None],
+    external_data: bool,
 ) -> BuildRow:
     """Export (standard ops, left at ``raw``), optimise for ONNX Runtime, check parity: ``model.onnx``."""
     start = time.perf_counter()
@@ -243,9 +286,10 @@ def _build_onnx(
         opset=cfg.artifacts.opset,
         dynamic_hw=len(buckets) > 1,
         max_batch=max(1024, cfg.batching.max_batch_size),
+        external_data=external_data,
     )
     step("optimise for ONNX Runtime")
-    fused, optimizer = _optimize(raw, final, cfg, facts)
+    fused, optimizer = _optimize(raw, final, cfg, facts, external_data=external_data)
     fused["attention_blocks"] = attention_blocks(facts)
     parity = onnx_parity(
         wrapped,
@@ -257,9 +301,7 @@ def _build_onnx(
     )
     seconds = time.perf_counter() - start
     manifest.artifacts["onnx"] = ArtifactRecord(
-        file=final.name,
-        sha256=sha256_file(final),
-        bytes=final.stat().st_size,
+        **artifact_files(final),
         precision="fp32",
         kind="onnx",
         opset=cfg.artifacts.opset,

@@ -168,6 +168,11 @@ class ArtifactsConfig(StrictModel):
         description="Largest batch of the TensorRT plan at the native size; larger buckets keep the same "
         "pixels per batch (224² at 256 → 1024² at 12).",
     )
+    external_data: bool = Field(
+        default=False,
+        description="Keep the graphs' weights in a `<graph>.data` file beside each graph. Done anyway when the "
+        "fp32 weights pass 1.5 GiB (a protobuf message stops at 2 GiB: ViT-H and ViT-g need it).",
+    )
     opset: int = Field(
         default=23,
         ge=17,
