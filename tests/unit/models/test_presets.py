@@ -39,7 +39,8 @@ PUBLISHED: dict[str, dict[str, Any]] = {
     "gigapath": {"embedding": 1536, "pooling": "cls", "prefix": 1, "width": 1536, "patch": 16, "norm": IMAGENET},
     "phikon_v2": {"embedding": 1024, "pooling": "cls", "prefix": 1, "width": 1024, "patch": 16, "norm": IMAGENET},
 }
-#: The SwiGLU presets (a packed fc1 of twice the hidden width).
+#: The SwiGLU presets (a packed fc1 of twice the hidden width). The same five are ViT-H/ViT-g,
+#: 0.6-1.1 billion parameters: more than 2 GiB of fp32 weights, kept beside the graph.
 SWIGLU = {"uni_v2", "virchow2", "hoptimus0", "hoptimus1", "gigapath"}
 
 
@@ -66,6 +67,7 @@ def test_preset_states_the_published_facts(name: str) -> None:
     assert cfg.weights.layout == ("hf_dinov2" if name == "phikon_v2" else "timm")
     assert (cfg.input.native_size, cfg.input.buckets, cfg.input.patch_size) == (224, [224], facts["patch"])
     assert (cfg.input.mean, cfg.input.std) == facts["norm"]
+    assert cfg.artifacts.external_data == (name in SWIGLU)
     assert (cfg.output.embedding_dim, cfg.output.pooling, cfg.output.num_classes) == (
         facts["embedding"],
         facts["pooling"],
@@ -79,7 +81,6 @@ def _shallow_raw(name: str) -> dict[str, Any]:
     raw = yaml.safe_load((MODEL_REPO / name / "config.yaml").read_text())
     raw["enabled"] = True
     raw["architecture"]["kwargs"]["depth"] = 1
-    raw["artifacts"]["fp16"] = False
     return raw
 
 
@@ -89,7 +90,7 @@ def _randomise(model: torch.nn.Module, seed: int) -> None:
     with torch.no_grad():
         for key, param in model.named_parameters():
             noise = torch.randn(param.shape, generator=generator)
-            if key.endswith(".gamma") or re.search(r"norm\d?\.weight$", key):
+            if key.endswith((".gamma", ".lambda1")) or re.search(r"norm\d?\.weight$", key):
                 param.copy_(1.0 + 0.1 * noise)
             else:
                 param.copy_(0.05 * noise)
@@ -174,11 +175,17 @@ def test_preset_loads_its_published_file_exports_and_keeps_parity(tmp_path: Path
     torch.testing.assert_close(embedding, expected)
     assert float(expected.std()) > 0.1  # random blocks, not a near-identity network
 
-    rows = build_model(repo, name, fp16=False)
-    assert [(r.artifact, r.status) for r in rows] == [("onnx", "built")], rows
+    rows = build_model(repo, name)
+    assert [(r.artifact, r.status) for r in rows] == [("onnx", "built"), ("onnx_fp16", "built")], rows
     manifest = repo.require_manifest(name)
     assert manifest.weights == "trained"
     assert manifest.artifacts["onnx"].parity["max_abs"] <= cfg.artifacts.parity_atol
+    for key, graph in (("onnx", "model.onnx"), ("onnx_fp16", "model.fp16.onnx")):
+        record = manifest.artifacts[key]
+        # The ViT-H/ViT-g presets keep their weights beside the graph (a protobuf stops at 2 GiB).
+        assert record.data_file == (f"{graph}.data" if name in SWIGLU else None), key
+        assert record.bytes < (1 << 20) if name in SWIGLU else record.data_bytes == 0
+    assert sorted(p.name for p in repo.version_dir(name).iterdir() if "raw" in p.name) == []
     arch = manifest.arch
     assert (arch["dims"], arch["patch_size"], arch["num_prefix_tokens"]) == (
         [PUBLISHED[name]["width"]],
@@ -188,6 +195,76 @@ def test_preset_loads_its_published_file_exports_and_keeps_parity(tmp_path: Path
     session = ort.InferenceSession(str(repo.version_dir(name) / "model.onnx"), providers=["CPUExecutionProvider"])
     got = session.run(["embedding"], {"pixels": pixels.numpy()})[0]
     np.testing.assert_allclose(got, expected.numpy(), atol=1e-4, rtol=1e-4)
+    assert [r.status for r in build_model(repo, name)] == ["up-to-date", "up-to-date"]
+    if name in SWIGLU:  # a lost data file is a stale artifact: rebuilt
+        (repo.version_dir(name) / "model.onnx.data").unlink()
+        assert [r.status for r in build_model(repo, name, fp16=False)] == ["built"]
+
+
+#: transformers 5 renames Dinov2's tensors on load and writes the new names; the published files
+#: carry the old ones (the renaming table: transformers' ``conversion_mapping.py``, ``Dinov2Model``).
+_TRANSFORMERS_4_NAMES = {
+    "attention.q_proj": "attention.attention.query",
+    "attention.k_proj": "attention.attention.key",
+    "attention.v_proj": "attention.attention.value",
+    "attention.o_proj": "attention.output.dense",
+    "mlp.down_proj": "mlp.weights_out",
+}
+
+
+def _as_transformers_4(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if ".mlp.gate_proj." in key:
+            out[key.replace("gate_proj", "weights_in")] = torch.cat([value, state[key.replace("gate", "up")]], dim=0)
+            continue
+        if ".mlp.up_proj." in key:
+            continue
+        for new, old in _TRANSFORMERS_4_NAMES.items():
+            key = key.replace(f".{new}.", f".{old}.")
+        out[key] = value.contiguous()
+    return out
+
+
+@pytest.mark.parametrize("swiglu", [False, True], ids=["phikon_v2", "swiglu"])
+def test_hf_dinov2_layout_matches_transformers_own_model(tmp_path: Path, swiglu: bool) -> None:
+    """The ``hf_dinov2`` mapping against transformers' ``Dinov2Model`` itself, in both generations of
+    its key names: the Phikon-v2 preset (one block) and a SwiGLU Dinov2 (gate/up order)."""
+    transformers = pytest.importorskip("transformers")
+    from safetensors.torch import save_file
+
+    torch.set_grad_enabled(False)
+    raw = _shallow_raw("phikon_v2")
+    width, heads = (384, 6) if swiglu else (1024, 16)
+    hf_config = transformers.Dinov2Config(
+        hidden_size=width,
+        num_hidden_layers=1,
+        num_attention_heads=heads,
+        patch_size=16,
+        image_size=224,
+        mlp_ratio=4,
+        layerscale_value=1.0,
+        layer_norm_eps=1e-6,
+        use_swiglu_ffn=swiglu,
+    )
+    reference = transformers.Dinov2Model(hf_config).eval()
+    _randomise(reference, seed=7)
+    if swiglu:  # transformers' SwiGLU hidden width: 2/3 of mlp_ratio·width, rounded up to 8
+        hidden = reference.encoder.layer[0].mlp.down_proj.in_features
+        kwargs = {"embed_dim": width, "num_heads": heads, "mlp_ratio": 2 * hidden / width}
+        raw["architecture"]["kwargs"] |= kwargs
+        raw["architecture"] |= {"mlp_layer": "swiglu_packed", "act_layer": "silu"}
+        raw["output"]["embedding_dim"] = width
+    pixels = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(3))
+    expected = reference(pixel_values=pixels).last_hidden_state[:, 0]
+    state = reference.state_dict()
+    for generation, published in (("transformers-5", state), ("transformers-4", _as_transformers_4(state))):
+        save_file({k: v.contiguous() for k, v in published.items()}, str(tmp_path / f"{generation}.safetensors"))
+        raw["weights"]["path"] = f"{generation}.safetensors"
+        loaded = build_from_config(ModelConfig.model_validate(raw), tmp_path)
+        embedding, _ = EmbeddingModel(loaded)(pixels)
+        torch.testing.assert_close(embedding, expected, atol=2e-5, rtol=2e-5, msg=generation)
+        assert float(expected.std()) > 0.1
 
 
 def test_swiglu_presets_count_their_mlp_cost_right() -> None:
@@ -264,7 +341,7 @@ def test_a_transformers_checkpoint_read_as_timm_names_the_layout(tmp_path: Path)
 
 def test_hf_dinov2_mapping_names_an_incomplete_attention() -> None:
     state = {"encoder.layer.0.attention.attention.query.weight": torch.zeros(4, 4)}
-    with pytest.raises(ValueError, match=r"encoder.layer.0: attention weight lacks key, value"):
+    with pytest.raises(ValueError, match=r"encoder.layer.0: attn.qkv.weight lacks its k, v part"):
         hf_dinov2_to_timm(state)
 
 
