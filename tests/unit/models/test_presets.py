@@ -23,6 +23,7 @@ from service.export import build_model
 from service.models import ModelConfig, ModelRepository, build_from_config, facts_from_model, load_model_config
 from service.models._factory import CheckpointMismatch, EmbeddingModel
 from service.models._layouts import hf_dinov2_to_timm
+from service.runtime.loader import load_backend
 from tests.helpers import MODEL_REPO, default_model_names, preset_model_names
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -195,6 +196,8 @@ def test_preset_loads_its_published_file_exports_and_keeps_parity(tmp_path: Path
     session = ort.InferenceSession(str(repo.version_dir(name) / "model.onnx"), providers=["CPUExecutionProvider"])
     got = session.run(["embedding"], {"pixels": pixels.numpy()})[0]
     np.testing.assert_allclose(got, expected.numpy(), atol=1e-4, rtol=1e-4)
+    served = load_backend(repo, name, providers="cpu").infer(pixels.numpy()).outputs["embedding"]
+    np.testing.assert_allclose(served, expected.numpy(), atol=1e-4, rtol=1e-4)
     assert [r.status for r in build_model(repo, name)] == ["up-to-date", "up-to-date"]
     if name in SWIGLU:  # a lost data file is a stale artifact: rebuilt
         (repo.version_dir(name) / "model.onnx.data").unlink()
@@ -387,3 +390,18 @@ def test_mean_pooling_leaves_out_class_and_register_tokens(tmp_path: Path) -> No
         embedding, _ = EmbeddingModel(model)(pixels)
     assert tokens.shape[1] == 3 + 196
     torch.testing.assert_close(embedding, tokens[:, 3:].mean(1))
+
+
+def test_weights_above_the_protobuf_limit_go_beside_the_graph_unasked(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """No flag needed: a model whose fp32 weights pass the threshold (lowered here) gets a data file."""
+    from service.export import build as build_module
+
+    raw = _tiny(tmp_path)
+    raw["input"]["sizes"] = [224]
+    (tmp_path / "repo" / "tiny").mkdir(parents=True)
+    (tmp_path / "repo" / "tiny" / "config.yaml").write_text(yaml.safe_dump(raw))
+    monkeypatch.setattr(build_module, "EXTERNAL_DATA_BYTES", 1024)
+    repo = ModelRepository(tmp_path / "repo")
+    assert [r.status for r in build_model(repo, "tiny", fp16=False)] == ["built"]
+    record = repo.require_manifest("tiny").artifacts["onnx"]
+    assert record.data_file == "model.onnx.data" and record.data_bytes > 10 * record.bytes
