@@ -31,7 +31,17 @@ _SHRINK: dict[str, dict[str, Any]] = {
 
 
 def default_model_names() -> list[str]:
-    return sorted(p.parent.name for p in MODEL_REPO.glob("*/config.yaml"))
+    """The models `make serve` builds: enabled configs (presets are ``enabled: false``)."""
+    names = []
+    for path in MODEL_REPO.glob("*/config.yaml"):
+        if yaml.safe_load(path.read_text()).get("enabled", True):
+            names.append(path.parent.name)
+    return sorted(names)
+
+
+def preset_model_names() -> list[str]:
+    """The disabled presets of the default repository (published encoders waiting for a checkpoint)."""
+    return sorted(p.parent.name for p in MODEL_REPO.glob("*/config.yaml") if p.parent.name not in default_model_names())
 
 
 def make_small_repo(dest: Path, names: list[str] | None = None) -> Path:

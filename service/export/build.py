@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-import shutil
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -16,7 +15,16 @@ import onnx
 import torch
 
 from service.export.fingerprint import BUILD_RECIPE, config_fingerprint, package_version, up_to_date
-from service.export.onnx_export import count_fused, export_onnx, nonstandard_domains, optimize_onnx
+from service.export.onnx_export import (
+    EXTERNAL_DATA_BYTES,
+    artifact_files,
+    copy_onnx,
+    count_fused,
+    export_onnx,
+    nonstandard_domains,
+    optimize_onnx,
+    remove_onnx,
+)
 from service.export.parity import onnx_parity
 from service.export.rows import BuildRow
 from service.models import ArtifactRecord, Manifest, ModelConfig, ModelRepository
@@ -79,7 +87,9 @@ def _gmacs(facts: ArchFacts, size: int) -> float:
     return float(estimate_cost(facts, size, size).gmacs)
 
 
-def _optimize(raw: Path, final: Path, cfg: ModelConfig, facts: ArchFacts) -> tuple[dict[str, int], dict[str, Any]]:
+def _optimize(
+    raw: Path, final: Path, cfg: ModelConfig, facts: ArchFacts, *, external_data: bool = False
+) -> tuple[dict[str, int], dict[str, Any]]:
     """ORT's transformer optimizer when it works on this graph; the exported graph when it does not.
 
     ``raw`` is left in place: it is the standard-ops graph the fp16 artifact (and from it TensorRT)
@@ -87,13 +97,20 @@ def _optimize(raw: Path, final: Path, cfg: ModelConfig, facts: ArchFacts) -> tup
     generic fusions at load time): an optimizer that silently does nothing is a finding to report.
     """
     if not cfg.artifacts.optimize:
-        shutil.copyfile(raw, final)
+        copy_onnx(raw, final, external_data=external_data)
         return count_fused(onnx.load(str(final), load_external_data=False)), {"applied": False, "reason": "disabled"}
     try:
-        fused = optimize_onnx(raw, final, family=cfg.family, num_heads=facts.num_heads[0], hidden_size=facts.dims[0])
+        fused = optimize_onnx(
+            raw,
+            final,
+            family=cfg.family,
+            num_heads=facts.num_heads[0],
+            hidden_size=facts.dims[0],
+            external_data=external_data,
+        )
     except Exception as exc:
         log.warning("%s: ORT transformer optimizer failed (%s); keeping the exported graph", cfg.name, exc)
-        shutil.copyfile(raw, final)
+        copy_onnx(raw, final, external_data=external_data)
         fused = count_fused(onnx.load(str(final), load_external_data=False))
         return fused, {"applied": False, "reason": f"optimizer failed: {type(exc).__name__}: {exc}"[:400]}
     return fused, {"applied": True, "model_type": cfg.family}
@@ -151,13 +168,16 @@ def build_model(
         # Built without fp16 (``tessera serve --build`` serves the fp32 graph first): add it alone.
         step = BuildEstimate(name, facts, buckets, 1, progress)
         raw = version_dir / "model.raw.onnx"
+        external = needs_external_data(cfg, wrapped)
         try:
-            _export_raw(wrapped, raw, cfg, step)
+            _export_raw(wrapped, raw, cfg, step, external_data=external)
             from service.export.fp16 import build_fp16
 
-            row = build_fp16(wrapped, raw, version_dir, existing, buckets, rng, family=cfg.family, progress=step)
+            row = build_fp16(
+                wrapped, raw, version_dir, existing, buckets, rng, family=cfg.family, external_data=external, progress=step
+            )
         finally:
-            raw.unlink(missing_ok=True)
+            remove_onnx(raw)
         added = [row]
         if want_trt and row.status != "failed":
             step("tensorrt plan")
@@ -169,22 +189,41 @@ def build_model(
     rows: list[BuildRow] = []
     if cfg.artifacts.onnx:
         raw = version_dir / "model.raw.onnx"
+        external = needs_external_data(cfg, wrapped)
         try:
-            rows.append(_build_onnx(wrapped, raw, version_dir, manifest, cfg, facts, rng, step))
+            rows.append(_build_onnx(wrapped, raw, version_dir, manifest, cfg, facts, rng, step, external))
             if want_fp16:
                 from service.export.fp16 import build_fp16
 
                 rows.append(
-                    build_fp16(wrapped, raw, version_dir, manifest, buckets, rng, family=cfg.family, progress=step)
+                    build_fp16(
+                        wrapped,
+                        raw,
+                        version_dir,
+                        manifest,
+                        buckets,
+                        rng,
+                        family=cfg.family,
+                        external_data=external,
+                        progress=step,
+                    )
                 )
         finally:
-            raw.unlink(missing_ok=True)
+            remove_onnx(raw)
     _keep_plan(existing, manifest, version_dir)
     if want_trt:
         step("tensorrt plan")
         rows.append(_plan(version_dir, manifest, cfg, force=force))
     manifest.write(version_dir / "manifest.json")
     return rows
+
+
+def needs_external_data(cfg: ModelConfig, model: torch.nn.Module) -> bool:
+    """Whether the graphs keep their weights in a ``.data`` file: asked for, or fp32 weights above
+    ``EXTERNAL_DATA_BYTES`` (a ViT-H or ViT-g: a single protobuf cannot hold them)."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    weights += sum(b.numel() * b.element_size() for b in model.buffers())
+    return cfg.artifacts.external_data or weights > EXTERNAL_DATA_BYTES
 
 
 def _new_manifest(cfg: ModelConfig, fingerprint: str, facts: ArchFacts) -> Manifest:
@@ -214,14 +253,15 @@ def _build_onnx(
     facts: ArchFacts,
     rng: np.random.Generator,
     step: Callable[[str], None],
+    external_data: bool,
 ) -> BuildRow:
     """Export (standard ops, left at ``raw``), optimise for ONNX Runtime, check parity: ``model.onnx``."""
     start = time.perf_counter()
     buckets = cfg.input.buckets
     final = version_dir / "model.onnx"
-    axes = _export_raw(wrapped, raw, cfg, step)
+    axes = _export_raw(wrapped, raw, cfg, step, external_data=external_data)
     step("optimise for ONNX Runtime")
-    fused, optimizer = _optimize(raw, final, cfg, facts)
+    fused, optimizer = _optimize(raw, final, cfg, facts, external_data=external_data)
     fused["attention_blocks"] = attention_blocks(facts)
     parity = onnx_parity(
         wrapped,
@@ -233,9 +273,7 @@ def _build_onnx(
     )
     seconds = time.perf_counter() - start
     manifest.artifacts["onnx"] = ArtifactRecord(
-        file=final.name,
-        sha256=sha256_file(final),
-        bytes=final.stat().st_size,
+        **artifact_files(final),
         precision="fp32",
         kind="onnx",
         opset=cfg.artifacts.opset,
@@ -256,7 +294,9 @@ def _build_onnx(
     return BuildRow(cfg.name, "onnx", "built", parity["max_abs"], seconds)
 
 
-def _export_raw(wrapped: EmbeddingModel, raw: Path, cfg: ModelConfig, step: Callable[[str], None]) -> list[str]:
+def _export_raw(
+    wrapped: EmbeddingModel, raw: Path, cfg: ModelConfig, step: Callable[[str], None], *, external_data: bool = False
+) -> list[str]:
     """The standard-ops export every artifact is made from (dynamic batch, and H/W with buckets)."""
     buckets = cfg.input.buckets
     step(f"export (opset {cfg.artifacts.opset}, dynamic {'batch, height, width' if len(buckets) > 1 else 'batch'})")
@@ -267,6 +307,7 @@ def _export_raw(wrapped: EmbeddingModel, raw: Path, cfg: ModelConfig, step: Call
         opset=cfg.artifacts.opset,
         dynamic_hw=len(buckets) > 1,
         max_batch=max(1024, cfg.batching.max_batch_size),
+        external_data=external_data,
     )
 
 

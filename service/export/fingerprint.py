@@ -18,7 +18,17 @@ BUILD_RECIPE = 5
 
 
 #: Config sections that only shape serving, never an artifact: changing them rebuilds nothing.
-SERVING_ONLY = frozenset({"batching", "description"})
+SERVING_ONLY = frozenset({"batching", "description", "enabled"})
+
+#: Fields added after models were first built, with the value that changes nothing: left out of
+#: the fingerprint while they hold it, so that adding them did not rebuild existing artifacts.
+_NEUTRAL_DEFAULTS: dict[tuple[str, str], object] = {
+    ("architecture", "mlp_layer"): None,
+    ("architecture", "act_layer"): None,
+    ("weights", "layout"): "timm",
+    ("output", "pooling"): "head",
+    ("artifacts", "external_data"): False,
+}
 
 
 def config_fingerprint(cfg: ModelConfig, config_dir: Path) -> str:
@@ -32,6 +42,9 @@ def config_fingerprint(cfg: ModelConfig, config_dir: Path) -> str:
     exported = cfg.model_dump(mode="json", exclude=set(SERVING_ONLY))
     for switch in ("fp16", "tensorrt", "tensorrt_max_batch"):
         exported["artifacts"].pop(switch, None)
+    for (section, key), neutral in _NEUTRAL_DEFAULTS.items():
+        if exported[section].get(key, neutral) == neutral:
+            exported[section].pop(key, None)
     digest.update(json.dumps(exported, sort_keys=True, separators=(",", ":")).encode())
     digest.update(f"recipe={BUILD_RECIPE}".encode())
     for pkg in ("torch", "timm", "onnx", "onnxruntime"):
@@ -39,6 +52,8 @@ def config_fingerprint(cfg: ModelConfig, config_dir: Path) -> str:
     if cfg.weights.source == "file" and cfg.weights.path:
         ckpt = Path(cfg.weights.path)
         ckpt = ckpt if ckpt.is_absolute() else config_dir / ckpt
+        if not ckpt.is_file():
+            raise FileNotFoundError(f"{cfg.name}: weights.path {ckpt} does not exist; point it at the local checkpoint")
         digest.update(sha256_file(ckpt).encode())
     return digest.hexdigest()
 
@@ -63,6 +78,9 @@ def up_to_date(manifest: Manifest | None, fingerprint: str, version_dir: Path, *
             continue
         path = version_dir / record.file
         if not path.exists() or path.stat().st_size != record.bytes:
+            return False
+        data = version_dir / record.data_file if record.data_file else None
+        if data is not None and (not data.exists() or data.stat().st_size != record.data_bytes):
             return False
     return True
 

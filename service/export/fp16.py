@@ -16,11 +16,10 @@ import numpy as np
 import onnx
 from torch import nn
 
-from service.export.onnx_export import count_fused, nonstandard_domains
+from service.export.onnx_export import artifact_files, count_fused, nonstandard_domains, remove_onnx, save_onnx
 from service.export.parity import onnx_parity
 from service.export.rows import BuildRow
 from service.models import ArtifactRecord, Manifest
-from service.models.manifest import sha256_file
 
 __all__ = ["FP16_PARITY_RTOL", "build_fp16", "convert_fp16", "fp16_parity_bound"]
 
@@ -35,16 +34,19 @@ def fp16_parity_bound(family: str) -> float:
     return FP16_PARITY_RTOL.get(family, 2e-2)
 
 
-def convert_fp16(src: Path, dst: Path) -> None:
+def convert_fp16(src: Path, dst: Path, *, external_data: bool = False) -> None:
+    """``src`` in fp16 at ``dst``. With ``external_data`` (``src`` has its weights beside it) the
+    converter reads the file itself (ONNX's in-memory shape inference stops at 2 GiB; its
+    path-based one does not) and ``dst`` keeps its weights in its own data file."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    model = onnx.load(str(src))
+    model: onnx.ModelProto | str = str(src) if external_data else onnx.load(str(src))
     # keep_io_types adds the casts so that clients send and receive fp32 exactly as with the fp32
     # artifact. Reductions stay accurate inside the kernels: ONNX Runtime's and TensorRT's
     # LayerNormalization accumulate in fp32, and the fused Attention op's softmax runs in fp32
     # (the CPU kernel upcasts; flash / memory-efficient kernels accumulate in fp32).
     converted = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)
-    onnx.save(converted, str(dst))
+    save_onnx(converted, dst, external_data=external_data)
 
 
 def build_fp16(
@@ -56,13 +58,14 @@ def build_fp16(
     rng: np.random.Generator,
     *,
     family: str,
+    external_data: bool = False,
     progress: Callable[[str], None] = lambda phase: None,
 ) -> BuildRow:
     """Convert ``src_path`` (the standard-ops export) to fp16 and check it against PyTorch fp32."""
     start = time.perf_counter()
     dst = version_dir / "model.fp16.onnx"
     progress("fp16: convert")
-    convert_fp16(src_path, dst)
+    convert_fp16(src_path, dst, external_data=external_data)
     graph = onnx.load(str(dst), load_external_data=False)
     bound = fp16_parity_bound(family)
     parity: dict[str, Any]
@@ -81,15 +84,13 @@ def build_fp16(
     rel = parity.get("max_rel")
     ok = isinstance(rel, float) and rel <= bound
     if not ok:
-        dst.unlink(missing_ok=True)
+        remove_onnx(dst)
         note = f"fp16 relative error {rel:.2e} > {bound:.0e}" if isinstance(rel, float) else str(parity["error"])
         return BuildRow(manifest.model, "onnx_fp16", "failed", None, seconds, note)
     fused = count_fused(graph)
     fused["attention_blocks"] = manifest.artifacts["onnx"].fused.get("attention_blocks", 0)
     manifest.artifacts["onnx_fp16"] = ArtifactRecord(
-        file=dst.name,
-        sha256=sha256_file(dst),
-        bytes=dst.stat().st_size,
+        **artifact_files(dst),
         precision="fp16",
         kind="onnx",
         opset=manifest.artifacts["onnx"].opset,

@@ -19,6 +19,7 @@ __all__ = [
     "InputConfig",
     "ModelConfig",
     "OutputConfig",
+    "Pooling",
     "WeightsConfig",
     "load_model_config",
 ]
@@ -30,11 +31,41 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+#: Layer classes a config may name (YAML holds no Python classes); the factory maps each to timm's.
+MlpLayer = Literal["mlp", "swiglu_packed", "swiglu"]
+ActLayer = Literal["gelu", "gelu_tanh", "silu", "relu"]
+
+#: Keys the factory sets itself: in ``kwargs`` they are an error that names the field to use instead.
+_RESERVED_KWARGS = {
+    "mlp_layer": "architecture.mlp_layer",
+    "act_layer": "architecture.act_layer",
+    "pretrained": "weights.path (nothing is downloaded)",
+    "pretrained_cfg": "input.mean/std",
+    "checkpoint_path": "weights.path",
+}
+
+
 class ArchitectureConfig(StrictModel):
     timm_name: str = Field(description="Name in timm's registry (the in-house NA family is registered there too).")
     kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Keyword overrides passed to timm.create_model (depth, img_size, ...)."
     )
+    mlp_layer: MlpLayer | None = Field(
+        default=None,
+        description="MLP block: `mlp` (timm Mlp), `swiglu_packed` (timm SwiGLUPacked: one fc1 holding gate and "
+        "value, as UNI2-h, Virchow2 and the DINOv2 giants ship), `swiglu` (timm SwiGLU); unset keeps the "
+        "architecture's own.",
+    )
+    act_layer: ActLayer | None = Field(
+        default=None, description="Activation inside the MLP (`silu` for SwiGLU); unset keeps the architecture's own."
+    )
+
+    @model_validator(mode="after")
+    def _no_reserved_kwargs(self) -> ArchitectureConfig:
+        for key, instead in _RESERVED_KWARGS.items():
+            if key in self.kwargs:
+                raise ValueError(f"architecture.kwargs.{key} is not accepted here; use {instead}")
+        return self
 
 
 class WeightsConfig(StrictModel):
@@ -46,6 +77,12 @@ class WeightsConfig(StrictModel):
     )
     seed: int = Field(default=0, ge=0, description="Seed for random initialisation.")
     strict: bool = Field(default=True, description="Refuse checkpoints with missing or unexpected keys.")
+    layout: Literal["timm", "hf_dinov2"] = Field(
+        default="timm",
+        description="Key layout of the checkpoint: `timm` (timm's state-dict names, as UNI, UNI2-h, Virchow2, "
+        "H-optimus and Prov-GigaPath publish) or `hf_dinov2` (Hugging Face transformers' Dinov2Model, as "
+        "Phikon-v2 publishes; mapped to timm's ViT names on load).",
+    )
 
     @model_validator(mode="after")
     def _path_iff_file(self) -> WeightsConfig:
@@ -78,9 +115,19 @@ class InputConfig(StrictModel):
         return sorted(set(self.sizes or [self.native_size]))
 
 
+Pooling = Literal["head", "cls", "mean", "cls+mean"]
+
+
 class OutputConfig(StrictModel):
     embedding_dim: int = Field(ge=1, le=65536, description="Width of the pooled embedding.")
     num_classes: int = Field(default=1000, ge=0, le=100000, description="Logit count; 0 for none.")
+    pooling: Pooling = Field(
+        default="head",
+        description="How the embedding is pooled from the final (normalised) tokens. `head`: timm's own "
+        "`forward_head(pre_logits=True)`, whatever the architecture's `global_pool` says; `cls`: the class "
+        "token; `mean`: the mean of the patch tokens, class and register tokens excluded; `cls+mean`: both "
+        "concatenated (twice the width), as Virchow2 publishes. All but `head` need a ViT (family `vit`).",
+    )
 
 
 class BatchingConfig(StrictModel):
@@ -121,6 +168,11 @@ class ArtifactsConfig(StrictModel):
         description="Largest batch of the TensorRT plan at the native size; larger buckets keep the same "
         "pixels per batch (224² at 256 → 1024² at 12).",
     )
+    external_data: bool = Field(
+        default=False,
+        description="Keep the graphs' weights in a `<graph>.data` file beside each graph. Done anyway when the "
+        "fp32 weights pass 1.5 GiB (a protobuf message stops at 2 GiB: ViT-H and ViT-g need it).",
+    )
     opset: int = Field(
         default=23,
         ge=17,
@@ -133,6 +185,11 @@ class ArtifactsConfig(StrictModel):
 
 class ModelConfig(StrictModel):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_\-]{0,62}$", description="Model name used in URLs.")
+    enabled: bool = Field(
+        default=True,
+        description="A disabled model (a preset waiting for its checkpoint) stays in the repository but is not "
+        "built, served, routed or listed.",
+    )
     version: int = Field(default=1, ge=1, le=100000, description="Version; artifacts go to <model>/<version>/.")
     family: Literal["vit", "swin", "nat"] = Field(description="Attention family: global, windowed, neighbourhood.")
     description: str = Field(default="", description="One line for humans.")
@@ -142,6 +199,16 @@ class ModelConfig(StrictModel):
     output: OutputConfig
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     artifacts: ArtifactsConfig = Field(default_factory=ArtifactsConfig)
+
+    @model_validator(mode="after")
+    def _pooling_needs_tokens(self) -> ModelConfig:
+        if self.output.pooling != "head" and self.family != "vit":
+            raise ValueError(
+                f"output.pooling {self.output.pooling!r} pools ViT tokens; family {self.family!r} needs pooling 'head'"
+            )
+        if self.weights.layout != "timm" and self.family != "vit":
+            raise ValueError(f"weights.layout {self.weights.layout!r} maps to timm's ViT; family is {self.family!r}")
+        return self
 
     @property
     def trained(self) -> bool:

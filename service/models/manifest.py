@@ -18,6 +18,11 @@ class ArtifactRecord(BaseModel):
     file: str = Field(description="File name inside the version folder.")
     sha256: str
     bytes: int
+    data_file: str | None = Field(
+        default=None, description="The graph's external weights beside it (`<file>.data`), above 2 GiB of weights."
+    )
+    data_sha256: str | None = None
+    data_bytes: int = 0
     precision: str = Field(description="fp32 | fp16")
     kind: str = Field(description="onnx | tensorrt")
     opset: int | None = None

@@ -2,7 +2,7 @@
 
 model_repo/
   routes.yaml
-  <model>/config.yaml          committed: the source of truth
+  <model>/config.yaml          committed: the source of truth (``enabled: false``: a preset, skipped)
   <model>/<version>/model.onnx built: never committed
   <model>/<version>/manifest.json
 """
@@ -24,22 +24,34 @@ class ModelRepository:
         if not self.root.is_dir():
             raise FileNotFoundError(f"model repository {self.root} does not exist")
         self._configs: dict[str, ModelConfig] = {}
+        self._disabled: dict[str, ModelConfig] = {}
         for cfg_path in sorted(self.root.glob("*/config.yaml")):
             cfg = load_model_config(cfg_path)
             if cfg.name != cfg_path.parent.name:
                 raise ValueError(f"{cfg_path}: name {cfg.name!r} differs from its folder {cfg_path.parent.name!r}")
-            self._configs[cfg.name] = cfg
+            (self._configs if cfg.enabled else self._disabled)[cfg.name] = cfg
 
     def names(self) -> list[str]:
+        """Enabled models: the ones built, served and routed."""
         return list(self._configs)
 
     def configs(self) -> dict[str, ModelConfig]:
         return dict(self._configs)
 
+    def disabled(self) -> dict[str, ModelConfig]:
+        """Configs with ``enabled: false`` (presets waiting for a checkpoint): read, validated, never used."""
+        return dict(self._disabled)
+
     def config(self, name: str) -> ModelConfig:
         try:
             return self._configs[name]
         except KeyError:
+            if name in self._disabled:
+                raise NotFound(
+                    f"model {name!r} is disabled: set `enabled: true` and `weights.path` in "
+                    f"{self.root / name / 'config.yaml'}, then run `tessera build --model {name}`",
+                    param="model",
+                ) from None
             raise NotFound(
                 f"unknown model {name!r}; known: {', '.join(self._configs) or 'none'}", param="model"
             ) from None
