@@ -38,6 +38,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -175,6 +176,9 @@ class PeerOptions:
     ready_timeout_s: float = 300.0
     workdir: str = ".tessera/peer"
     notes: tuple[str, ...] = ()
+    #: extra Tessera runs, each right after the plain one: (name, environment it adds), e.g.
+    #: ``("throughput", (("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1"),))``; rows name them ``tessera:<name>``
+    variants: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
 
     def validate(self) -> PeerOptions:
         if not 1 <= self.clients <= 256:
@@ -191,7 +195,34 @@ class PeerOptions:
             raise ValueError(f"--protocol must be among {', '.join(PROTOCOLS)}, got {self.protocols}")
         if self.model == NOOP_MODEL:
             raise ValueError(f"{NOOP_MODEL!r} is the benchmark's own no-op model; name a model of the repository")
+        names = [name for name, _ in self.variants]
+        if self.variants and "tessera" not in self.servers:
+            raise ValueError("--tessera-variant needs the tessera server")
+        if len(set(names)) != len(names) or not all(re.fullmatch(r"[a-z0-9_\-]{1,32}", n) for n in names):
+            raise ValueError(f"--tessera-variant names must be distinct, [a-z0-9_-]{{1,32}}, got {names}")
+        for _, env in self.variants:
+            for key, _value in env:
+                if not re.fullmatch(r"(RAY|TESSERA)_[A-Z0-9_]+", key):
+                    raise ValueError(f"--tessera-variant sets RAY_* or TESSERA_* variables only, got {key!r}")
         return self
+
+    def runs(self) -> list[tuple[str, dict[str, str]]]:
+        """(label, extra environment) per server start, in order: each variant after plain Tessera."""
+        out: list[tuple[str, dict[str, str]]] = []
+        for server in self.servers:
+            out.append((server, {}))
+            if server == "tessera":
+                out += [(f"tessera:{name}", dict(env)) for name, env in self.variants]
+        return out
+
+
+def parse_variant(text: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """``NAME:KEY=VALUE[,KEY=VALUE...]`` → (name, ((key, value), ...))."""
+    name, sep, rest = text.partition(":")
+    pairs = [p.partition("=") for p in rest.split(",") if p.strip()] if sep else []
+    if not sep or not pairs or any(not eq or not k.strip() for k, eq, _ in pairs):
+        raise ValueError(f"--tessera-variant wants NAME:KEY=VALUE[,KEY=VALUE...], got {text!r}")
+    return name.strip(), tuple((k.strip(), v.strip()) for k, _, v in pairs)
 
 
 # -- the model repository both servers serve ---------------------------------------------------------------
@@ -562,6 +593,43 @@ def point_row(server: str, role: str, model: str, protocol: str, clients: int, s
     }
 
 
+def _measure_server(
+    server: str,
+    command: list[str],
+    env: dict[str, str],
+    log_path: Path,
+    models: list[tuple[str, str]],
+    ports: Ports,
+    pixels_path: Path,
+    options: PeerOptions,
+) -> tuple[float | None, list[dict[str, Any]]]:
+    """Start one server, measure every point against it, stop it: (seconds to ready, rows). A
+    server that does not start (a lever's variant may not) is one row saying why, not the run's end."""
+    rows: list[dict[str, Any]] = []
+    try:
+        with server_process(command, env, log_path, options.ready_timeout_s) as ready_s:
+            print(f"  {server} ready in {ready_s} s", flush=True)
+            for model, role in models:
+                for protocol in options.protocols:
+                    target = f"127.0.0.1:{ports.grpc if protocol == 'grpc' else ports.http}"
+                    for n in dict.fromkeys((options.clients, 1)):
+                        stats = _client_subprocess(
+                            protocol, target, model, pixels_path, n, options.duration_s, options.warmup_s
+                        )
+                        rows.append(point_row(server, role, model, protocol, n, stats))
+                        print(_point_line(rows[-1]), flush=True)
+    except RuntimeError as exc:
+        print(f"  {server}: {exc}", flush=True)
+        return None, [point_row(server, "model", models[0][0], "-", 0, {"img_per_s": None, "skipped": str(exc)})]
+    return ready_s, rows
+
+
+def result_name(options: PeerOptions) -> str:
+    """``peer``; ``peer_<variant>_...`` for a run with Tessera variants (a lever's before/after), so
+    that it does not replace the comparison the goal is judged on."""
+    return "_".join([RESULT_NAME, *(name.replace("-", "_") for name, _ in options.variants)])
+
+
 def busy_host_notes(load_before: float, load_after: float, cores: int) -> list[str]:
     """A note when the 1-minute load average exceeded the core count at either end of the run."""
     if max(load_before, load_after) <= cores:
@@ -637,27 +705,20 @@ def run(options: PeerOptions) -> dict[str, Any]:
         stub_dir = Path(tmp)
         pixels_path = stub_dir / "pixels.npy"
         np.save(pixels_path, single)
-        for server in options.servers:
+        for server, extra_env in options.runs():
             ports = Ports.free()
             command = (
                 triton_command(repo_path, [m for m, _ in models], ports, stub_python)
                 if server == "triton"
                 else tessera_command(repo_path, ports)
             )
-            log_path = workdir / f"{server}.log"
-            print(f"starting {server} (log {log_path}) ...", flush=True)
-            with server_process(command, _server_env(server, stub_dir), log_path, options.ready_timeout_s) as ready_s:
+            log_path = workdir / f"{server.replace(':', '-')}.log"
+            env = {**_server_env(server.split(":")[0], stub_dir), **extra_env}
+            print(f"starting {server} {extra_env or ''} (log {log_path}) ...", flush=True)
+            ready_s, measured = _measure_server(server, command, env, log_path, models, ports, pixels_path, options)
+            rows += measured
+            if ready_s is not None:
                 ready[server] = ready_s
-                print(f"  {server} ready in {ready_s} s", flush=True)
-                for model, role in models:
-                    for protocol in options.protocols:
-                        target = f"127.0.0.1:{ports.grpc if protocol == 'grpc' else ports.http}"
-                        for n in dict.fromkeys((options.clients, 1)):
-                            stats = _client_subprocess(
-                                protocol, target, model, pixels_path, n, options.duration_s, options.warmup_s
-                            )
-                            rows.append(point_row(server, role, model, protocol, n, stats))
-                            print(_point_line(rows[-1]), flush=True)
     raw_after = measure_raw(backend, raw_batch, options.raw_duration_s)
     print(f"  raw after:  {raw_after['img_per_s']:.1f} img/s", flush=True)
     summary = summarize(rows, options.clients, options.protocols)
@@ -666,8 +727,9 @@ def run(options: PeerOptions) -> dict[str, Any]:
         *quiet_host_notes(raw_before["img_per_s"], raw_after["img_per_s"], []),
         *busy_host_notes(load_before, os.getloadavg()[0], os.cpu_count() or 1),
     ]
+    name = result_name(options)
     result = {
-        "benchmark": RESULT_NAME,
+        "benchmark": name,
         "goal": ">= 1.0x Triton's images/s over gRPC and REST binary; 1-client p50 within 3 ms of Triton's; "
         "no-op front-end ceiling >= Triton's",
         "model": options.model,
@@ -678,7 +740,8 @@ def run(options: PeerOptions) -> dict[str, Any]:
         "clients": options.clients,
         "duration_s": options.duration_s,
         "warmup_s": options.warmup_s,
-        "servers": list(options.servers),
+        "servers": [server for server, _ in options.runs()],
+        "variants": {f"tessera:{name}": dict(env) for name, env in options.variants},
         "server_ready_s": ready,
         "backend": backend.describe(),
         "intra_op_threads": settings.intra_op_threads,
@@ -692,7 +755,7 @@ def run(options: PeerOptions) -> dict[str, Any]:
         "rows": rows,
         "summary": summary,
     }
-    print(f"wrote {write_result(RESULT_NAME, result)}")
+    print(f"wrote {write_result(name, result)}")
     return result
 
 
@@ -736,6 +799,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ready-timeout", type=float, default=300.0, help="seconds to wait for each server")
     parser.add_argument("--workdir", default=".tessera/peer", help="the benchmark's repository and server logs")
     parser.add_argument(
+        "--tessera-variant",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+        help="also run Tessera with these RAY_*/TESSERA_* variables, right after the plain run (a lever to compare)",
+    )
+    parser.add_argument(
         "--note", action="append", default=[], help="a note on the run for the report (e.g. the host was shared)"
     )
     # internal: the Triton server and the load clients, each run in their own process
@@ -769,6 +839,7 @@ def main(argv: list[str] | None = None) -> int:
             ready_timeout_s=args.ready_timeout,
             workdir=args.workdir,
             notes=tuple(args.note),
+            variants=tuple(parse_variant(v) for v in args.tessera_variant),
         ).validate()
     except ValueError as exc:
         parser.error(str(exc))

@@ -540,9 +540,11 @@ def _section_service(result: dict[str, Any]) -> list[str]:
 def _section_peer(result: dict[str, Any]) -> list[str]:
     raw = result.get("raw", {})
     versions = ", ".join(f"{k} {v}" for k, v in (result.get("versions") or {}).items())
+    backend = result.get("backend") or {}
+    runtime = f"{backend.get('backend', '?')} on {backend.get('device', '?')}, {backend.get('precision', '?')}"
     out = [
         f"Tessera (`tessera serve`) and Triton ({versions}; the model's inference function runs the same "
-        f"ONNX Runtime backend Tessera loads: {_cell(result.get('backend'))}, intra-op threads "
+        f"ONNX Runtime backend Tessera loads: {runtime}, intra-op threads "
         f"{result.get('intra_op_threads')} (0 = all cores), spinning {'on' if result.get('ort_spin') else 'off'}) "
         f"serve model {result.get('model')} at {result.get('size')}², dynamic batching up to "
         f"{result.get('max_batch_size')} with {_cell(1e3 * float(result.get('batch_wait_timeout_s') or 0))} ms wait "
@@ -822,6 +824,9 @@ def render_markdown(
         )
     for name, result in _ordered(results):
         title, section, plots = _SECTIONS.get(name, (name.replace("_", " ").capitalize(), _section_generic, []))
+        if name.startswith("peer_"):
+            variants = ", ".join(f"`{k}`: {_cell(v)}" for k, v in (result.get("variants") or {}).items())
+            title, section, plots = (f"Service vs Triton, levers ({variants})", _section_peer, [])
         if name.startswith("service_vs_raw_oip"):
             title, section, plots = (
                 f"Service vs raw backend, {result.get('oip_batch')} images per request",

@@ -281,3 +281,81 @@ def test_busy_host_note() -> None:
     assert peer.busy_host_notes(1.0, 1.9, 2) == []
     (note,) = peer.busy_host_notes(7.2, 3.0, 2)
     assert "7.2 at the start and 3.0 at the end on 2 cores" in note
+
+
+# -- levers: Tessera variants ------------------------------------------------------------------------------
+def test_variant_parsing_and_run_order() -> None:
+    name, env = peer.parse_variant("throughput:RAY_SERVE_THROUGHPUT_OPTIMIZED=1, TESSERA_INGRESS_REPLICAS=2")
+    assert name == "throughput"
+    assert env == (("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1"), ("TESSERA_INGRESS_REPLICAS", "2"))
+    options = peer.PeerOptions(variants=((name, env),)).validate()
+    assert options.runs() == [
+        ("tessera", {}),
+        ("tessera:throughput", {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "TESSERA_INGRESS_REPLICAS": "2"}),
+        ("triton", {}),
+    ]
+
+
+@pytest.mark.parametrize("text", ["throughput", "throughput:", "x:RAY_A", "x:=1"])
+def test_variant_parse_errors(text: str) -> None:
+    with pytest.raises(ValueError, match="NAME:KEY=VALUE"):
+        peer.parse_variant(text)
+
+
+@pytest.mark.parametrize(
+    ("variants", "servers", "message"),
+    [
+        ((("a", (("PATH", "/x"),)),), ("tessera",), "RAY_\\* or TESSERA_\\*"),
+        ((("a", (("RAY_X", "1"),)), ("a", (("RAY_Y", "1"),))), ("tessera",), "distinct"),
+        ((("Bad Name", (("RAY_X", "1"),)),), ("tessera",), "distinct"),
+        ((("a", (("RAY_X", "1"),)),), ("triton",), "needs the tessera server"),
+    ],
+)
+def test_variant_validation(variants: Any, servers: tuple[str, ...], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        peer.PeerOptions(variants=variants, servers=servers).validate()
+
+
+def test_variant_rows_do_not_enter_the_comparison() -> None:
+    rows = _rows()
+    rows += [{**r, "server": "tessera:x", "img_per_s": 1.0} for r in rows if r["server"] == "tessera"]
+    assert peer.summarize(rows, 16) == peer.summarize(_rows(), 16)
+
+
+def test_a_server_that_does_not_start_is_a_row_not_the_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from contextlib import contextmanager
+
+    @contextmanager
+    def failing(*_: Any, **__: Any) -> Any:
+        raise RuntimeError("service.cli exited with 1 before it was ready")
+        yield 0.0
+
+    monkeypatch.setattr(peer, "server_process", failing)
+    ready, rows = peer._measure_server(
+        "tessera:x",
+        ["python", "-m", "service.cli"],
+        {},
+        tmp_path / "log",
+        [("vit_small", "model")],
+        peer.Ports(1, 2, 3),
+        tmp_path / "p.npy",
+        peer.PeerOptions(),
+    )
+    assert ready is None
+    assert rows == [
+        {
+            "server": "tessera:x",
+            "role": "model",
+            "model": "vit_small",
+            "protocol": "-",
+            "clients": 0,
+            "img_per_s": None,
+            "skipped": "service.cli exited with 1 before it was ready",
+        }
+    ]
+
+
+def test_result_name_keeps_lever_runs_apart() -> None:
+    assert peer.result_name(peer.PeerOptions()) == "peer"
+    options = peer.PeerOptions(variants=(("direct-ingress", (("RAY_X", "1"),)),))
+    assert peer.result_name(options) == "peer_direct_ingress"
