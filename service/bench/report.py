@@ -542,6 +542,8 @@ def _section_peer(result: dict[str, Any]) -> list[str]:
     versions = ", ".join(f"{k} {v}" for k, v in (result.get("versions") or {}).items())
     backend = result.get("backend") or {}
     runtime = f"{backend.get('backend', '?')} on {backend.get('device', '?')}, {backend.get('precision', '?')}"
+    if "triton" not in (result.get("servers") or []):
+        versions += "; Triton was not in this run, which compares variants of Tessera"
     out = [
         f"Tessera (`tessera serve`) and Triton ({versions}; the model's inference function runs the same "
         f"ONNX Runtime backend Tessera loads: {runtime}, intra-op threads "
@@ -575,6 +577,8 @@ def _section_peer(result: dict[str, Any]) -> list[str]:
             for r in rows
         ],
     )
+    if "triton" not in (result.get("servers") or []):
+        return out + _peer_variants(result) + _notes(result)
     summary = result.get("summary", {})
     table = []
     for protocol in ("grpc", "rest"):
@@ -612,6 +616,46 @@ def _section_peer(result: dict[str, Any]) -> list[str]:
             table,
         )
     return out + _notes(result)
+
+
+def _peer_variants(result: dict[str, Any]) -> list[str]:
+    """Each Tessera variant against plain Tessera of the same run (a lever's before/after)."""
+    clients = result.get("clients")
+    by = {(r.get("server"), r.get("role"), r.get("protocol"), r.get("clients")): r for r in result.get("rows", [])}
+
+    def value(server: str, role: str, protocol: str, n: Any, key: str) -> float | None:
+        return _num((by.get((server, role, protocol, n)) or {}).get(key))
+
+    def ratio(a: float | None, b: float | None) -> str:
+        return f"{a / b:.2f}x" if a is not None and b else "-"
+
+    table = []
+    for server in [s for s in result.get("servers") or [] if str(s).startswith("tessera:")]:
+        for protocol in ("grpc", "rest"):
+            p50, base = value(server, "model", protocol, 1, "p50_ms"), value("tessera", "model", protocol, 1, "p50_ms")
+            table.append(
+                [
+                    server,
+                    protocol,
+                    ratio(
+                        value(server, "model", protocol, clients, "img_per_s"),
+                        value("tessera", "model", protocol, clients, "img_per_s"),
+                    ),
+                    "-" if p50 is None or base is None else f"{p50 - base:+.1f}",
+                    ratio(
+                        value(server, "noop", protocol, clients, "img_per_s"),
+                        value("tessera", "noop", protocol, clients, "img_per_s"),
+                    ),
+                ]
+            )
+    if not table:
+        return []
+    return [
+        "",
+        f"Each variant against plain Tessera in the same run ({clients} clients for img/s and the no-op ceiling):",
+        "",
+        *_table(["variant", "protocol", "img/s", "p50 1 client, ms", "no-op req/s"], table),
+    ]
 
 
 def _section_slide(result: dict[str, Any]) -> list[str]:

@@ -359,3 +359,27 @@ def test_result_name_keeps_lever_runs_apart() -> None:
     assert peer.result_name(peer.PeerOptions()) == "peer"
     options = peer.PeerOptions(variants=(("direct-ingress", (("RAY_X", "1"),)),))
     assert peer.result_name(options) == "peer_direct_ingress"
+
+
+def test_report_of_a_lever_run_compares_variants_with_plain_tessera(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    results.mkdir()
+    rows = [r for r in _rows() if r["server"] == "tessera"]
+    rows += [{**r, "server": "tessera:fast", "img_per_s": 2 * r["img_per_s"], "p50_ms": 40.0} for r in rows]
+    payload = {
+        "benchmark": "peer_fast",
+        "host": {"host": "ci-box", "cpu": "Test CPU", "cores": 2, "gpu": None, "date": "2026-12-03T10:00:00+00:00"},
+        "model": "vit_small",
+        "clients": 16,
+        "servers": ["tessera", "tessera:fast"],
+        "variants": {"tessera:fast": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}},
+        "rows": rows,
+        "summary": peer.summarize(rows, 16),
+    }
+    (results / "ci-box-2026-12-03-peer_fast.json").write_text(json.dumps(payload))
+    text = write_report(results, tmp_path / "performance.md", tmp_path / "img").read_text()
+    assert '## Service vs Triton, levers (`tessera:fast`: {"RAY_SERVE_THROUGHPUT_OPTIMIZED":"1"})' in text
+    assert "| tessera:fast | grpc | 2.00x | -12.0 | 2.00x |" in text
+    assert "Triton was not in this run" in text
+    goal = next(g for g in evaluate_goals(load_results(results)) if g.source == "peer")
+    assert goal.status.startswith("not measured")  # a lever run is not the comparison
