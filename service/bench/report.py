@@ -28,7 +28,7 @@ __all__ = ["Goal", "evaluate_goals", "load_results", "main", "make_plots", "rend
 MET, NOT_MET = "met", "not met"
 NO_GPU = "not measured: no GPU on this host"
 #: Order of the benchmark sections; others follow alphabetically.
-KNOWN = ("ort_vs_torch", "service_vs_raw", "slide_vs_raw", "attention_scaling", "router", "loadtest")
+KNOWN = ("ort_vs_torch", "service_vs_raw", "peer", "slide_vs_raw", "attention_scaling", "router", "loadtest")
 #: An N² attention-score term makes bytes per pixel grow with the token count: 16x from 512² to 2048².
 N2_MEMORY_RATIO_LIMIT = 2.0
 
@@ -135,6 +135,30 @@ def _goal_service(results: dict[str, dict[str, Any]]) -> Goal:
                 verdict = MET if min(b_rest, b_grpc) >= 0.9 else NOT_MET
                 status += f"; {verdict} with {batched.get('oip_batch')} images per request"
     return Goal(what, goal, measured, status + _suspect(summary), "service_vs_raw")
+
+
+def _goal_peer(results: dict[str, dict[str, Any]]) -> Goal:
+    what = "Service vs Triton on the same ONNX file and host, one image per request, gRPC and REST binary"
+    goal = ">= 1.0x Triton's img/s; 1-client p50 within 3 ms of Triton's; no-op ceiling >= Triton's"
+    result = results.get("peer")
+    if not result:
+        return Goal(what, goal, "-", "not measured: no result (`tessera bench peer`, extra `peer`)", "peer")
+    summary = result.get("summary", {})
+    parts = []
+    for protocol in ("grpc", "rest"):
+        s = summary.get(protocol)
+        if not isinstance(s, dict):
+            continue
+        ratio, delta, noop = _num(s.get("throughput_ratio")), _num(s.get("p50_delta_ms")), _num(s.get("noop_ratio"))
+        parts.append(
+            f"{'gRPC' if protocol == 'grpc' else 'REST'}: {ratio:.2f}x img/s" if ratio is not None else protocol
+        )
+        if delta is not None:
+            parts[-1] += f", p50 {delta:+.1f} ms"
+        if noop is not None:
+            parts[-1] += f", no-op {noop:.2f}x"
+    measured = "; ".join(parts) or "-"
+    return Goal(what, goal, measured, MET if summary.get("goal_met") else NOT_MET, "peer")
 
 
 def _goal_slide(results: dict[str, dict[str, Any]]) -> Goal:
@@ -318,6 +342,7 @@ def evaluate_goals(results: dict[str, dict[str, Any]]) -> list[Goal]:
         _goal_fused(results),
         _goal_router(results),
         _goal_loadtest(results),
+        _goal_peer(results),
         _goal_gpu(
             results,
             "On an H100: ViT-B/16 fp16 at batch 256 through the fastest backend",
@@ -512,6 +537,127 @@ def _section_service(result: dict[str, Any]) -> list[str]:
     return out + _notes(result)
 
 
+def _section_peer(result: dict[str, Any]) -> list[str]:
+    raw = result.get("raw", {})
+    versions = ", ".join(f"{k} {v}" for k, v in (result.get("versions") or {}).items())
+    backend = result.get("backend") or {}
+    runtime = f"{backend.get('backend', '?')} on {backend.get('device', '?')}, {backend.get('precision', '?')}"
+    if "triton" not in (result.get("servers") or []):
+        versions += "; Triton was not in this run, which compares variants of Tessera"
+    out = [
+        f"Tessera (`tessera serve`) and Triton ({versions}; the model's inference function runs the same "
+        f"ONNX Runtime backend Tessera loads: {runtime}, intra-op threads "
+        f"{result.get('intra_op_threads')} (0 = all cores), spinning {'on' if result.get('ort_spin') else 'off'}) "
+        f"serve model {result.get('model')} at {result.get('size')}², dynamic batching up to "
+        f"{result.get('max_batch_size')} with {_cell(1e3 * float(result.get('batch_wait_timeout_s') or 0))} ms wait "
+        "on both; one FP32 image per request from `tritonclient` (gRPC, and REST with binary tensors) in a "
+        f"separate process, closed loop, {result.get('clients')} clients and 1 client, {result.get('duration_s')} s "
+        f"per point after {result.get('warmup_s')} s of warm-up, the servers one after the other "
+        f"({', '.join(result.get('servers') or [])}). The no-op model ({result.get('noop_model') or '-'}, one "
+        "16-wide block, served the same way on both) measures the front end's ceiling in requests/s. Raw ONNX "
+        f"Runtime at batch {result.get('max_batch_size')}, no server: {raw.get('img_per_s', '-')} img/s (before "
+        f"{raw.get('before', {}).get('img_per_s', '-')}, after {raw.get('after', {}).get('img_per_s', '-')}).",
+        "",
+    ]
+    rows = result.get("rows", [])
+    out += _table(
+        ["server", "model", "protocol", "clients", "img/s", "p50 ms", "p95 ms", "errors", "note"],
+        [
+            [
+                r.get("server"),
+                r.get("model"),
+                r.get("protocol"),
+                r.get("clients"),
+                r.get("img_per_s"),
+                r.get("p50_ms"),
+                r.get("p95_ms"),
+                r.get("errors"),
+                r.get("skipped") or r.get("first_error") or "",
+            ]
+            for r in rows
+        ],
+    )
+    if "triton" not in (result.get("servers") or []):
+        return out + _peer_variants(result) + _notes(result)
+    summary = result.get("summary", {})
+    table = []
+    for protocol in ("grpc", "rest"):
+        s = summary.get(protocol)
+        if isinstance(s, dict):
+            table.append(
+                [
+                    protocol,
+                    s.get("tessera_img_per_s"),
+                    s.get("triton_img_per_s"),
+                    s.get("throughput_ratio"),
+                    s.get("tessera_p50_1_client_ms"),
+                    s.get("triton_p50_1_client_ms"),
+                    s.get("p50_delta_ms"),
+                    s.get("tessera_noop_req_per_s"),
+                    s.get("triton_noop_req_per_s"),
+                    s.get("noop_ratio"),
+                ]
+            )
+    if table:
+        out += ["", f"Tessera against Triton ({result.get('clients')} clients for img/s and the no-op ceiling):", ""]
+        out += _table(
+            [
+                "protocol",
+                "Tessera img/s",
+                "Triton img/s",
+                "ratio",
+                "Tessera p50 1 client",
+                "Triton p50 1 client",
+                "p50 delta ms",
+                "Tessera no-op req/s",
+                "Triton no-op req/s",
+                "no-op ratio",
+            ],
+            table,
+        )
+    return out + _notes(result)
+
+
+def _peer_variants(result: dict[str, Any]) -> list[str]:
+    """Each Tessera variant against plain Tessera of the same run (a lever's before/after)."""
+    clients = result.get("clients")
+    by = {(r.get("server"), r.get("role"), r.get("protocol"), r.get("clients")): r for r in result.get("rows", [])}
+
+    def value(server: str, role: str, protocol: str, n: Any, key: str) -> float | None:
+        return _num((by.get((server, role, protocol, n)) or {}).get(key))
+
+    def ratio(a: float | None, b: float | None) -> str:
+        return f"{a / b:.2f}x" if a is not None and b else "-"
+
+    table = []
+    for server in [s for s in result.get("servers") or [] if str(s).startswith("tessera:")]:
+        for protocol in ("grpc", "rest"):
+            p50, base = value(server, "model", protocol, 1, "p50_ms"), value("tessera", "model", protocol, 1, "p50_ms")
+            table.append(
+                [
+                    server,
+                    protocol,
+                    ratio(
+                        value(server, "model", protocol, clients, "img_per_s"),
+                        value("tessera", "model", protocol, clients, "img_per_s"),
+                    ),
+                    "-" if p50 is None or base is None else f"{p50 - base:+.1f}",
+                    ratio(
+                        value(server, "noop", protocol, clients, "img_per_s"),
+                        value("tessera", "noop", protocol, clients, "img_per_s"),
+                    ),
+                ]
+            )
+    if not table:
+        return []
+    return [
+        "",
+        f"Each variant against plain Tessera in the same run ({clients} clients for img/s and the no-op ceiling):",
+        "",
+        *_table(["variant", "protocol", "img/s", "p50 1 client, ms", "no-op req/s"], table),
+    ]
+
+
 def _section_slide(result: dict[str, Any]) -> list[str]:
     slide = result.get("slide", {})
     pipeline = result.get("pipeline", {})
@@ -670,6 +816,7 @@ _SECTIONS = {
     "gpu_slide": ("GPU: ViT-L/16 tile encoder", _section_generic, []),
     "ort_vs_torch": ("ONNX Runtime vs PyTorch eager", _section_ort, ["throughput_ort_vs_torch"]),
     "service_vs_raw": ("Service vs raw backend", _section_service, ["throughput_service"]),
+    "peer": ("Service vs Triton (same ONNX file, same host)", _section_peer, []),
     "slide_vs_raw": ("Slide pipeline vs raw backend", _section_slide, ["throughput_slide"]),
     "attention_scaling": (
         "Attention scaling, 224² to 2048²",
@@ -721,6 +868,9 @@ def render_markdown(
         )
     for name, result in _ordered(results):
         title, section, plots = _SECTIONS.get(name, (name.replace("_", " ").capitalize(), _section_generic, []))
+        if name.startswith("peer_"):
+            variants = ", ".join(f"`{k}`: {_cell(v)}" for k, v in (result.get("variants") or {}).items())
+            title, section, plots = (f"Service vs Triton, levers ({variants})", _section_peer, [])
         if name.startswith("service_vs_raw_oip"):
             title, section, plots = (
                 f"Service vs raw backend, {result.get('oip_batch')} images per request",

@@ -1,0 +1,385 @@
+"""``tessera bench peer``'s harness without Triton: options, the stub's sitecustomize, the no-op
+model, commands, result shaping and the report. The Triton side itself runs only in the benchmark
+(it needs the ``peer`` extra, which ``make test`` does not install)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.bench import command, peer
+from service.bench.report import evaluate_goals, load_results, write_report
+from service.models.config import ModelConfig
+
+
+# -- options --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"clients": 0}, "--clients"),
+        ({"clients": 257}, "--clients"),
+        ({"duration_s": 0}, "--duration"),
+        ({"warmup_s": -1}, "--warmup"),
+        ({"raw_duration_s": 0}, "--raw-duration"),
+        ({"servers": ("tessera", "tgi")}, "--server"),
+        ({"servers": ("triton", "triton")}, "--server"),
+        ({"servers": ()}, "--server"),
+        ({"protocols": ("http",)}, "--protocol"),
+        ({"model": peer.NOOP_MODEL}, "no-op"),
+    ],
+)
+def test_options_name_the_bad_value(change: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        peer.PeerOptions(**change).validate()
+
+
+def test_defaults_are_valid_and_compare_both_servers_on_both_protocols() -> None:
+    options = peer.PeerOptions().validate()
+    assert options.servers == ("tessera", "triton") and options.protocols == ("grpc", "rest")
+    assert options.clients == 16 and options.noop
+
+
+def test_command_line_errors_exit_2_before_anything_starts(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        peer.main(["--clients", "0"])
+    assert exc.value.code == 2
+    assert "--clients must be 1..256" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        peer.main(["--server", "tessera,nginx"])
+
+
+def test_registered_as_a_benchmark_taking_the_model_repo() -> None:
+    assert command.BENCHMARKS["peer"] == ("service.bench.peer", True)
+
+
+# -- Triton's stub: the sitecustomize --------------------------------------------------------------------
+def test_sitecustomize_is_written_where_asked(tmp_path: Path) -> None:
+    path = peer.write_sitecustomize(tmp_path / "stub")
+    assert path == tmp_path / "stub" / "sitecustomize.py"
+    assert path.read_text() == peer.SITECUSTOMIZE
+    compile(path.read_text(), str(path), "exec")
+
+
+def test_triton_env_runs_its_sitecustomize_and_sees_this_environment(tmp_path: Path) -> None:
+    """Triton's stub ignores PYTHONPATH but runs ``site`` for the environment first on PATH: the
+    throw-away environment imports its own sitecustomize and still finds this one's packages."""
+    python = peer.write_stub_env(tmp_path / "env")
+    assert python == tmp_path / "env" / "bin" / "python3" and python.exists()
+    assert (tmp_path / "env" / "pyvenv.cfg").read_text().startswith("home = ")
+    code = "import sys, sitecustomize, numpy, service; print(sys.prefix); print(sitecustomize.__file__)"
+    out = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    prefix, module = out.stdout.split()
+    assert Path(prefix) == tmp_path / "env"
+    assert Path(module) == peer.site_packages(tmp_path / "env") / "sitecustomize.py"
+    assert peer.write_stub_env(tmp_path / "env") == python  # again: idempotent
+
+
+def test_install_triton_is_skipped_when_the_stamp_matches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[list[str]] = []
+
+    def fake_run(command: list[str], **_: Any) -> subprocess.CompletedProcess[str]:
+        calls.append(command)
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(peer.subprocess, "run", fake_run)
+    peer.install_triton(tmp_path / "env", ("nvidia-pytriton==0.7.0",))
+    peer.install_triton(tmp_path / "env", ("nvidia-pytriton==0.7.0",))
+    assert len(calls) == 1
+    assert calls[0][-3:] == ["--target", str(peer.site_packages(tmp_path / "env")), "nvidia-pytriton==0.7.0"]
+    peer.install_triton(tmp_path / "env", ("nvidia-pytriton==0.7.0", "numpy==1.26.4"))
+    assert len(calls) == 2
+
+
+def test_install_triton_failure_names_the_requirements(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(
+        peer.subprocess,
+        "run",
+        lambda command, **_: subprocess.CompletedProcess(command, 1, "", "ERROR: No matching distribution"),
+    )
+    with pytest.raises(RuntimeError, match=r"nvidia-pytriton==0.7.0 for Triton failed: ERROR: No matching"):
+        peer.install_triton(tmp_path / "env")
+    assert not (peer.site_packages(tmp_path / "env") / ".tessera-peer-requirements").exists()
+
+
+def _run(code: str, folder: Path) -> subprocess.CompletedProcess[str]:
+    env = {"PYTHONPATH": str(folder), "PATH": "/usr/bin:/bin"}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+
+
+def test_sitecustomize_does_nothing_where_the_c_rlock_has_recursion_count(tmp_path: Path) -> None:
+    peer.write_sitecustomize(tmp_path)
+    out = _run(
+        "import sys; print('multiprocessing.resource_tracker' in sys.modules)",
+        tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"  # not even imported in an ordinary interpreter
+
+
+def test_sitecustomize_gives_the_tracker_a_python_rlock_where_the_c_one_lacks_the_method(tmp_path: Path) -> None:
+    """An old embedded libpython is simulated by a ``_thread`` whose RLock has no ``_recursion_count``."""
+    path = peer.write_sitecustomize(tmp_path / "stub")
+    code = f"""
+import sys, types, threading, _thread
+real = _thread
+sys.modules["_thread"] = types.SimpleNamespace(RLock=type("OldRLock", (), {{}}))
+exec(compile(open({str(path)!r}).read(), "sitecustomize", "exec"), {{}})
+sys.modules["_thread"] = real
+from multiprocessing import resource_tracker
+lock = resource_tracker._resource_tracker._lock
+assert isinstance(lock, threading._PyRLock), type(lock)
+with lock:
+    assert lock._recursion_count() == 1
+print("ok")
+"""
+    out = _run(code, tmp_path / "empty")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
+# -- the repository both servers serve ---------------------------------------------------------------------
+def test_noop_config_is_a_valid_model_batched_like_the_measured_one() -> None:
+    batching = {"max_batch_size": 8, "batch_wait_timeout_s": 0.01}
+    cfg = ModelConfig.model_validate(peer.noop_config(batching))
+    assert cfg.name == peer.NOOP_MODEL
+    assert cfg.batching.max_batch_size == 8 and cfg.batching.batch_wait_timeout_s == 0.01
+    assert cfg.architecture.kwargs["depth"] == 1 and cfg.output.embedding_dim == cfg.architecture.kwargs["embed_dim"]
+
+
+def _built_source(tmp_path: Path) -> Path:
+    """A source repository with vit_small's real config and a version folder holding a manifest."""
+    root = Path(__file__).resolve().parents[3] / "model_repo"
+    source = tmp_path / "source"
+    (source / "vit_small" / "1").mkdir(parents=True)
+    (source / "vit_small" / "config.yaml").write_text((root / "vit_small" / "config.yaml").read_text())
+    return source
+
+
+def test_prepare_repo_links_the_model_and_adds_the_noop_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.models import ModelRepository
+
+    source = _built_source(tmp_path)
+    monkeypatch.setattr(ModelRepository, "require_manifest", lambda self, name: None)
+    repo = peer.prepare_repo(source, "vit_small", tmp_path / "work", noop=True)
+    assert (repo / "vit_small").is_symlink()
+    assert (repo / "vit_small").resolve() == (source / "vit_small").resolve()
+    names = ModelRepository(repo).names()
+    assert sorted(names) == sorted(["vit_small", peer.NOOP_MODEL])
+    assert ModelRepository(repo).config(peer.NOOP_MODEL).batching.max_batch_size == 8
+    # again (the second run of the benchmark): same result, the link replaced
+    assert peer.prepare_repo(source, "vit_small", tmp_path / "work", noop=False) == repo
+    assert not (repo / "routes.yaml").exists()
+
+
+def test_prepare_repo_refuses_an_unbuilt_model(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="tessera build"):
+        peer.prepare_repo(_built_source(tmp_path), "vit_small", tmp_path / "work", noop=True)
+
+
+def test_server_commands(tmp_path: Path) -> None:
+    ports = peer.Ports(8100, 9100, 8180)
+    tessera = peer.tessera_command(tmp_path, ports)
+    assert tessera[1:3] == ["-m", "service.cli"] and "serve" in tessera
+    assert tessera[tessera.index("--grpc-port") + 1] == "9100" and tessera[tessera.index("--host") + 1] == "127.0.0.1"
+    triton = peer.triton_command(tmp_path, ["vit_small", peer.NOOP_MODEL], ports, tmp_path / "env" / "bin" / "python3")
+    assert triton[0] == str(tmp_path / "env" / "bin" / "python3")
+    assert triton[1:4] == ["-m", "service.bench.peer", "--triton-server"]
+    assert [triton[i + 1] for i, a in enumerate(triton) if a == "--serve-model"] == ["vit_small", peer.NOOP_MODEL]
+    assert triton[triton.index("--ports") + 1] == "8100,9100,8180"
+
+
+# -- result shaping ------------------------------------------------------------------------------------------
+def _rows(tessera: float = 28.0, triton: float = 27.0, p50: tuple[float, float] = (52.0, 51.0)) -> list[dict[str, Any]]:
+    rows = []
+    for server, rate, latency in (("tessera", tessera, p50[0]), ("triton", triton, p50[1])):
+        for protocol in peer.PROTOCOLS:
+            for role, model, scale in (("model", "vit_small", 1.0), ("noop", peer.NOOP_MODEL, 20.0)):
+                for clients in (16, 1):
+                    stats = {"img_per_s": rate * scale / (4 if clients == 1 else 1), "p50_ms": latency, "errors": 0}
+                    rows.append(peer.point_row(server, role, model, protocol, clients, stats))
+    return rows
+
+
+def test_summary_meets_the_goal_when_every_comparison_holds() -> None:
+    summary = peer.summarize(_rows(), 16)
+    assert summary["goal_met"] is True
+    assert summary["grpc"]["throughput_ratio"] == pytest.approx(28 / 27, abs=1e-4)
+    assert summary["rest"]["p50_delta_ms"] == 1.0
+    assert summary["grpc"]["tessera_noop_req_per_s"] == 560.0 and summary["grpc"]["noop_ratio"] == pytest.approx(
+        28 / 27, abs=1e-4
+    )
+
+
+@pytest.mark.parametrize(
+    ("rows", "why"),
+    [
+        (_rows(tessera=20.4, triton=27.2), "throughput"),
+        (_rows(p50=(67.0, 52.0)), "p50 15 ms above"),
+        (_rows(p50=(54.1, 51.0)), "p50 3.1 ms above"),
+    ],
+)
+def test_summary_misses_the_goal(rows: list[dict[str, Any]], why: str) -> None:
+    assert peer.summarize(rows, 16)["goal_met"] is False, why
+
+
+def test_a_missing_or_failed_point_is_none_and_never_met() -> None:
+    rows = [r for r in _rows() if not (r["server"] == "triton" and r["protocol"] == "rest" and r["clients"] == 1)]
+    summary = peer.summarize(rows, 16)
+    assert summary["rest"]["triton_p50_1_client_ms"] is None and summary["rest"]["p50_delta_ms"] is None
+    assert summary["goal_met"] is False
+    failed = peer.point_row("triton", "model", "vit_small", "grpc", 16, {"img_per_s": 0.0, "skipped": "client failed"})
+    assert failed["skipped"] == "client failed" and "p50_ms" not in failed
+    assert peer.summarize([failed], 16, ("grpc",))["grpc"]["throughput_ratio"] is None
+    assert peer.summarize([], 16)["goal_met"] is False
+
+
+def test_report_renders_the_peer_section_and_goal(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    results.mkdir()
+    payload = {
+        "benchmark": "peer",
+        "host": {"host": "ci-box", "cpu": "Test CPU", "cores": 2, "gpu": None, "date": "2026-12-03T10:00:00+00:00"},
+        "model": "vit_small",
+        "noop_model": peer.NOOP_MODEL,
+        "size": 224,
+        "max_batch_size": 8,
+        "batch_wait_timeout_s": 0.01,
+        "clients": 16,
+        "duration_s": 20.0,
+        "warmup_s": 3.0,
+        "servers": ["tessera", "triton"],
+        "backend": {"backend": "onnxruntime", "device": "cpu", "precision": "fp32"},
+        "intra_op_threads": 0,
+        "ort_spin": False,
+        "versions": {"nvidia-pytriton": "0.7.0", "tritonclient": "2.73.0"},
+        "raw": {"img_per_s": 27.0, "before": {"img_per_s": 27.1}, "after": {"img_per_s": 26.9}},
+        "rows": _rows(tessera=20.4, triton=27.2),
+        "summary": {**peer.summarize(_rows(tessera=20.4, triton=27.2), 16), "notes": ["the host was shared"]},
+    }
+    (results / "ci-box-2026-12-03-peer.json").write_text(json.dumps(payload))
+    goal = next(g for g in evaluate_goals(load_results(results)) if g.source == "peer")
+    assert goal.status == "not met"
+    assert "gRPC: 0.75x img/s, p50 +1.0 ms, no-op 0.75x" in goal.measured
+    text = write_report(results, tmp_path / "performance.md", tmp_path / "img").read_text()
+    assert "## Service vs Triton (same ONNX file, same host)" in text
+    assert "nvidia-pytriton 0.7.0" in text and "> Note: the host was shared." in text
+    assert "| grpc | 20.4 | 27.2 | 0.75 |" in text
+
+
+def test_goal_not_measured_without_a_result(tmp_path: Path) -> None:
+    goal = next(g for g in evaluate_goals({}) if g.source == "peer")
+    assert goal.status.startswith("not measured") and "tessera bench peer" in goal.status
+
+
+def test_busy_host_note() -> None:
+    assert peer.busy_host_notes(1.0, 1.9, 2) == []
+    (note,) = peer.busy_host_notes(7.2, 3.0, 2)
+    assert "7.2 at the start and 3.0 at the end on 2 cores" in note
+
+
+# -- levers: Tessera variants ------------------------------------------------------------------------------
+def test_variant_parsing_and_run_order() -> None:
+    name, env = peer.parse_variant("throughput:RAY_SERVE_THROUGHPUT_OPTIMIZED=1, TESSERA_INGRESS_REPLICAS=2")
+    assert name == "throughput"
+    assert env == (("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1"), ("TESSERA_INGRESS_REPLICAS", "2"))
+    options = peer.PeerOptions(variants=((name, env),)).validate()
+    assert options.runs() == [
+        ("tessera", {}),
+        ("tessera:throughput", {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "TESSERA_INGRESS_REPLICAS": "2"}),
+        ("triton", {}),
+    ]
+
+
+@pytest.mark.parametrize("text", ["throughput", "throughput:", "x:RAY_A", "x:=1"])
+def test_variant_parse_errors(text: str) -> None:
+    with pytest.raises(ValueError, match="NAME:KEY=VALUE"):
+        peer.parse_variant(text)
+
+
+@pytest.mark.parametrize(
+    ("variants", "servers", "message"),
+    [
+        ((("a", (("PATH", "/x"),)),), ("tessera",), "RAY_\\* or TESSERA_\\*"),
+        ((("a", (("RAY_X", "1"),)), ("a", (("RAY_Y", "1"),))), ("tessera",), "distinct"),
+        ((("Bad Name", (("RAY_X", "1"),)),), ("tessera",), "distinct"),
+        ((("a", (("RAY_X", "1"),)),), ("triton",), "needs the tessera server"),
+    ],
+)
+def test_variant_validation(variants: Any, servers: tuple[str, ...], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        peer.PeerOptions(variants=variants, servers=servers).validate()
+
+
+def test_variant_rows_do_not_enter_the_comparison() -> None:
+    rows = _rows()
+    rows += [{**r, "server": "tessera:x", "img_per_s": 1.0} for r in rows if r["server"] == "tessera"]
+    assert peer.summarize(rows, 16) == peer.summarize(_rows(), 16)
+
+
+def test_a_server_that_does_not_start_is_a_row_not_the_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from contextlib import contextmanager
+
+    @contextmanager
+    def failing(*_: Any, **__: Any) -> Any:
+        raise RuntimeError("service.cli exited with 1 before it was ready")
+        yield 0.0
+
+    monkeypatch.setattr(peer, "server_process", failing)
+    ready, rows = peer._measure_server(
+        "tessera:x",
+        ["python", "-m", "service.cli"],
+        {},
+        tmp_path / "log",
+        [("vit_small", "model")],
+        peer.Ports(1, 2, 3),
+        tmp_path / "p.npy",
+        peer.PeerOptions(),
+    )
+    assert ready is None
+    assert rows == [
+        {
+            "server": "tessera:x",
+            "role": "model",
+            "model": "vit_small",
+            "protocol": "-",
+            "clients": 0,
+            "img_per_s": None,
+            "skipped": "service.cli exited with 1 before it was ready",
+        }
+    ]
+
+
+def test_result_name_keeps_lever_runs_apart() -> None:
+    assert peer.result_name(peer.PeerOptions()) == "peer"
+    options = peer.PeerOptions(variants=(("direct-ingress", (("RAY_X", "1"),)),))
+    assert peer.result_name(options) == "peer_direct_ingress"
+
+
+def test_report_of_a_lever_run_compares_variants_with_plain_tessera(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    results.mkdir()
+    rows = [r for r in _rows() if r["server"] == "tessera"]
+    rows += [{**r, "server": "tessera:fast", "img_per_s": 2 * r["img_per_s"], "p50_ms": 40.0} for r in rows]
+    payload = {
+        "benchmark": "peer_fast",
+        "host": {"host": "ci-box", "cpu": "Test CPU", "cores": 2, "gpu": None, "date": "2026-12-03T10:00:00+00:00"},
+        "model": "vit_small",
+        "clients": 16,
+        "servers": ["tessera", "tessera:fast"],
+        "variants": {"tessera:fast": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}},
+        "rows": rows,
+        "summary": peer.summarize(rows, 16),
+    }
+    (results / "ci-box-2026-12-03-peer_fast.json").write_text(json.dumps(payload))
+    text = write_report(results, tmp_path / "performance.md", tmp_path / "img").read_text()
+    assert '## Service vs Triton, levers (`tessera:fast`: {"RAY_SERVE_THROUGHPUT_OPTIMIZED":"1"})' in text
+    assert "| tessera:fast | grpc | 2.00x | -12.0 | 2.00x |" in text
+    assert "Triton was not in this run" in text
+    goal = next(g for g in evaluate_goals(load_results(results)) if g.source == "peer")
+    assert goal.status.startswith("not measured")  # a lever run is not the comparison
