@@ -18,7 +18,9 @@ __all__ = ["host_facts", "median_time", "peak_and_median", "results_dir", "write
 
 
 def results_dir() -> Path:
-    return Path(os.environ.get("TESSERA_BENCH_RESULTS", "bench/results"))
+    from service.settings import ProcessSettings, load
+
+    return load(ProcessSettings).bench_results
 
 
 def host_facts() -> dict[str, Any]:
