@@ -10,17 +10,12 @@ from ray.serve import Application
 
 from service.models import ModelRepository
 from service.serve.backbone import Backbone
+from service.serve.config import APP_NAME, backbone_deployment_name, deployment_options
 from service.serve.ingress import Ingress
 from service.serve.slides import SlideJobs
 from service.settings import ServerSettings
 
 __all__ = ["APP_NAME", "app_builder", "backbone_deployment_name", "build_app"]
-
-APP_NAME = "tessera"
-
-
-def backbone_deployment_name(model: str) -> str:
-    return f"backbone_{model}"
 
 
 def build_app(settings: ServerSettings) -> Application:
@@ -33,17 +28,12 @@ def build_app(settings: ServerSettings) -> Application:
         }
     )
     repo = ModelRepository(settings.model_repo)
+    options = deployment_options(settings, repo)
     handles: dict[str, Any] = {}
-    for name, cfg in repo.configs().items():
+    for name in repo.configs():
         repo.require_manifest(name)  # fail before deploying anything if a model is not built
-        batching = cfg.batching
-        handles[name] = Backbone.options(  # type: ignore[attr-defined]
-            name=backbone_deployment_name(name),
-            num_replicas=batching.num_replicas,
-            max_ongoing_requests=batching.max_ongoing_requests,
-            max_queued_requests=batching.max_queued_requests,
-            ray_actor_options={"num_cpus": batching.num_cpus, "num_gpus": batching.num_gpus},
-        ).bind(
+        deployment = backbone_deployment_name(name)
+        handles[name] = Backbone.options(name=deployment, **options[deployment]).bind(  # type: ignore[attr-defined]
             settings.model_repo,
             name,
             settings.runtime,
@@ -52,15 +42,12 @@ def build_app(settings: ServerSettings) -> Application:
             settings.ort_spin,
             settings.trt_cache_dir,
         )
-    slide_jobs = SlideJobs.options(  # type: ignore[attr-defined]
-        name="SlideJobs", ray_actor_options={"num_cpus": 0.1}
-    ).bind(settings.model_dump(mode="json"), handles)
-    return Ingress.options(  # type: ignore[attr-defined]
-        num_replicas=settings.ingress_replicas,
-        max_ongoing_requests=settings.ingress_max_ongoing_requests,
-        max_queued_requests=settings.ingress_max_queued_requests,
-        ray_actor_options={"num_cpus": 0.1},
-    ).bind(settings.model_dump(mode="json"), handles, slide_jobs)
+    slide_jobs = SlideJobs.options(name="SlideJobs", **options["SlideJobs"]).bind(  # type: ignore[attr-defined]
+        settings.model_dump(mode="json"), handles
+    )
+    return Ingress.options(**options["Ingress"]).bind(  # type: ignore[attr-defined]
+        settings.model_dump(mode="json"), handles, slide_jobs
+    )
 
 
 def app_builder(args: dict[str, Any]) -> Application:
