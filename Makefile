@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine (see README):
-#   make serve   install, build the default model repository if needed, start the service
+#   make serve   install, start the service, building the models it lacks while it serves
 #   make test    install, then lint, type-check and run every test
 PYTHON ?= python3
 VENV   ?= .venv
@@ -20,8 +20,9 @@ build: install
 	$(BIN)/tessera build
 	$(BIN)/tessera calibrate --if-missing
 
-serve: build
-	$(BIN)/tessera serve
+# Serves as soon as the first model is built and calibrated; the others build and join meanwhile.
+serve: install
+	$(BIN)/tessera serve --build
 
 lint: install
 	$(BIN)/ruff check .

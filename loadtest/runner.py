@@ -185,9 +185,9 @@ class ServiceProcess:
     start it.
 
     Its output goes to ``log_path``, or is kept in memory (the last lines: :meth:`output`) without
-    one. ``env`` is added to this process's environment, ``args`` are more ``tessera serve`` flags.
-    With ``temp_job_dir``, slide jobs go to a temporary folder removed afterwards (unless
-    ``TESSERA_JOB_DIR`` is set).
+    one; ``output``, when given, collects every line it prints. ``env`` is added to this process's
+    environment, ``args`` are more ``tessera serve`` flags. With ``temp_job_dir``, slide jobs go to a
+    temporary folder removed afterwards (unless ``TESSERA_JOB_DIR`` is set).
     """
 
     def __init__(
@@ -203,6 +203,7 @@ class ServiceProcess:
         cwd: Path | None = None,
         args: Sequence[str] = (),
         temp_job_dir: bool = True,
+        output: list[str] | None = None,
     ):
         self.model_repo = str(Path(model_repo).resolve()) if model_repo is not None else None
         self.log_path = log_path
@@ -210,7 +211,7 @@ class ServiceProcess:
         self.cwd = cwd or ROOT
         self.args = tuple(args)
         self.temp_job_dir = temp_job_dir
-        self._lines: collections.deque[str] = collections.deque(maxlen=400)
+        self._lines: collections.deque[str] | list[str] = collections.deque(maxlen=400) if output is None else output
         self.http_port = http_port or free_port()
         self.grpc_port = grpc_port or free_port()
         self.metrics_port = metrics_port or free_port()

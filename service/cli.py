@@ -28,10 +28,15 @@ def cmd_build(args: argparse.Namespace) -> int:
     started = time.monotonic()
     phase_started: dict[str, float] = {}
 
-    def progress(model: str, phase: str) -> None:
+    def progress(model: str, phase: str, eta_s: float | None = None) -> None:
         now = time.monotonic()
         since = now - phase_started.setdefault(model, now)
-        print(f"[{now - started:6.1f}s] {model:<14} {phase}  (model {since:.0f}s)", file=sys.stderr, flush=True)
+        if args.progress == "json":  # for a program that follows the build (tessera serve --build)
+            line = json.dumps({"model": model, "phase": phase, "elapsed_s": round(since, 1), "eta_s": eta_s})
+            print(line, file=sys.stderr, flush=True)
+            return
+        eta = f", ~{eta_s:.0f}s left" if eta_s is not None else ""
+        print(f"[{now - started:6.1f}s] {model:<14} {phase}  (model {since:.0f}s{eta})", file=sys.stderr, flush=True)
 
     rows = build_repository(repo, models, fp16=args.fp16, tensorrt=args.tensorrt, force=args.force, progress=progress)
     print(f"{'model':<16} {'artifact':<10} {'status':<11} {'parity max|err|':>16} {'seconds':>8}  note")
@@ -84,6 +89,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         grpc_port=args.grpc_port,
         metrics_port=args.metrics_port,
         model_control_mode=args.model_control_mode,
+        **({"build_missing": True} if args.build else {}),
     )
     if args.print_config:
         from service.serve.config import serve_config
@@ -190,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--tensorrt", action="store_true", default=None)
     p.add_argument("--force", action="store_true", help="rebuild even when up to date")
+    p.add_argument(
+        "--progress", choices=["text", "json"], default="text", help="progress lines on stderr: for people, or JSON"
+    )
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("doctor", help="what this host can run (runtimes, providers, GPUs, models) and why not")
@@ -214,6 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["none", "explicit"],
         default=None,
         help="explicit: allow Triton's repository load/unload requests (default: none, refused with 403)",
+    )
+    p.add_argument(
+        "--build",
+        action="store_true",
+        help="build the models that are not built while serving: ready when the first is, the others join",
     )
     p.add_argument("--print-config", action="store_true", help="print the Serve config (KubeRay) and exit")
     p.set_defaults(func=cmd_serve)

@@ -170,6 +170,11 @@ class ServerSettings(_Settings):
         default=2 << 30, ge=1024, le=1 << 40, description="Largest slide upload; larger slides go by path."
     )
     job_dir: str = Field(default=".tessera/jobs", description="Where slide jobs keep their state and results.")
+    build_missing: bool = Field(
+        default=False,
+        description="Build models that are not built while the service runs: it answers as soon as the first "
+        "is built and calibrated, and the others join when they are ready (tessera serve --build).",
+    )
     model_control_mode: Literal["none", "explicit"] = Field(
         default="none",
         description="Triton's model control: 'explicit' lets clients unload and load models (the repository "

@@ -101,11 +101,13 @@ def start_tessera_serve(
     cwd: Path | None = None,
     ready_timeout_s: float = 240.0,
     args: tuple[str, ...] = (),
+    output: list[str] | None = None,
 ) -> tuple[subprocess.Popen[str], dict[str, int], str]:
     """``tessera serve`` as a subprocess on free ports: the process, its ports and its ready line.
 
-    ``args`` are more ``tessera serve`` flags (e.g. ``--model-control-mode=explicit``). The process
-    is :class:`loadtest.runner.ServiceProcess`, the one the load test starts.
+    ``args`` are more ``tessera serve`` flags (e.g. ``--model-control-mode=explicit``); ``output``
+    collects every line it prints, before and after the ready line. The process is
+    :class:`loadtest.runner.ServiceProcess`, the one the load test starts.
 
     Returns once the ready line is printed (its output is drained from then on); fails the test if
     the process exits first or prints none within ``ready_timeout_s``. Stopping it is the caller's.
@@ -119,6 +121,7 @@ def start_tessera_serve(
         args=args,
         ready_timeout_s=ready_timeout_s,
         temp_job_dir=False,
+        output=output,
     )
     try:
         service.start()

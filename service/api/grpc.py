@@ -277,7 +277,7 @@ class GrpcIngressMixin:
         pb = _module(_OIP_PB2)
 
         async def work() -> Any:
-            OpenInference(self.core).load(request.model_name, _params(request.parameters))
+            await OpenInference(self.core).load(request.model_name, _params(request.parameters))
             return pb.RepositoryModelLoadResponse()
 
         return await _answer(grpc_context, pb.RepositoryModelLoadResponse, work, auth=self._auth())

@@ -1,14 +1,14 @@
 """Triton's model repository and model configuration extensions, over the serving core.
 
-``ModelControl`` keeps which models are loaded (available to the router, ``/v1/models``, OIP
-readiness and inference) and how many requests each has in flight. Tessera deploys a backbone
-for every built model when the service starts (``service.serve.app.build_app``); with explicit
-model control (``ServerSettings.model_control_mode = "explicit"``) ``unload`` takes a model out
-of service (new requests are refused with 503 / UNAVAILABLE, the router routes around it) and
-waits for its in-flight requests to finish; ``load`` puts a deployed model back. A model that is
-not built cannot be loaded (400: build it with ``tessera build``): loading never builds, and the
-backbone deployment's replicas stay up while the model is unloaded. Without explicit model
-control load and unload are refused with 403 / PERMISSION_DENIED.
+``ModelControl`` knows each model's state (``ModelStatus``: building, loading, ready, failed,
+unloaded...) and how many requests each has in flight. In one process (the CLI, the tests) a model
+is ready when it is built. In the service the states come from a shared source (the
+``ModelStates`` deployment, ``service.serve.models``), so models built while the service runs join
+when ready and every replica follows one load/unload. With explicit model control
+(``ServerSettings.model_control_mode = "explicit"``) ``unload`` takes a model out of service at
+once, waits for its requests in flight, then for the backbones to release it; ``load`` builds the
+model when it is not built and returns once it answers. Without explicit model control load and
+unload are refused with 403 / PERMISSION_DENIED.
 
 ``triton_model_config`` answers ``GET /v2/models/{m}/config`` and gRPC ``ModelConfig`` in
 Triton's model-configuration shape (``model_config.proto``), with Tessera's own facts (size
@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
-from typing import Any, Literal
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, Field
 
@@ -29,14 +30,20 @@ from service.models.config import ModelConfig
 from service.models.manifest import Manifest
 
 __all__ = [
+    "TRITON_STATES",
     "ModelControl",
     "ModelControlMode",
+    "ModelState",
+    "ModelStates",
+    "ModelStatus",
     "RepositoryModel",
     "TritonModelConfig",
     "triton_model_config",
 ]
 
 ModelControlMode = Literal["none", "explicit"]
+
+log = logging.getLogger(__name__)
 
 #: Triton's ``DataType`` names for the OIP datatypes.
 _TRITON_TYPES = {
@@ -49,35 +56,144 @@ _TRITON_TYPES = {
 
 
 # -- model repository --------------------------------------------------------------------------------
+#: A model's life in the service. ``building``: its artifacts are being made (``tessera serve
+#: --build``, or a load of an unbuilt model); ``loading``: built, the backbone is loading it;
+#: ``ready``: answering; ``failed``: the build or the load failed (``reason`` says why);
+#: ``unloading`` / ``unloaded``: taken out of service by explicit model control; ``unavailable``:
+#: not built and nothing is building it.
+ModelState = Literal["building", "loading", "ready", "failed", "unloading", "unloaded", "unavailable"]
+
+
+class ModelStatus(BaseModel):
+    """Where one model is, as the index, ``/v1/models`` and the router see it."""
+
+    state: ModelState
+    reason: str = Field(default="", description="Why the model is not ready (empty when it is).")
+    phase: str = Field(default="", description="What its build is doing now (export, parity at 512², ...).")
+    elapsed_s: float | None = Field(default=None, description="Seconds since its build started.")
+    eta_s: float | None = Field(default=None, description="Estimated seconds until its build ends.")
+    built: bool = False
+
+    def describe(self) -> str:
+        """One line for humans: ``building (parity at 512², 40 s, ~1 min left)``."""
+        details = [d for d in (self.phase, self.reason) if d]
+        if self.elapsed_s is not None:
+            details.append(f"{self.elapsed_s:.0f} s")
+        if self.eta_s is not None:
+            details.append(f"~{self.eta_s:.0f} s left")
+        return f"{self.state} ({', '.join(details)})" if details else self.state
+
+
+class ModelStates(Protocol):
+    """Where model states live when several processes share them (the ``ModelStates`` deployment)."""
+
+    async def states(self) -> dict[str, ModelStatus]: ...
+
+    async def load(self, model: str) -> None: ...
+
+    async def unload(self, model: str) -> None: ...
+
+
 class RepositoryModel(BaseModel):
     """One entry of the repository index (Triton's ``RepositoryIndexResponse.ModelIndex``)."""
 
     name: str
     version: str
-    state: Literal["READY", "UNAVAILABLE"]
-    reason: str = Field(default="", description="Why the model is not READY.")
+    state: Literal["READY", "UNAVAILABLE", "LOADING", "UNLOADING"]
+    reason: str = Field(default="", description="Why the model is not READY: its state and details.")
+
+
+#: Triton's index states for Tessera's.
+TRITON_STATES: dict[str, Literal["READY", "UNAVAILABLE", "LOADING", "UNLOADING"]] = {
+    "ready": "READY",
+    "building": "LOADING",
+    "loading": "LOADING",
+    "unloading": "UNLOADING",
+}
 
 
 class ModelControl:
-    """Loaded models and in-flight requests per model, for one serving core."""
+    """Each model's state, and its requests in flight, for one serving core.
 
-    def __init__(self, mode: ModelControlMode = "none", *, drain_timeout_s: float = 30.0):
+    Without a shared ``source`` (one process, tests) a model is ready when it is built. With one
+    (``tessera serve``: the ``ModelStates`` deployment) the states come from it, refreshed every
+    ``refresh_s``, and load/unload go through it so that every ingress replica and every backbone
+    replica follows.
+    """
+
+    def __init__(
+        self,
+        mode: ModelControlMode = "none",
+        *,
+        drain_timeout_s: float = 30.0,
+        source: ModelStates | None = None,
+        built: Callable[[str], bool] | None = None,
+        load_timeout_s: float = 900.0,
+        refresh_s: float = 0.5,
+    ):
         self.mode: ModelControlMode = mode
         self.drain_timeout_s = drain_timeout_s
-        self._unloaded: dict[str, str] = {}  # model -> reason
+        self.load_timeout_s = load_timeout_s
+        self.refresh_s = refresh_s
+        self.source = source
+        self._built = built or (lambda _model: True)
+        self._status: dict[str, ModelStatus] = {}
+        self._unloaded: dict[str, str] = {}  # model -> reason: this replica's own, effective at once
         self._inflight: dict[str, int] = {}
         self._idle: dict[str, asyncio.Event] = {}
+        self._refresher: asyncio.Task[None] | None = None
+        #: Called (no arguments) when the set of ready models changes: the core rebuilds its router.
+        self.on_change: Callable[[], None] = lambda: None
+
+    # -- state -------------------------------------------------------------------------------
+    def status(self, model: str) -> ModelStatus:
+        if model in self._unloaded:
+            return ModelStatus(state="unloaded", reason=self._unloaded[model], built=self._built(model))
+        if self.source is None:
+            if self._built(model):
+                return ModelStatus(state="ready", built=True)
+            return ModelStatus(state="unavailable", reason=f"not built: run `tessera build --model {model}`")
+        return self._status.get(model) or ModelStatus(state="loading", reason="state not known yet")
 
     def is_loaded(self, model: str) -> bool:
-        return model not in self._unloaded
+        return self.status(model).state == "ready"
 
     def unload_reason(self, model: str) -> str:
-        return self._unloaded.get(model, "")
+        """Empty when ready; else the state and why."""
+        status = self.status(model)
+        return "" if status.state == "ready" else status.describe()
 
     def require_loaded(self, model: str) -> None:
-        if model in self._unloaded:
-            raise Unavailable(f"model {model!r} is not loaded ({self._unloaded[model]})", param="model")
+        status = self.status(model)
+        if status.state != "ready":
+            raise Unavailable(f"model {model!r} is not ready: {status.describe()}", param="model")
 
+    def ready_models(self) -> frozenset[str]:
+        return frozenset(m for m, s in self._status.items() if s.state == "ready" and m not in self._unloaded)
+
+    async def refresh(self) -> None:
+        """Fetch the shared states now."""
+        if self.source is None:
+            return
+        before = self.ready_models()
+        self._status = await self.source.states()
+        if self.ready_models() != before:
+            self.on_change()
+
+    def start(self) -> None:
+        """Keep the shared states fresh in the background (call from the running event loop)."""
+        if self.source is not None and (self._refresher is None or self._refresher.done()):
+            self._refresher = asyncio.get_running_loop().create_task(self._refresh_forever())
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except Exception as exc:  # the states keep their last value; requests are not failed for it
+                log.warning("model states not refreshed: %s", exc)
+            await asyncio.sleep(self.refresh_s)
+
+    # -- requests in flight --------------------------------------------------------------------
     @contextlib.contextmanager
     def using(self, model: str) -> Iterator[None]:
         """Count a request on ``model`` as in flight (``unload`` waits for these)."""
@@ -93,6 +209,7 @@ class ModelControl:
     def inflight(self, model: str) -> int:
         return self._inflight.get(model, 0)
 
+    # -- explicit model control ----------------------------------------------------------------
     def _check_allowed(self, action: str) -> None:
         if self.mode != "explicit":
             raise NotAllowed(
@@ -101,30 +218,65 @@ class ModelControl:
                 param="model_control_mode",
             )
 
-    def load(self, model: str, built: bool, parameters: dict[str, Any] | None = None) -> None:
-        """Put ``model`` (deployed by the app) back in service."""
+    async def load(self, model: str, parameters: dict[str, Any] | None = None) -> None:
+        """Put ``model`` in service: build it first when it is not built (with a shared source), load
+        it in every backbone replica, and return once it is ready (or raise why it is not)."""
         self._check_allowed("loaded")
         _check_repository_parameters(parameters or {}, allowed=())
-        if not built:
-            raise InvalidInput(
-                f"model {model!r} is not built: run `tessera build --model {model}` and restart the service; "
-                "load does not build models",
-                param="model",
-            )
+        if self.source is None:
+            if not self._built(model):
+                raise InvalidInput(
+                    f"model {model!r} is not built: run `tessera build --model {model}`; "
+                    "a service started without shared model states does not build",
+                    param="model",
+                )
+            self._unloaded.pop(model, None)
+            return
+        await self.source.load(model)
         self._unloaded.pop(model, None)
+        deadline = asyncio.get_running_loop().time() + self.load_timeout_s
+        while True:
+            await self.refresh()
+            status = self.status(model)
+            if status.state == "ready":
+                return
+            if status.state == "failed":
+                raise Unavailable(f"model {model!r} could not be loaded: {status.reason}", param="model")
+            if asyncio.get_running_loop().time() > deadline:
+                raise Unavailable(
+                    f"model {model!r} is still {status.describe()} after {self.load_timeout_s:.0f} s; "
+                    "it will be ready when that ends (see POST /v2/repository/index)",
+                    param="model",
+                    retry_after_s=30.0,
+                )
+            await asyncio.sleep(self.refresh_s)
 
     async def unload(self, model: str, parameters: dict[str, Any] | None = None) -> None:
-        """Take ``model`` out of service, then wait (up to the drain timeout) for its requests to finish."""
+        """Take ``model`` out of service, wait (up to the drain timeout) for its requests here to
+        finish, then (with a shared source) for every backbone replica to release it."""
         self._check_allowed("unloaded")
         _check_repository_parameters(parameters or {}, allowed=("unload_dependents",))
         self._unloaded[model] = "unloaded by request"
-        if self._inflight.get(model, 0) == 0:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.drain_timeout_s
+        if self._inflight.get(model, 0):
+            event = self._idle.setdefault(model, asyncio.Event())
+            event.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.drain_timeout_s):
+                    await event.wait()
+        if self.source is None:
             return
-        event = self._idle.setdefault(model, asyncio.Event())
-        event.clear()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.drain_timeout_s):
-                await event.wait()
+        await self.source.unload(model)
+        # The shared state says unloading from now on, for every replica: a later load through any
+        # ingress replica must not find this one still holding its own override.
+        await self.refresh()
+        self._unloaded.pop(model, None)
+        while loop.time() < deadline:
+            await self.refresh()
+            if self._status.get(model, ModelStatus(state="unloaded")).state in ("unloaded", "unavailable"):
+                return
+            await asyncio.sleep(self.refresh_s)
 
 
 def _check_repository_parameters(parameters: dict[str, Any], *, allowed: tuple[str, ...]) -> None:

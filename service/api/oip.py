@@ -49,7 +49,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from service import __version__
-from service.api.model_repository import RepositoryModel, TritonModelConfig, triton_model_config
+from service.api.model_repository import TRITON_STATES, RepositoryModel, TritonModelConfig, triton_model_config
 from service.api.serving import ServingCore
 from service.api.statistics import Measurement, StatisticsResponse
 from service.errors import DeadlineExceeded, InvalidInput, NotFound, PayloadTooLarge, TesseraError
@@ -284,7 +284,7 @@ class OpenInference:
         return ServerMetadata(name=SERVER_NAME, version=__version__, extensions=list(EXTENSIONS))
 
     def server_ready(self) -> bool:
-        return all(manifest is not None for manifest in self.core.manifests.values())
+        return self.core.server_ready()
 
     def version_of(self, model: str, version: str | None = None) -> str:
         return str(self.config(model, version).version)
@@ -351,22 +351,22 @@ class OpenInference:
         entries = []
         for name in self.core.repo.names():
             cfg = self.core.repo.config(name)
-            if self.core.manifests.get(name) is None:
-                reason = f"not built: run `tessera build --model {name}`"
-            else:
-                reason = self.core.control.unload_reason(name)
-            if ready_only and reason:
+            status = self.core.control.status(name)
+            if ready_only and status.state != "ready":
                 continue
             entries.append(
                 RepositoryModel(
-                    name=name, version=str(cfg.version), state="UNAVAILABLE" if reason else "READY", reason=reason
+                    name=name,
+                    version=str(cfg.version),
+                    state=TRITON_STATES.get(status.state, "UNAVAILABLE"),
+                    reason="" if status.state == "ready" else status.describe(),
                 )
             )
         return entries
 
-    def load(self, model: str, parameters: Mapping[str, Any] | None = None) -> None:
+    async def load(self, model: str, parameters: Mapping[str, Any] | None = None) -> None:
         self.config(model)
-        self.core.control.load(model, self.core.manifests.get(model) is not None, dict(parameters or {}))
+        await self.core.control.load(model, dict(parameters or {}))
 
     async def unload(self, model: str, parameters: Mapping[str, Any] | None = None) -> None:
         self.config(model)

@@ -118,9 +118,9 @@ async def repository_index(request: Request) -> list[RepositoryModel]:
 
 @router.post("/v2/repository/models/{model}/load", summary="Load a model")
 async def load_model(request: Request, model: ModelName) -> Response:
-    """Put a deployed model back in service (explicit model control only; 403 otherwise)."""
+    """Load a model (building it first when it is not built); answers once it is ready (explicit model control only)."""
     body = await _body(request, RepositoryControlBody)
-    _oip(request).load(model, body.parameters)
+    await _oip(request).load(model, body.parameters)
     return Response(status_code=200)
 
 

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.api.model_repository import ModelStatus
 from service.routing.decision import RouteDecision
 
 __all__ = ["InputInfo", "MemoryInfo", "ModelInfo", "PredictOptions", "PredictResponse", "TimingInfo", "TopK"]
@@ -100,6 +101,9 @@ class ModelInfo(BaseModel):
     description: str
     weights: Literal["trained", "untrained"]
     ready: bool
+    status: ModelStatus = Field(
+        description="State (building, loading, ready, failed, unloaded...), reason, build phase."
+    )
     input: dict[str, Any]
     output: dict[str, Any]
     arch: dict[str, Any] = Field(default_factory=dict)

@@ -160,7 +160,7 @@ def create_app() -> FastAPI:
     @app.get("/v2/health/ready", tags=["oip"])
     async def ready(request: Request) -> JSONResponse:
         core = _core(request)
-        is_ready = all(m is not None for m in core.manifests.values())
+        is_ready = core.server_ready()
         return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
 
     @app.get("/v2", tags=["oip"])

@@ -11,13 +11,13 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
-from service.api.model_repository import ModelControl, ModelControlMode
+from service.api.model_repository import ModelControl, ModelControlMode, ModelStates
 from service.api.protocol import (
     InputInfo,
     MemoryInfo,
@@ -108,9 +108,12 @@ class ServingCore:
         timeout_s: float = 30.0,
         telemetry: Telemetry | None = None,
         model_control_mode: ModelControlMode = "none",
+        states: ModelStates | None = None,
+        router_factory: Callable[[], Router] | None = None,
     ):
         self.repo = repo
         self.router = router
+        self.router_factory = router_factory
         self.client = client
         self.limits = limits or DecodeLimits()
         self.timeout_s = timeout_s
@@ -120,8 +123,15 @@ class ServingCore:
         self._pending = 0
         #: Triton's statistics extension, fed with the same measurements as the stage metrics.
         self.stats = InferenceStatistics()
-        #: Which models are loaded (Triton's model repository extension) and their requests in flight.
-        self.control = ModelControl(model_control_mode, drain_timeout_s=timeout_s)
+        #: Each model's state (building, ready, unloaded...; Triton's model repository extension)
+        #: and its requests in flight. With shared ``states`` models join as they become ready.
+        self.control = ModelControl(
+            model_control_mode,
+            drain_timeout_s=timeout_s,
+            source=states,
+            built=lambda model: self.manifests.get(model) is not None,
+        )
+        self.control.on_change = self.models_changed
         #: Requests in progress on any route (maintained by the transports) and the drain flag.
         self.inflight = 0
         self.draining = False
@@ -152,22 +162,41 @@ class ServingCore:
         finally:
             self._pending -= 1
 
+    def models_changed(self) -> None:
+        """A model became ready or left service: re-read the manifests (a model built while the
+        service runs) and rebuild the router over what is built and calibrated now."""
+        self.manifests = {name: self.repo.manifest(name) for name in self.repo.names()}
+        if self.router_factory is not None:
+            self.router = self.router_factory()
+
+    def server_ready(self) -> bool:
+        """Ready to answer: at least one model is ready and the server is not draining."""
+        return not self.draining and any(self.control.is_loaded(name) for name in self.repo.names())
+
     def decide(self, width: int, height: int, model: str | None = None) -> RouteDecision:
-        """The router's decision among loaded models: an unloaded choice goes to the cheapest loaded fit."""
+        """The router's decision among ready models: a choice that is not ready goes to the cheapest
+        ready fit, and the decision lists the models it could not consider (``not_ready``)."""
         if model is not None:
             self.repo.config(model)
             self.control.require_loaded(model)
             return self.router.decide(width, height, model)
+        not_ready = {
+            name: self.control.status(name).describe() for name in self.repo.names() if not self.control.is_loaded(name)
+        }
         decision = self.router.decide(width, height)
         if self.control.is_loaded(decision.model):
-            return decision
-        loaded = [
+            return decision.model_copy(update={"not_ready": not_ready}) if not_ready else decision
+        ready = [
             c for c in decision.candidates if c.fits and c.model != decision.model and self.control.is_loaded(c.model)
         ]
-        loaded.sort(key=lambda c: c.predicted_latency_ms if c.predicted_latency_ms is not None else float("inf"))
-        if not loaded:
+        ready.sort(key=lambda c: c.predicted_latency_ms if c.predicted_latency_ms is not None else float("inf"))
+        if not ready:
             self.control.require_loaded(decision.model)
-        return self.router.decide(width, height, loaded[0].model)
+        chosen = self.router.decide(width, height, ready[0].model)
+        explanation = (
+            f"{chosen.explanation} ({decision.model} would have been chosen but is not ready: chose among ready models)"
+        )
+        return chosen.model_copy(update={"not_ready": not_ready, "explanation": explanation})
 
     async def _predict(
         self,
@@ -295,12 +324,13 @@ class ServingCore:
         return self.decide(width, height, model)
 
     def models(self) -> list[ModelInfo]:
-        """The loaded models (an unloaded one leaves the list until it is loaded again)."""
-        return [self.model_info(name) for name in self.repo.names() if self.control.is_loaded(name)]
+        """Every configured model with its state: ready, building (with its phase and estimate),
+        failed (with the reason), unloaded..."""
+        return [self.model_info(name) for name in self.repo.names()]
 
     def is_ready(self, model: str) -> bool:
-        """Built and loaded."""
-        return self.manifests.get(model) is not None and self.control.is_loaded(model)
+        """Built, loaded and answering."""
+        return self.control.is_loaded(model)
 
     def model_info(self, name: str) -> ModelInfo:
         cfg = self.repo.config(name)
@@ -312,6 +342,7 @@ class ServingCore:
             description=cfg.description,
             weights="trained" if cfg.trained else "untrained",
             ready=self.is_ready(name),
+            status=self.control.status(name),
             input={**cfg.input.model_dump(mode="json"), "buckets": cfg.input.buckets},
             output=cfg.output.model_dump(mode="json"),
             arch=manifest.arch if manifest else {},

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
+import re
 import shutil
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import onnx
@@ -26,14 +26,48 @@ from service.models._factory import EmbeddingModel, build_from_config, facts_fro
 from service.models.manifest import sha256_file
 from service.models.meta import ArchFacts
 
-__all__ = ["BuildRow", "Progress", "build_model", "build_repository", "config_fingerprint"]
-
-#: Called with (model, phase) as a build moves on: ``tessera build`` prints it with the elapsed time.
-Progress = Callable[[str, str], None]
+__all__ = ["BuildEstimate", "BuildRow", "Progress", "build_model", "build_repository", "config_fingerprint"]
 
 
-def _quiet(model: str, phase: str) -> None:
+class Progress(Protocol):
+    """Called as a build moves on: the model, the phase it enters, and the estimated seconds left
+    (``None`` until the first parity check has been timed). ``tessera build`` prints it."""
+
+    def __call__(self, model: str, phase: str, eta_s: float | None = None) -> None: ...
+
+
+def _quiet(model: str, phase: str, eta_s: float | None = None) -> None:
     pass
+
+
+class BuildEstimate:
+    """Seconds left in a build, from its parity checks: each runs PyTorch and ONNX Runtime at one
+    size bucket, their cost follows the analytic GMACs at that size, and they are most of a
+    build's time. The rate measured on the checks done so far prices the checks still ahead
+    (fp32, then fp16 when it is built); export and conversion are not priced, so the estimate is
+    low by about an export until the last check."""
+
+    def __init__(self, model: str, facts: ArchFacts, buckets: list[int], passes: int, progress: Progress):
+        self.model = model
+        self.progress = progress
+        self.weights = {size: _gmacs(facts, size) for size in buckets}
+        self.total = sum(self.weights.values()) * passes
+        self.done = 0.0
+        self.spent = 0.0
+        self._current: tuple[int, float] | None = None
+
+    def __call__(self, phase: str) -> None:
+        now = time.perf_counter()
+        if self._current is not None:
+            size, started = self._current
+            self.done += self.weights.get(size, 0.0)
+            self.spent += now - started
+            self._current = None
+        match = re.search(r"parity at (\d+)²", phase)
+        if match:
+            self._current = (int(match[1]), now)
+        eta = self.spent / self.done * max(0.0, self.total - self.done) if self.done else None
+        self.progress(self.model, phase, eta)
 
 
 log = logging.getLogger(__name__)
@@ -160,16 +194,34 @@ def build_model(
             existing.write(version_dir / "manifest.json")
         return current
 
-    step = functools.partial(progress, name)
-    step("load weights")
+    progress(name, "load weights")
     version_dir.mkdir(parents=True, exist_ok=True)
     torch.set_grad_enabled(False)
     backbone = build_from_config(cfg, model_dir)
     wrapped = EmbeddingModel(backbone).eval()
     facts = facts_from_model(backbone, cfg.family, cfg)
+    rng = np.random.default_rng(cfg.weights.seed)
+    buckets = cfg.input.buckets
+    if existing is not None and not force and want_fp16 and _up_to_date(existing, fingerprint, version_dir, fp16=False):
+        # Built without fp16 (``tessera serve --build`` serves the fp32 graph first): add it alone.
+        step = BuildEstimate(name, facts, buckets, 1, progress)
+        raw = version_dir / "model.raw.onnx"
+        try:
+            _export_raw(wrapped, raw, cfg, step)
+            from service.export.fp16 import build_fp16
+
+            row = build_fp16(wrapped, raw, version_dir, existing, buckets, rng, family=cfg.family, progress=step)
+        finally:
+            raw.unlink(missing_ok=True)
+        added = [row]
+        if want_trt and row.status != "failed":
+            step("tensorrt plan")
+            added.append(_plan(version_dir, existing, cfg, force=False))
+        existing.write(version_dir / "manifest.json")
+        return added
+    step = BuildEstimate(name, facts, buckets, 2 if want_fp16 else 1, progress)
     manifest = _new_manifest(cfg, fingerprint, facts)
     rows: list[BuildRow] = []
-    rng = np.random.default_rng(cfg.weights.seed)
     if cfg.artifacts.onnx:
         raw = version_dir / "model.raw.onnx"
         try:
@@ -177,7 +229,6 @@ def build_model(
             if want_fp16:
                 from service.export.fp16 import build_fp16
 
-                buckets = cfg.input.buckets
                 rows.append(
                     build_fp16(wrapped, raw, version_dir, manifest, buckets, rng, family=cfg.family, progress=step)
                 )
@@ -223,15 +274,7 @@ def _build_onnx(
     start = time.perf_counter()
     buckets = cfg.input.buckets
     final = version_dir / "model.onnx"
-    step(f"export (opset {cfg.artifacts.opset}, dynamic {'batch, height, width' if len(buckets) > 1 else 'batch'})")
-    axes = export_onnx(
-        wrapped,
-        raw,
-        size=(buckets[0], buckets[0]),
-        opset=cfg.artifacts.opset,
-        dynamic_hw=len(buckets) > 1,
-        max_batch=max(1024, cfg.batching.max_batch_size),
-    )
+    axes = _export_raw(wrapped, raw, cfg, step)
     step("optimise for ONNX Runtime")
     fused, optimizer = _optimize(raw, final, cfg, facts)
     fused["attention_blocks"] = attention_blocks(facts)
@@ -266,6 +309,20 @@ def _build_onnx(
             f"{cfg.artifacts.parity_atol:.0e}; artifact not recorded"
         )
     return BuildRow(cfg.name, "onnx", "built", parity["max_abs"], seconds)
+
+
+def _export_raw(wrapped: EmbeddingModel, raw: Path, cfg: ModelConfig, step: Callable[[str], None]) -> list[str]:
+    """The standard-ops export every artifact is made from (dynamic batch, and H/W with buckets)."""
+    buckets = cfg.input.buckets
+    step(f"export (opset {cfg.artifacts.opset}, dynamic {'batch, height, width' if len(buckets) > 1 else 'batch'})")
+    return export_onnx(
+        wrapped,
+        raw,
+        size=(buckets[0], buckets[0]),
+        opset=cfg.artifacts.opset,
+        dynamic_hw=len(buckets) > 1,
+        max_batch=max(1024, cfg.batching.max_batch_size),
+    )
 
 
 def _keep_plan(old: Manifest | None, new: Manifest, version_dir: Path) -> None:

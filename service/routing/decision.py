@@ -64,3 +64,8 @@ class RouteDecision(BaseModel):
     predicted_peak_bytes: int | None = Field(default=None, description="The chosen candidate's peak memory.")
     calibrated: bool = Field(default=False, description="Whether the chosen latency comes from a calibration.")
     device: str | None = Field(default=None, description="Device the costs were predicted for.")
+    not_ready: dict[str, str] = Field(
+        default_factory=dict,
+        description="Models left out of this decision because they are not ready, with their state "
+        "(building, failed, unloaded...): the router chooses only among ready models.",
+    )

@@ -12,6 +12,7 @@ from service.models import ModelRepository
 from service.serve.backbone import Backbone
 from service.serve.config import APP_NAME, backbone_deployment_name, deployment_options
 from service.serve.ingress import Ingress
+from service.serve.models import ModelStates
 from service.serve.slides import SlideJobs
 from service.settings import ServerSettings
 
@@ -28,10 +29,20 @@ def build_app(settings: ServerSettings) -> Application:
         }
     )
     repo = ModelRepository(settings.model_repo)
+    if not settings.build_missing and all(repo.manifest(name) is None for name in repo.names()):
+        raise FileNotFoundError(
+            f"no model in {repo.root} is built: run `tessera build`, or `tessera serve --build` to build "
+            "them while serving (make serve does)"
+        )
+    # Every configured model gets its backbone deployment; one not built yet holds nothing until
+    # it is (its state says "building", or "unavailable: not built" without --build).
+    states = ModelStates.options(  # type: ignore[attr-defined]
+        name="ModelStates",
+        logging_config={"enable_access_log": False},  # polled by every replica
+    ).bind(settings.model_dump(mode="json"))
     options = deployment_options(settings, repo)
     handles: dict[str, Any] = {}
     for name in repo.configs():
-        repo.require_manifest(name)  # fail before deploying anything if a model is not built
         deployment = backbone_deployment_name(name)
         handles[name] = Backbone.options(name=deployment, **options[deployment]).bind(  # type: ignore[attr-defined]
             settings.model_repo,
@@ -41,12 +52,13 @@ def build_app(settings: ServerSettings) -> Application:
             settings.intra_op_threads,
             settings.ort_spin,
             settings.trt_cache_dir,
+            states,
         )
     slide_jobs = SlideJobs.options(name="SlideJobs", **options["SlideJobs"]).bind(  # type: ignore[attr-defined]
         settings.model_dump(mode="json"), handles
     )
     return Ingress.options(**options["Ingress"]).bind(  # type: ignore[attr-defined]
-        settings.model_dump(mode="json"), handles, slide_jobs
+        settings.model_dump(mode="json"), handles, slide_jobs, states
     )
 
 

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import time
 from typing import Any
 
 import numpy as np
 from ray import serve
+from ray.serve.handle import DeploymentHandle
 
+from service.errors import Unavailable
 from service.models import ModelRepository
-from service.runtime import load_backend
+from service.runtime import Backend, load_backend
 from service.runtime.batching import run_batch
 from service.runtime.loader import RuntimePreference
 from service.serve.metrics import BackboneMetrics
+from service.serve.models import replica_id
 
 __all__ = ["Backbone", "set_max_concurrent_batches"]
 
@@ -37,6 +42,17 @@ def set_max_concurrent_batches(batched: Any, n: int) -> None:
 
 @serve.deployment(graceful_shutdown_wait_loop_s=0.5, graceful_shutdown_timeout_s=30)
 class Backbone:
+    """One replica of a model's backbone.
+
+    A model that is built when the replica starts is loaded before the replica takes traffic (a
+    runtime that cannot run fails the replica with the reason). With ``states`` (the
+    ``ModelStates`` deployment) the replica then follows the service's decision every second:
+    it loads a model built while the service runs (``tessera serve --build``, a load that
+    builds), and on unload it finishes its batches in flight and releases the session and its
+    memory (the process stays, holding nothing, until the model is loaded again). It reports
+    what it holds (``loading``, ``ready``, ``failed`` with the reason, ``unloaded``).
+    """
+
     def __init__(
         self,
         model_repo: str,
@@ -46,20 +62,18 @@ class Backbone:
         intra_op_threads: int = 0,
         ort_spin: bool = False,
         trt_cache_dir: str = ".tessera/trt-cache",
+        states: DeploymentHandle | None = None,
     ):
-        repo = ModelRepository(model_repo)
-        self.cfg = repo.config(model)
-        # Raises RuntimeUnavailable (the replica fails to start, with the reason) when no runtime
-        # the settings allow can run here: never a silent fallback from a GPU to the CPU.
-        self.backend = load_backend(
-            repo,
-            model,
-            prefer=runtime,
-            providers=providers,
-            intra_op_threads=intra_op_threads,
-            spin=ort_spin,
-            cache_dir=trt_cache_dir,
-        )
+        self.repo = ModelRepository(model_repo)
+        self.model = model
+        self.cfg = self.repo.config(model)
+        self._load_options = {
+            "prefer": runtime,
+            "providers": providers,
+            "intra_op_threads": intra_op_threads,
+            "spin": ort_spin,
+            "cache_dir": trt_cache_dir,
+        }
         batched: Any = self.infer  # serve.batch adds the setters; per-model values from config.yaml
         batched.set_max_batch_size(self.cfg.batching.max_batch_size)
         batched.set_batch_wait_timeout_s(self.cfg.batching.batch_wait_timeout_s)
@@ -68,23 +82,97 @@ class Backbone:
         # callers at once do not oversubscribe the cores with concurrent runs.
         self._ready_batches = asyncio.Semaphore(self.cfg.batching.max_concurrent_batches)
         self.metrics = BackboneMetrics(model)
+        self.backend: Backend | None = None
+        self.state, self.reason = "unloaded", "not built yet"
+        self._busy = 0
+        self._failed_generation: int | None = None
+        if self.repo.manifest(model) is not None:
+            # Raises RuntimeUnavailable (the replica fails to start, with the reason) when no runtime
+            # the settings allow can run here: never a silent fallback from a GPU to the CPU.
+            self.backend = self._load()
+            self.state, self.reason = "ready", ""
+        self._id = replica_id()
+        self._states = states
+        if states is not None:
+            self._follower = asyncio.get_running_loop().create_task(self._follow(states))
+
+    def _load(self) -> Backend:
+        backend = load_backend(self.repo, self.model, **self._load_options)  # type: ignore[arg-type]
         # Warm-up: the first call at a shape allocates (and on a GPU builds engines / picks kernels),
         # so a GPU replica runs every bucket before it takes traffic; a CPU replica the native size.
-        on_cpu = self.backend.device == "cpu"
+        on_cpu = backend.device == "cpu"
         for side in [self.cfg.input.native_size] if on_cpu else self.cfg.input.buckets:
-            self.backend.infer(np.zeros((1, 3, side, side), dtype=np.float32))
-        log.info("backbone %s ready on %s", model, self.backend.describe())
+            backend.infer(np.zeros((1, 3, side, side), dtype=np.float32))
+        log.info("backbone %s ready on %s", self.model, backend.describe())
+        return backend
+
+    async def _follow(self, states: DeploymentHandle) -> None:
+        while True:
+            try:
+                wanted, generation = await states.wanted.remote(self.model)
+                if wanted and self.backend is None and self._failed_generation != generation:
+                    await self._load_now(states, generation)
+                elif not wanted and self.backend is not None:
+                    await self._release(states)
+                await states.report.remote(self.model, self._id, self.state, self.reason)
+            except Exception as exc:  # the states deployment restarting: keep serving what is held
+                log.warning("backbone %s: model states not reached: %s", self.model, exc)
+            await asyncio.sleep(1.0)
+
+    async def _load_now(self, states: DeploymentHandle, generation: int) -> None:
+        self.state, self.reason = "loading", ""
+        await states.report.remote(self.model, self._id, self.state, self.reason)
+        try:
+            self.repo = ModelRepository(self.repo.root)  # the manifest written since this replica started
+            self.backend = await asyncio.to_thread(self._load)
+            self.state, self.reason, self._failed_generation = "ready", "", None
+        except Exception as exc:  # RuntimeUnavailable and friends: said in the state, not retried until a load
+            self.state, self.reason, self._failed_generation = (
+                "failed",
+                f"{type(exc).__name__}: {exc}"[:500],
+                generation,
+            )
+            log.warning("backbone %s could not load: %s", self.model, self.reason)
+
+    async def _release(self, states: DeploymentHandle, timeout_s: float = 30.0) -> None:
+        """Finish the batches in flight, then close the session and free its memory."""
+        self.state, self.reason = "unloading", "unloaded by request"
+        await states.report.remote(self.model, self._id, self.state, self.reason)
+        deadline = time.monotonic() + timeout_s
+        while self._busy and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        backend, self.backend = self.backend, None
+        if backend is not None:
+            backend.close()
+        del backend
+        gc.collect()
+        self.state = "unloaded"
+
+    def _require_backend(self) -> Backend:
+        if self.backend is None:
+            raise Unavailable(f"model {self.model!r} is {self.state} on this replica ({self.reason})", param="model")
+        return self.backend
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def infer(self, items: list[np.ndarray]) -> list[dict[str, Any]]:
-        replies = await asyncio.to_thread(run_batch, self.backend, items)
+        backend = self._require_backend()
+        self._busy += 1
+        try:
+            replies = await asyncio.to_thread(run_batch, backend, items)
+        finally:
+            self._busy -= 1
         self.metrics.batch(len(items), replies[0]["memory"] if replies else None)
         return replies
 
     async def infer_batch(self, pixels: np.ndarray) -> dict[str, Any]:
         """A caller that already holds a batch (slide tiles, OIP tensors) runs it as one call."""
-        async with self._ready_batches:
-            result = await asyncio.to_thread(self.backend.infer, pixels)
+        backend = self._require_backend()
+        self._busy += 1
+        try:
+            async with self._ready_batches:
+                result = await asyncio.to_thread(backend.infer, pixels)
+        finally:
+            self._busy -= 1
         memory = result.memory.to_dict()
         self.metrics.batch(result.batch_size, memory)
         return {
@@ -92,7 +180,7 @@ class Backbone:
             "inference_ms": result.latency_ms,
             "batch_size": result.batch_size,
             "memory": memory,
-            **self.backend.describe(),
+            **backend.describe(),
         }
 
     async def __call__(self, pixels: np.ndarray) -> dict[str, Any]:
@@ -100,4 +188,4 @@ class Backbone:
         return result
 
     def describe(self) -> dict[str, object]:
-        return {**self.backend.describe(), "model": self.cfg.name, "version": self.cfg.version}
+        return {**self._require_backend().describe(), "model": self.cfg.name, "version": self.cfg.version}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -20,6 +21,7 @@ from service.imaging import DecodeLimits
 from service.models import ModelRepository
 from service.routing.factory import make_router
 from service.serve.metrics import RayTelemetry
+from service.serve.models import HandleModelStates
 from service.settings import ServerSettings
 
 __all__ = ["HandleClient", "Ingress"]
@@ -65,6 +67,7 @@ class Ingress(GrpcIngressMixin):
         settings: dict[str, Any],
         backbones: dict[str, DeploymentHandle],
         slide_jobs: DeploymentHandle | None = None,
+        states: DeploymentHandle | None = None,
     ):
         self.settings = ServerSettings.model_validate(settings)
         configure_access_log(self.settings.log_level)
@@ -87,11 +90,14 @@ class Ingress(GrpcIngressMixin):
             timeout_s=self.settings.request_timeout_s,
             telemetry=telemetry,
             model_control_mode=self.settings.model_control_mode,
+            states=HandleModelStates(states) if states is not None else None,
+            router_factory=lambda: make_router(ModelRepository(self.settings.model_repo), self.settings),
         )
+        # The models' states now and then twice a second, in the background (Ray Serve runs this
+        # constructor on the replica's event loop).
+        self.core.control.start()
 
     async def _metrics(self) -> str:
-        import asyncio
-
         from service.serve.metrics_relay import fetch_metrics, node_metrics_url
 
         return await asyncio.to_thread(fetch_metrics, node_metrics_url())

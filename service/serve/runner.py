@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 
@@ -37,8 +40,12 @@ def wait_ready(url: str, timeout_s: float = 300.0) -> None:
 METRICS_REPORT_INTERVAL_MS = 1000
 
 
-def start_service(settings: ServerSettings, *, address: str | None = None) -> None:
-    """Start Ray and Serve and deploy the app; returns once the HTTP readiness route answers 200."""
+def start_service(
+    settings: ServerSettings, *, address: str | None = None, watch: Callable[[dict[str, Any]], None] | None = None
+) -> None:
+    """Start Ray and Serve and deploy the app; returns once the HTTP readiness route answers 200
+    (at least one model ready). ``watch`` sees the models' states every second meanwhile; when
+    every model has failed (or none can be built) it raises with their reasons instead of waiting."""
     import ray
     from ray import serve
     from ray.serve.config import HTTPOptions, gRPCOptions
@@ -66,7 +73,90 @@ def start_service(settings: ServerSettings, *, address: str | None = None) -> No
         grpc_options = gRPCOptions(port=settings.grpc_port, grpc_servicer_functions=servicer_functions())
     serve.start(http_options=HTTPOptions(host=settings.host, port=settings.http_port), grpc_options=grpc_options)
     serve.run(build_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
-    wait_ready(f"http://{_client_host(settings.host)}:{settings.http_port}/v2/health/ready")
+    url = f"http://{_client_host(settings.host)}:{settings.http_port}/v2/health/ready"
+    if not settings.build_missing and watch is None:
+        wait_ready(url)
+        return
+    deadline = time.monotonic() + (BUILD_READY_TIMEOUT_S if settings.build_missing else 300.0)
+    while True:
+        states = model_states(timeout_s=10.0)
+        if watch is not None and states:
+            watch(states)
+        hopeless = states and all(s.state in ("failed", "unavailable") for s in states.values())
+        if hopeless:
+            reasons = "; ".join(f"{name}: {s.describe()}" for name, s in states.items())
+            raise RuntimeError(f"no model can serve: {reasons}")
+        with contextlib.suppress(TimeoutError):
+            wait_ready(url, timeout_s=1.0)
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} not ready after {BUILD_READY_TIMEOUT_S:.0f}s")
+
+
+#: How long ``tessera serve --build`` waits for its first model (a build on a slow host).
+BUILD_READY_TIMEOUT_S = 3600.0
+
+
+def model_states(timeout_s: float = 10.0) -> dict[str, Any]:
+    """Each model's ``ModelStatus`` from the running app (empty when it cannot be reached yet)."""
+    from ray import serve
+
+    from service.serve.app import APP_NAME
+
+    try:
+        handle = serve.get_deployment_handle("ModelStates", app_name=APP_NAME)
+        states: dict[str, Any] = handle.states.remote().result(timeout_s=timeout_s)
+    except Exception as exc:  # deploying still
+        log.debug("model states not reachable yet: %s", exc)
+        return {}
+    return states
+
+
+class BuildProgress:
+    """What the terminal shows while models build and join: a line per phase and per model that
+    becomes ready or fails; on a terminal the current phase is redrawn in place every second with
+    its elapsed time and estimate."""
+
+    def __init__(self, announce: Callable[[str], None], *, tty: bool, started: float | None = None):
+        self.announce = announce
+        self.tty = tty
+        self.started = time.monotonic() if started is None else started
+        self._seen: dict[str, tuple[str, str]] = {}
+        self._drawn = False
+
+    def __call__(self, states: dict[str, Any]) -> None:
+        now = time.monotonic() - self.started
+        for name, status in states.items():
+            key = (status.state, status.phase if status.state == "building" else "")
+            if self._seen.get(name) == key:
+                continue
+            previous = self._seen.get(name)
+            self._seen[name] = key
+            if status.state == "ready" and previous is not None:
+                ready = sum(1 for s in states.values() if s.state == "ready")
+                self.say(f"[{now:6.1f}s] {name} ready ({ready}/{len(states)} models ready)")
+            elif status.state in ("building", "failed") or (previous is not None and status.state != "ready"):
+                self.say(f"[{now:6.1f}s] {name}: {status.describe()}")
+        if self.tty:
+            building = [f"{n}: {s.describe()}" for n, s in states.items() if s.state == "building"]
+            if building:
+                sys.stdout.write("\r\033[K" + f"[{now:6.1f}s] " + building[0][:150])
+                sys.stdout.flush()
+                self._drawn = True
+
+    def clear(self) -> None:
+        """Wipe the line redrawn in place, before a line of its own (the ready line)."""
+        if self._drawn:
+            sys.stdout.write("\r\033[K")
+            self._drawn = False
+
+    def say(self, text: str) -> None:
+        self.clear()
+        self.announce(text)
+
+    def done(self, states: dict[str, Any]) -> bool:
+        """Whether every model has settled (ready, failed, unavailable or unloaded)."""
+        return bool(states) and all(s.state not in ("building", "loading") for s in states.values())
 
 
 def drain(timeout_s: float = 60.0) -> int:
@@ -130,17 +220,30 @@ def run_service(
     # Installed around and again after ray.init, which replaces SIGTERM's handler with its own.
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     relay = None
+    progress = BuildProgress(announce, tty=sys.stdout.isatty()) if settings.build_missing else None
     try:
-        start_service(settings, address=address)
+        start_service(settings, address=address, watch=progress)
         from service.serve.metrics_relay import MetricsRelay, node_metrics_url
 
         relay = MetricsRelay(settings.host, settings.metrics_port, node_metrics_url()).start()
         for sig in previous:
             signal.signal(sig, _on_signal)
         if not stop.is_set():
+            if progress is not None:
+                progress.clear()
             announce(ready_line(settings))
-        while not stop.wait(0.5):
-            pass
+        settled = progress is None
+        while not stop.wait(1.0):
+            if not settled and progress is not None:
+                states = model_states(timeout_s=5.0)
+                progress(states)
+                if progress.done(states):
+                    settled = True
+                    ready = sorted(n for n, s in states.items() if s.state == "ready")
+                    elapsed = time.monotonic() - progress.started
+                    progress.say(
+                        f"[{elapsed:6.1f}s] all models settled: {len(ready)}/{len(states)} ready ({', '.join(ready)})"
+                    )
     finally:
         if relay is not None:
             relay.stop()

@@ -20,6 +20,7 @@ import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
 from service.api.oip import EXTENSIONS
+from service.serve.runner import model_states
 
 pytestmark = pytest.mark.integration
 
@@ -83,14 +84,19 @@ def test_unload_and_load_follow_through_the_router(triton: tuple[str, Any], serv
     try:
         client.unload_model("swin_tiny")
         assert not client.is_model_ready("swin_tiny")
-        assert "swin_tiny" not in {m["name"] for m in httpx.get(f"{serve_url}/v1/models", timeout=30).json()}
+        # unload returned once every backbone replica had released the model (session and memory)
+        assert model_states()["swin_tiny"].state == "unloaded"
+        listed = {m["name"]: m for m in httpx.get(f"{serve_url}/v1/models", timeout=30).json()}
+        assert listed["swin_tiny"]["status"]["state"] == "unloaded" and not listed["swin_tiny"]["ready"]
         with pytest.raises(InferenceServerException) as exc:
             client.infer("swin_tiny", [_pixels(kind)])
         assert str(exc.value.status()).removeprefix("StatusCode.") in ("503", "UNAVAILABLE")
     finally:
         client.load_model("swin_tiny")
     assert client.is_model_ready("swin_tiny")
-    assert "swin_tiny" in {m["name"] for m in httpx.get(f"{serve_url}/v1/models", timeout=30).json()}
+    assert model_states()["swin_tiny"].state == "ready"
+    listed = {m["name"]: m for m in httpx.get(f"{serve_url}/v1/models", timeout=30).json()}
+    assert listed["swin_tiny"]["ready"] and listed["swin_tiny"]["status"]["state"] == "ready"
 
 
 def test_stream_infer_through_rays_grpc_proxy(serve_url: str, serve_settings: Any) -> None:

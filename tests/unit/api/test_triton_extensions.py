@@ -233,10 +233,11 @@ def test_repository_index_unload_and_load(triton: Triton, explicit_http: tuple[s
         assert not triton.client.is_model_ready("swin_tiny") and triton.client.is_model_ready("vit_small")
         with pytest.raises(InferenceServerException) as exc:
             triton.client.infer("swin_tiny", [triton.pixels(1)[0]])
-        assert triton.code(exc) == triton.expect(503, "UNAVAILABLE") and "not loaded" in exc.value.message()
-        if triton.kind == "http":  # /v1 follows: the model leaves /v1/models and /v1/predict refuses it
+        assert triton.code(exc) == triton.expect(503, "UNAVAILABLE") and "not ready: unloaded" in exc.value.message()
+        if triton.kind == "http":  # /v1 follows: /v1/models shows the state and /v1/predict refuses it
             url = f"http://{explicit_http[0]}"
-            assert "swin_tiny" not in {m["name"] for m in httpx.get(f"{url}/v1/models").json()}
+            listed = {m["name"]: m for m in httpx.get(f"{url}/v1/models").json()}
+            assert listed["swin_tiny"]["status"]["state"] == "unloaded" and not listed["swin_tiny"]["ready"]
             answer = httpx.post(f"{url}/v1/predict?model=swin_tiny", content=jpeg_bytes(), timeout=60)
             assert answer.status_code == 503
     finally:
@@ -260,6 +261,9 @@ def test_router_routes_around_an_unloaded_model(explicit_http: tuple[str, Servin
     try:
         rerouted = core.route(512, 512)
         assert rerouted.model != chosen and rerouted.model in fitting
+        # the decision says what it left out, and why
+        assert rerouted.not_ready == {chosen: "unloaded (test)"}
+        assert f"{chosen} is not ready" in rerouted.explanation
         with pytest.raises(Unavailable):  # a model asked for by name is refused, not replaced
             core.route(512, 512, chosen)
     finally:
