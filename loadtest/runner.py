@@ -14,17 +14,18 @@ Also runnable as ``python -m loadtest.runner [options]`` from the repository roo
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -44,6 +45,8 @@ from loadtest.workload import (
     require_loopback_target,
     require_loopback_url,
 )
+from service.ports import free_port
+from service.settings import LoadtestSettings, ServerSettings, load
 
 __all__ = [
     "LoadtestOptions",
@@ -134,13 +137,15 @@ class LoadtestOptions(BaseModel):
             model=self.model,
             oip_batch=self.oip_batch,
             pace_s=self.pace_s,
-            wait_s=float(os.environ.get("TESSERA_LT_WAIT_S", "0")),
+            wait_s=load(LoadtestSettings).wait_s,
             grpc_target=grpc_target,
         )
 
 
 def options_from_args(args: argparse.Namespace) -> LoadtestOptions:
     """The options from ``tessera loadtest``'s flags (``TESSERA_LT_MIX``/``_SIZES`` as defaults)."""
+    lt = load(LoadtestSettings)
+    pace_s = lt.pace_s if "pace_s" in lt.model_fields_set else DEFAULT_PACE_S  # the Locust file's default is 0
     values: dict[str, Any] = {
         "start": args.start,
         "users": args.users,
@@ -148,12 +153,12 @@ def options_from_args(args: argparse.Namespace) -> LoadtestOptions:
         "duration_s": parse_duration(args.duration),
         "host": args.host,
         "grpc_host": args.grpc_host,
-        "mix": args.mix or os.environ.get("TESSERA_LT_MIX") or DEFAULT_MIX,
-        "sizes": args.sizes or os.environ.get("TESSERA_LT_SIZES") or DEFAULT_SIZES,
-        "model": args.model or os.environ.get("TESSERA_LT_MODEL") or "vit_small",
-        "oip_batch": args.oip_batch or int(os.environ.get("TESSERA_LT_OIP_BATCH", "1")),
-        "pace_s": args.pace if args.pace is not None else float(os.environ.get("TESSERA_LT_PACE_S", DEFAULT_PACE_S)),
-        "model_repo": getattr(args, "model_repo", None) or os.environ.get("TESSERA_MODEL_REPO", "model_repo"),
+        "mix": args.mix or lt.mix,
+        "sizes": args.sizes or lt.sizes,
+        "model": args.model or lt.model,
+        "oip_batch": args.oip_batch or lt.oip_batch,
+        "pace_s": args.pace if args.pace is not None else pace_s,
+        "model_repo": getattr(args, "model_repo", None) or ServerSettings.from_env().model_repo,
         "http_port": args.http_port,
         "grpc_port": args.grpc_port,
         "metrics_port": args.metrics_port,
@@ -174,31 +179,39 @@ def options_from_args(args: argparse.Namespace) -> LoadtestOptions:
 
 
 # -- the service, started here -----------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class ServiceProcess:
-    """``tessera serve`` on loopback as a subprocess: wait for its ready line, SIGTERM at the end.
+    """``tessera serve`` on loopback as a subprocess on free ports (unless given): wait for its ready
+    line, SIGTERM at the end. The one way the load test, the benchmarks and the end-to-end tests
+    start it.
 
-    Its output goes to ``log_path``. Slide jobs go to a temporary folder removed afterwards (unless
-    ``TESSERA_JOB_DIR`` is set).
+    Its output goes to ``log_path``, or is kept in memory (the last lines: :meth:`output`) without
+    one; ``output``, when given, collects every line it prints. ``env`` is added to this process's
+    environment, ``args`` are more ``tessera serve`` flags. With ``temp_job_dir``, slide jobs go to a
+    temporary folder removed afterwards (unless ``TESSERA_JOB_DIR`` is set).
     """
 
     def __init__(
         self,
-        model_repo: str,
-        log_path: Path,
+        model_repo: str | None,
+        log_path: Path | None = None,
         *,
         http_port: int | None = None,
         grpc_port: int | None = None,
         metrics_port: int | None = None,
         ready_timeout_s: float = 300.0,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        args: Sequence[str] = (),
+        temp_job_dir: bool = True,
+        output: list[str] | None = None,
     ):
-        self.model_repo = str(Path(model_repo).resolve())
+        self.model_repo = str(Path(model_repo).resolve()) if model_repo is not None else None
         self.log_path = log_path
+        self.env = dict(env or {})
+        self.cwd = cwd or ROOT
+        self.args = tuple(args)
+        self.temp_job_dir = temp_job_dir
+        self._lines: collections.deque[str] | list[str] = collections.deque(maxlen=400) if output is None else output
         self.http_port = http_port or free_port()
         self.grpc_port = grpc_port or free_port()
         self.metrics_port = metrics_port or free_port()
@@ -212,6 +225,20 @@ class ServiceProcess:
         self._job_dir: str | None = None
 
     @property
+    def ports(self) -> dict[str, int]:
+        return {"http": self.http_port, "grpc": self.grpc_port, "metrics": self.metrics_port}
+
+    @property
+    def proc(self) -> subprocess.Popen[str]:
+        if self._proc is None:
+            raise RuntimeError("tessera serve is not started")
+        return self._proc
+
+    def output(self) -> str:
+        """The last lines it printed (all of them go to ``log_path`` when there is one)."""
+        return "".join(self._lines)
+
+    @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
@@ -220,12 +247,12 @@ class ServiceProcess:
         return f"127.0.0.1:{self.grpc_port}"
 
     def command(self) -> list[str]:
+        repo = ["--model-repo", self.model_repo] if self.model_repo is not None else []
         return [
             sys.executable,
             "-m",
             "service.cli",
-            "--model-repo",
-            self.model_repo,
+            *repo,
             "serve",
             "--host",
             "127.0.0.1",
@@ -235,19 +262,21 @@ class ServiceProcess:
             str(self.grpc_port),
             "--metrics-port",
             str(self.metrics_port),
+            *self.args,
         ]
 
     def start(self) -> ServiceProcess:
-        env = dict(os.environ)
-        if "TESSERA_JOB_DIR" not in env:
+        env = {**os.environ, **self.env}
+        if self.temp_job_dir and "TESSERA_JOB_DIR" not in env:
             self._job_dir = tempfile.mkdtemp(prefix="tessera-loadtest-jobs-")
             env["TESSERA_JOB_DIR"] = self._job_dir
         env["PYTHONUNBUFFERED"] = "1"
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         started = time.monotonic()
         self._proc = subprocess.Popen(
-            self.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT
+            self.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=self.cwd
         )
         stdout = self._proc.stdout
         if stdout is None:  # pragma: no cover - PIPE always gives one
@@ -256,6 +285,7 @@ class ServiceProcess:
 
         def drain() -> None:
             for line in stdout:
+                self._lines.append(line)
                 if self._log is not None and not self._log.closed:
                     self._log.write(line)
                     self._log.flush()
@@ -268,12 +298,15 @@ class ServiceProcess:
         while not ready.wait(0.2):
             if self._proc.poll() is not None:
                 self.stop()
-                raise RuntimeError(f"tessera serve exited with {self._proc.returncode}; see {self.log_path}")
+                raise RuntimeError(f"tessera serve exited with {self._proc.returncode}; {self._see()}")
             if time.monotonic() - started > self.ready_timeout_s:
                 self.stop()
-                raise RuntimeError(f"tessera serve not ready after {self.ready_timeout_s:.0f} s; see {self.log_path}")
+                raise RuntimeError(f"tessera serve not ready after {self.ready_timeout_s:.0f} s; {self._see()}")
         self.ready_s = round(time.monotonic() - started, 2)
         return self
+
+    def _see(self) -> str:
+        return f"see {self.log_path}" if self.log_path is not None else f"its output:\n{self.output()}"
 
     def stop(self, timeout_s: float = 90.0) -> int | None:
         """SIGTERM (the service drains), then SIGKILL after ``timeout_s``; returns the exit status."""

@@ -17,8 +17,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from service.settings import load_yaml
 
 __all__ = [
     "SHED_SUFFIX",
@@ -78,8 +79,7 @@ class SloConfig(BaseModel):
 
 
 def load_slo(path: str | Path) -> SloConfig:
-    raw = yaml.safe_load(Path(path).read_text()) or {}
-    return SloConfig.model_validate(raw)
+    return load_yaml(path, SloConfig)
 
 
 @dataclass

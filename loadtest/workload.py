@@ -12,7 +12,6 @@ smaller than the size asked for.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 import random
@@ -23,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from service.settings import DEFAULT_LT_SLIDES, LoadtestSettings, load
 
 __all__ = [
     "DEFAULT_MIX",
@@ -47,16 +48,15 @@ log = logging.getLogger(__name__)
 
 #: The user classes of the Locust file, by the short name the mix uses.
 USER_KINDS = ("predict", "oip", "grpc", "slide")
-DEFAULT_MIX = "predict=6,oip=2,grpc=2,slide=1"
-DEFAULT_SIZES = "224=8,512=4,1024=2,2048=1"
+DEFAULT_MIX = LoadtestSettings.model_fields["mix"].default
+DEFAULT_SIZES = LoadtestSettings.model_fields["sizes"].default
 #: Seconds between the starts of one user's requests (Locust's ``constant_pacing``): 8 users at 10 s
 #: offer 0.8 requests a second, which the reference 2-core host sustains (``loadtest/README.md``).
 DEFAULT_PACE_S = 10.0
 #: Largest image side the load test cuts (the design's largest single-image size).
 MAX_SIZE = 2048
 
-_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_SLIDES = _ROOT.parent / "shared" / "data" / "slides"
+DEFAULT_SLIDES = DEFAULT_LT_SLIDES
 _SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn")
 
 
@@ -126,43 +126,36 @@ class Workload:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Workload:
-        env = os.environ if env is None else env
-        get = env.get
-        workload = cls(
-            mix=parse_weights(get("TESSERA_LT_MIX", DEFAULT_MIX), allowed=USER_KINDS),
-            sizes=parse_sizes(get("TESSERA_LT_SIZES", DEFAULT_SIZES)),
-            model=get("TESSERA_LT_MODEL", "vit_small"),
-            oip_batch=int(get("TESSERA_LT_OIP_BATCH", "1")),
-            oip_size=int(get("TESSERA_LT_OIP_SIZE", "224")),
-            grpc_target=get("TESSERA_LT_GRPC") or None,
-            slides_dir=Path(get("TESSERA_LT_SLIDES", str(DEFAULT_SLIDES))),
-            slide_path=get("TESSERA_LT_SLIDE_PATH") or None,
-            slide_side=int(get("TESSERA_LT_SLIDE_SIDE", "2048")),
-            slide_poll_s=float(get("TESSERA_LT_SLIDE_POLL_S", "0.5")),
-            slide_timeout_s=float(get("TESSERA_LT_SLIDE_TIMEOUT_S", "300")),
-            wait_s=float(get("TESSERA_LT_WAIT_S", "0")),
-            pace_s=float(get("TESSERA_LT_PACE_S", "0")),
-            variants=int(get("TESSERA_LT_VARIANTS", "4")),
-            seed=int(get("TESSERA_LT_SEED", "0")),
-        )
-        workload.check()
-        return workload
+        """The workload ``TESSERA_LT_*`` describe (``os.environ``, or ``env``); a bad value names its variable."""
+        return cls.from_settings(load(LoadtestSettings, env))
 
-    def check(self) -> None:
-        if not 1 <= self.oip_batch <= 64:
-            raise ValueError(f"TESSERA_LT_OIP_BATCH must be 1..64, got {self.oip_batch}")
-        if not 16 <= self.oip_size <= MAX_SIZE:
-            raise ValueError(f"TESSERA_LT_OIP_SIZE must be 16..{MAX_SIZE}, got {self.oip_size}")
-        if not 256 <= self.slide_side <= 20000:
-            raise ValueError(f"TESSERA_LT_SLIDE_SIDE must be 256..20000, got {self.slide_side}")
-        if not 0 <= self.wait_s <= 60:
-            raise ValueError(f"TESSERA_LT_WAIT_S must be 0..60 seconds, got {self.wait_s}")
-        if not 0 <= self.pace_s <= 600:
-            raise ValueError(f"TESSERA_LT_PACE_S must be 0..600 seconds, got {self.pace_s}")
-        if not 1 <= self.variants <= 64:
-            raise ValueError(f"TESSERA_LT_VARIANTS must be 1..64, got {self.variants}")
-        if not (0 < self.slide_poll_s <= 60 and 0 < self.slide_timeout_s <= 3600):
-            raise ValueError("slide poll interval must be in (0, 60] s and the job timeout in (0, 3600] s")
+    @classmethod
+    def from_settings(cls, lt: LoadtestSettings) -> Workload:
+        try:
+            mix = parse_weights(lt.mix, allowed=USER_KINDS)
+        except ValueError as exc:
+            raise ValueError(f"TESSERA_LT_MIX: {exc}") from None
+        try:
+            sizes = parse_sizes(lt.sizes)
+        except ValueError as exc:
+            raise ValueError(f"TESSERA_LT_SIZES: {exc}") from None
+        return cls(
+            mix=mix,
+            sizes=sizes,
+            model=lt.model,
+            oip_batch=lt.oip_batch,
+            oip_size=lt.oip_size,
+            grpc_target=lt.grpc or None,
+            slides_dir=lt.slides,
+            slide_path=lt.slide_path or None,
+            slide_side=lt.slide_side,
+            slide_poll_s=lt.slide_poll_s,
+            slide_timeout_s=lt.slide_timeout_s,
+            wait_s=lt.wait_s,
+            pace_s=lt.pace_s,
+            variants=lt.variants,
+            seed=lt.seed,
+        )
 
     def to_env(self) -> dict[str, str]:
         """The environment that makes :meth:`from_env` in another process return this workload."""
@@ -263,48 +256,31 @@ def _synthetic_jpeg(side: int, seed: int, quality: int) -> bytes:
 def oip_binary_body(pixels: np.ndarray, outputs: tuple[str, ...] = ("embedding",)) -> tuple[bytes, int]:
     """An OIP inference body with FP32 ``pixels`` as a binary tensor; returns (body, JSON header length).
 
-    The outputs are asked for as binary too. Send it with the header
-    ``Inference-Header-Content-Length: <header length>``.
+    Built by ``tritonclient``'s own encoder (the standard OIP client's). The outputs are asked for as
+    binary too. Send it with the header ``Inference-Header-Content-Length: <header length>``.
     """
-    pixels = np.ascontiguousarray(pixels, dtype=np.float32)
-    raw = pixels.tobytes()
-    header = {
-        "inputs": [
-            {
-                "name": "pixels",
-                "shape": list(pixels.shape),
-                "datatype": "FP32",
-                "parameters": {"binary_data_size": len(raw)},
-            }
-        ],
-        "outputs": [{"name": name, "parameters": {"binary_data": True}} for name in outputs],
-    }
-    text = json.dumps(header, separators=(",", ":")).encode()
-    return text + raw, len(text)
+    from tritonclient.http import InferenceServerClient, InferInput, InferRequestedOutput
+
+    tensor = InferInput("pixels", list(pixels.shape), "FP32")
+    tensor.set_data_from_numpy(np.ascontiguousarray(pixels, dtype=np.float32), binary_data=True)
+    wanted = [InferRequestedOutput(name, binary_data=True) for name in outputs]
+    body, header_length = InferenceServerClient.generate_request_body([tensor], outputs=wanted)
+    return bytes(body), int(header_length or len(body))
 
 
 def parse_oip_binary_response(body: bytes, header_length: str | None) -> dict[str, np.ndarray]:
-    """The outputs of a binary OIP answer as arrays; ``ValueError`` when the answer is malformed."""
-    if header_length is None:
-        header = json.loads(body)
-        return {o["name"]: np.asarray(o["data"], dtype=np.float32).reshape(o["shape"]) for o in header["outputs"]}
-    split = int(header_length)
-    header = json.loads(body[:split])
-    offset = split
-    arrays: dict[str, np.ndarray] = {}
-    for out in header["outputs"]:
-        size = (out.get("parameters") or {}).get("binary_data_size")
-        if size is None:
-            arrays[out["name"]] = np.asarray(out["data"], dtype=np.float32).reshape(out["shape"])
-            continue
-        chunk = body[offset : offset + size]
-        if len(chunk) != size:
-            raise ValueError(f"output {out['name']!r}: {size} bytes announced, {len(chunk)} present")
-        arrays[out["name"]] = np.frombuffer(chunk, dtype=np.float32).reshape(out["shape"])
-        offset += size
-    if offset != len(body):
-        raise ValueError(f"{len(body) - offset} bytes after the last output")
-    return arrays
+    """The outputs of an OIP answer (JSON or binary) as arrays, read by ``tritonclient``'s own parser;
+    ``ValueError`` when the answer is malformed (its binary part is not the size its header announces)."""
+    from tritonclient.http import InferenceServerClient
+
+    split = int(header_length) if header_length is not None else None
+    result = InferenceServerClient.parse_response_body(body, header_length=split)
+    outputs = result.get_response().get("outputs") or []
+    if split is not None:
+        announced = sum(int((o.get("parameters") or {}).get("binary_data_size") or 0) for o in outputs)
+        if announced != len(body) - split:
+            raise ValueError(f"{announced} bytes of binary outputs announced, {len(body) - split} present")
+    return {o["name"]: result.as_numpy(o["name"]) for o in outputs}
 
 
 def multipart_body(

@@ -262,14 +262,15 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    import os
-
-    args.model_repo = args.model_repo or os.environ.get("TESSERA_MODEL_REPO", "model_repo")
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
+        if not args.model_repo:
+            from service.settings import ServerSettings
+
+            args.model_repo = ServerSettings.from_env().model_repo  # $TESSERA_MODEL_REPO or ./model_repo
         return int(args.func(args))
     except KeyboardInterrupt:
         return 130

@@ -1,20 +1,124 @@
-"""Service settings: one pydantic model, bounded and described, read from flags and TESSERA_* env."""
+"""Every ``TESSERA_*`` environment variable, declared once: typed, bounded and described.
+
+Three pydantic-settings models read them (``docs/configuration.md`` lists every variable, generated
+from these models by :func:`variables_table` and checked by a test):
+
+- :class:`ServerSettings` (``TESSERA_<FIELD>``): what ``tessera serve`` and the Ray Serve app builder
+  need; flags and the Serve config's ``args`` override the environment.
+- :class:`ProcessSettings` (``TESSERA_<FIELD>``): read by one process and never part of the Serve
+  config: secrets (the accepted tokens, a client's token) and tool options.
+- :class:`LoadtestSettings` (``TESSERA_LT_<FIELD>``): what the Locust processes send.
+
+:func:`load` builds any of them; a bad value raises :class:`SettingsError` naming the variable.
+"""
 
 from __future__ import annotations
 
-import os
+from collections.abc import Mapping
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field
+import yaml
+from pydantic import BaseModel, Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-__all__ = ["ServerSettings"]
+__all__ = [
+    "LoadtestSettings",
+    "ProcessSettings",
+    "ServerSettings",
+    "SettingsError",
+    "env_name",
+    "load",
+    "load_yaml",
+    "variables_table",
+]
+
+_S = TypeVar("_S", bound=BaseSettings)
+_M = TypeVar("_M", bound=BaseModel)
+
+#: Where the load test cuts its images from unless ``TESSERA_LT_SLIDES`` says otherwise.
+DEFAULT_LT_SLIDES = Path(__file__).resolve().parents[2] / "shared" / "data" / "slides"
 
 
-class ServerSettings(BaseModel):
-    """Everything ``tessera serve`` and the Ray Serve app builder need. Immutable once built."""
+class SettingsError(ValueError):
+    """Settings that do not validate; the message names each bad environment variable (or option)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+
+def env_name(cls: type[BaseSettings], field: str) -> str:
+    """The environment variable of ``cls.field`` (``TESSERA_HTTP_PORT`` for ServerSettings.http_port)."""
+    return f"{cls.model_config.get('env_prefix', '')}{field}".upper()
+
+
+def load(cls: type[_S], env: Mapping[str, str] | None = None, **overrides: Any) -> _S:
+    """``cls`` from defaults, then its environment variables (``os.environ``, or ``env`` when given),
+    then the ``overrides`` that are not None. Raises :class:`SettingsError` naming what is wrong."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    token = _READ_ENV.set(env is None)
+    try:
+        if env is None:
+            return cls(**given)
+        values: dict[str, Any] = {f: env[env_name(cls, f)] for f in cls.model_fields if env_name(cls, f) in env}
+        return cls(**{**values, **given})
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error.get("loc") else ""
+            where = field if field in given or field not in cls.model_fields else env_name(cls, field)
+            got = f" (got {error['input']!r})" if where != field and isinstance(error.get("input"), str) else ""
+            problems.append(f"{where}: {error['msg']}{got}" if where else str(error["msg"]))
+        raise SettingsError("; ".join(problems)) from None
+    finally:
+        _READ_ENV.reset(token)
+
+
+def load_yaml(path: str | Path, model: type[_M]) -> _M:
+    """One YAML file (``config.yaml``, ``routes.yaml``, ``slo.yaml``) as ``model``; an empty file is
+    ``{}``. Errors name the file: :class:`ValueError` for YAML or top-level shape, pydantic's
+    ``ValidationError`` (titled with the path) for the fields."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML: {exc}") from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise ValidationError.from_exception_data(str(path), exc.errors()) from None  # type: ignore[arg-type]
+
+
+#: Whether a settings model being built reads ``os.environ``: only inside :func:`load`.
+_READ_ENV: ContextVar[bool] = ContextVar("tessera_read_env", default=False)
+
+
+class _Settings(BaseSettings):
+    """Frozen, no unknown fields. Built directly (``ServerSettings(...)``, ``model_validate``: the
+    Serve config's ``args``, the tests) it reads no environment; :func:`load` reads ``os.environ``
+    (no dotenv file, no secrets folder)."""
+
+    model_config = SettingsConfigDict(env_prefix="TESSERA_", extra="forbid", frozen=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings) if _READ_ENV.get() else (init_settings,)
+
+
+class ServerSettings(_Settings):
+    """Everything ``tessera serve`` and the Ray Serve app builder need. Immutable once built.
+
+    :meth:`from_env` reads ``TESSERA_<FIELD>``; ``ServerSettings.model_validate(args)`` (the Serve
+    config's ``args``, a replica's copy) reads no environment."""
 
     model_repo: str = Field(default="model_repo", description="Model repository folder (configs + artifacts).")
     host: str = Field(default="127.0.0.1", description="Address the HTTP and gRPC proxies bind.")
@@ -94,13 +198,87 @@ class ServerSettings(BaseModel):
     @classmethod
     def from_env(cls, **overrides: Any) -> ServerSettings:
         """Defaults, then ``TESSERA_<FIELD>`` environment variables, then explicit overrides."""
-        values: dict[str, Any] = {}
-        for name in cls.model_fields:
-            env = os.environ.get(f"TESSERA_{name.upper()}")
-            if env is not None:
-                values[name] = env
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls.model_validate(values)
+        return load(cls, **overrides)
 
     def resolved_repo(self) -> Path:
         return Path(self.model_repo).resolve()
+
+
+class ProcessSettings(_Settings):
+    """Variables one process reads that are not the server's settings: secrets stay out of the Serve
+    config's ``args`` (which the cluster shows to anyone who can read the RayService)."""
+
+    auth_tokens: str | None = Field(
+        default=None,
+        description="Bearer tokens the server accepts, comma-separated (beside `auth_tokens_file`); unset: no access "
+        "control.",
+    )
+    api_token: str | None = Field(default=None, description="Bearer token `tessera slide --server` sends.")
+    ray_logs: bool = Field(default=False, description="Forward the Ray workers' logs to `tessera serve`'s terminal.")
+    bench_results: Path = Field(default=Path("bench/results"), description="Folder the benchmarks write results to.")
+
+
+class LoadtestSettings(_Settings):
+    """What the load test's Locust processes send (``tessera loadtest`` sets these from its flags)."""
+
+    model_config = SettingsConfigDict(env_prefix="TESSERA_LT_", extra="forbid", frozen=True)
+
+    mix: str = Field(
+        default="predict=6,oip=2,grpc=2,slide=1", description="User weights by kind (predict, oip, grpc, slide)."
+    )
+    sizes: str = Field(default="224=8,512=4,1024=2,2048=1", description="`/v1/predict` image sides with weights.")
+    model: str = Field(default="vit_small", description="Model the OIP and gRPC users ask for.")
+    oip_batch: int = Field(default=1, ge=1, le=64, description="Images per OIP request.")
+    oip_size: int = Field(default=224, ge=16, le=2048, description="Side of the OIP users' pixel tensors.")
+    grpc: str | None = Field(default=None, description="gRPC target `host:port`; unset: the HTTP host on port 9000.")
+    slides: Path = Field(default=DEFAULT_LT_SLIDES, description="Folder of slides the test images are cut from.")
+    slide_path: str | None = Field(
+        default=None,
+        description="Submit slide jobs by this path inside the server's slide root instead of uploading a "
+        "synthetic slide.",
+    )
+    slide_side: int = Field(default=2048, ge=256, le=20000, description="Side of the synthetic slide uploaded.")
+    slide_poll_s: float = Field(default=0.5, gt=0, le=60, description="Seconds between slide-job status polls.")
+    slide_timeout_s: float = Field(default=300.0, gt=0, le=3600, description="Seconds a slide job may take.")
+    wait_s: float = Field(
+        default=0.0, ge=0, le=60, description="Closed loop with think time drawn from 0..this, when `pace_s` is 0."
+    )
+    pace_s: float = Field(
+        default=0.0, ge=0, le=600, description="Seconds between the starts of one user's requests; 0: closed loop."
+    )
+    variants: int = Field(default=4, ge=1, le=64, description="Different images cut per size.")
+    seed: int = Field(default=0, description="Seed of each user's size draws (plus the user's start order).")
+
+
+def _type_name(annotation: Any) -> str:
+    if get_origin(annotation) is Literal:
+        return " \\| ".join(f"`{a}`" for a in get_args(annotation))
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    if args:  # X | None
+        return _type_name(args[0])
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def variables_table() -> str:
+    """The Markdown table of every variable (``docs/configuration.md`` holds it; a test compares)."""
+    rows = ["| variable | type | default | bounds | what |", "| --- | --- | --- | --- | --- |"]
+    for cls in (ServerSettings, ProcessSettings, LoadtestSettings):
+        for name, info in cls.model_fields.items():
+            kind = _type_name(info.annotation)
+            default = info.default
+            if isinstance(default, Path) and default.is_absolute():
+                default = "../shared/data/slides"
+            bounds = []
+            for meta in info.metadata:
+                for op, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+                    if getattr(meta, op, None) is not None:
+                        bounds.append(f"{sign} {getattr(meta, op)}")
+            shown = "unset" if default is None else f"`{default}`"
+            rows.append(
+                f"| `{env_name(cls, name)}` | {kind} | {shown} | {', '.join(bounds) or '-'} | {info.description} |"
+            )
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(variables_table(), end="")

@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import io
-import os
-import socket
 import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +11,8 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
+
+from service.ports import free_port as free_port  # re-exported: the tests import it from here
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_REPO = ROOT / "model_repo"
@@ -107,12 +104,6 @@ def slide_crop_jpeg(x: int = 800, y: int = 1200, size: int = 224) -> bytes:
     return buf.getvalue()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def start_tessera_serve(
     *,
     model_repo: Path | None = None,
@@ -125,36 +116,26 @@ def start_tessera_serve(
     """``tessera serve`` as a subprocess on free ports: the process, its ports and its ready line.
 
     ``args`` are more ``tessera serve`` flags (e.g. ``--model-control-mode=explicit``); ``output``
-    collects every line it prints, before and after the ready line.
+    collects every line it prints, before and after the ready line. The process is
+    :class:`loadtest.runner.ServiceProcess`, the one the load test starts.
 
     Returns once the ready line is printed (its output is drained from then on); fails the test if
     the process exits first or prints none within ``ready_timeout_s``. Stopping it is the caller's.
     """
-    ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
-    command = [str(Path(sys.executable).with_name("tessera"))]
-    if model_repo is not None:
-        command += ["--model-repo", str(model_repo)]
-    command += ["serve", *(f"--{name}-port={port}" for name, port in ports.items()), *args]
-    proc = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, **(env or {})},
+    from loadtest.runner import ServiceProcess
+
+    service = ServiceProcess(
+        str(model_repo) if model_repo is not None else None,
+        env=env,
         cwd=cwd,
+        args=args,
+        ready_timeout_s=ready_timeout_s,
+        temp_job_dir=False,
+        output=output,
     )
-    assert proc.stdout is not None
-    deadline = time.monotonic() + ready_timeout_s
-    lines: list[str] = [] if output is None else output
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            if proc.poll() is not None:
-                pytest.fail("tessera serve exited early:\n" + "".join(lines))
-            continue
-        lines.append(line)
-        if line.startswith("ready: "):
-            threading.Thread(target=lines.extend, args=(proc.stdout,), daemon=True).start()  # keep draining
-            return proc, ports, line.strip()
-    proc.kill()
-    pytest.fail(f"no ready line within {ready_timeout_s:.0f} s:\n" + "".join(lines))
+    try:
+        service.start()
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    assert service.ready_line is not None
+    return service.proc, service.ports, service.ready_line

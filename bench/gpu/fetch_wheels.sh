@@ -11,5 +11,5 @@ mkdir -p wheels
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 \
     -d wheels \
     "pydantic==2.14.4" "pydantic-core==2.50.5" "annotated-types==0.8.0" "typing-inspection==0.4.5" \
-    "typing-extensions==4.16.0" "pyyaml==6.0.4"
+    "typing-extensions==4.16.0" "pyyaml==6.0.4" "pydantic-settings==2.16.3" "python-dotenv==1.2.4"
 du -sh wheels

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from service.errors import Forbidden, TesseraError, Unauthenticated
+from service.settings import ProcessSettings, load
 
 __all__ = [
     "AUTHORIZATION",
@@ -120,9 +121,8 @@ class TokenAuth:
     @classmethod
     def from_settings(cls, settings: Any = None, environ: Mapping[str, str] | None = None) -> TokenAuth:
         """Tokens from ``TESSERA_AUTH_TOKENS`` in ``environ`` and the file ``settings.auth_tokens_file``."""
-        env = os.environ if environ is None else environ
         tokens_file = getattr(settings, "auth_tokens_file", None) if settings is not None else None
-        auth = cls(parse_token_list(env.get(ENV_VAR)), tokens_file=tokens_file)
+        auth = cls(parse_token_list(load(ProcessSettings, environ).auth_tokens), tokens_file=tokens_file)
         if auth.enabled:
             log.info(
                 "access control on: %d token(s) from %s%s",

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from service.api.auth import AUTHORIZATION, TokenAuth
+from service.api.deadlines import TIMEOUT_HEADER, parse_timeout
 from service.api.errors import as_tessera_error, grpc_code
 from service.api.model_repository import TritonModelConfig
 from service.api.oip import InferRequest, InferResponse, InputTensor, OpenInference, RequestedOutput
@@ -56,7 +57,7 @@ SERVICER_FUNCTIONS = [
     "service.api.protos.tessera_images_pb2_grpc.add_ImagesServicer_to_server",
 ]
 #: Metadata key carrying a deadline in seconds where the transport does not expose the call's own.
-TIMEOUT_METADATA = "x-request-timeout"
+TIMEOUT_METADATA = TIMEOUT_HEADER
 REQUEST_ID_METADATA = "x-request-id"
 
 _OIP_PB2 = "service.api.protos.grpc_predict_v2_pb2"
@@ -367,16 +368,7 @@ def _deadline_s(context: Any) -> float | None:
             if left <= 0:
                 raise DeadlineExceeded("the call's deadline passed before it started")
             return float(left)
-    raw = _metadata(context, TIMEOUT_METADATA)
-    if raw is None:
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        raise InvalidInput(f"metadata {TIMEOUT_METADATA} must be a number of seconds", param=TIMEOUT_METADATA) from None
-    if not 0 < value <= 3600:
-        raise InvalidInput(f"metadata {TIMEOUT_METADATA} must be in (0, 3600] seconds", param=TIMEOUT_METADATA)
-    return value
+    return parse_timeout(_metadata(context, TIMEOUT_METADATA), where=f"metadata {TIMEOUT_METADATA}")
 
 
 def _request_id(context: Any) -> str | None:

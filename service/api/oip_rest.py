@@ -22,6 +22,7 @@ from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from service.api.deadlines import TIMEOUT_HEADER, parse_timeout
 from service.api.oip import (
     InferRequest,
     InferResponse,
@@ -39,9 +40,6 @@ __all__ = ["HEADER_LENGTH", "TIMEOUT_HEADER", "InferRequestBody", "InferResponse
 
 #: The binary tensor extension's header: the length of the JSON part of the body.
 HEADER_LENGTH = "Inference-Header-Content-Length"
-#: Deadline in seconds, the same header as ``/v1`` (``service.api.rest.TIMEOUT_HEADER``; not imported
-#: from there because ``service.api.rest`` includes this router).
-TIMEOUT_HEADER = "x-request-timeout"
 
 router = APIRouter(tags=["oip"])
 
@@ -284,16 +282,7 @@ async def _infer(request: Request, model: str, version: str | None) -> Response:
 
 
 def _timeout(request: Request) -> float | None:
-    raw = request.headers.get(TIMEOUT_HEADER)
-    if raw is None:
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        raise InvalidInput(f"{TIMEOUT_HEADER} must be a number of seconds", param=TIMEOUT_HEADER) from None
-    if not 0 < value <= 3600:
-        raise InvalidInput(f"{TIMEOUT_HEADER} must be in (0, 3600] seconds", param=TIMEOUT_HEADER)
-    return value
+    return parse_timeout(request.headers.get(TIMEOUT_HEADER))
 
 
 # -- wire format ---------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import __version__
 from service.api.auth import AUTHORIZATION, PUBLIC_HTTP_PATHS, app_auth, challenge_headers
+from service.api.deadlines import TIMEOUT_HEADER, parse_timeout
 from service.api.errors import as_tessera_error, http_body, http_headers
 from service.api.metrics_text import CONTENT_TYPE
 from service.api.oip import OpenInference
@@ -33,8 +34,6 @@ __all__ = ["create_app", "read_body_limited"]
 
 log = logging.getLogger("tessera.access")
 
-TIMEOUT_HEADER = "x-request-timeout"
-
 
 def _core(request: Request) -> ServingCore:
     core: ServingCore = request.app.state.core
@@ -42,16 +41,7 @@ def _core(request: Request) -> ServingCore:
 
 
 def _timeout(request: Request) -> float | None:
-    raw = request.headers.get(TIMEOUT_HEADER)
-    if raw is None:
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        raise InvalidInput(f"{TIMEOUT_HEADER} must be a number of seconds", param=TIMEOUT_HEADER) from None
-    if not 0 < value <= 3600:
-        raise InvalidInput(f"{TIMEOUT_HEADER} must be in (0, 3600] seconds", param=TIMEOUT_HEADER)
-    return value
+    return parse_timeout(request.headers.get(TIMEOUT_HEADER))
 
 
 async def _image_from_request(request: Request, body: bytes) -> tuple[bytes, str | None, dict[str, str]]:

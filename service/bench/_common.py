@@ -18,7 +18,9 @@ __all__ = ["host_facts", "median_time", "peak_and_median", "results_dir", "write
 
 
 def results_dir() -> Path:
-    return Path(os.environ.get("TESSERA_BENCH_RESULTS", "bench/results"))
+    from service.settings import ProcessSettings, load
+
+    return load(ProcessSettings).bench_results
 
 
 def host_facts() -> dict[str, Any]:
@@ -83,9 +85,15 @@ def peak_and_median(fn: Callable[[], object], *, repeats: int) -> tuple[float, i
 
 
 def write_result(name: str, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` as ``bench/results/<host>-<date>-<name>.json`` once it validates as the
+    benchmark's model (``service.bench.results``): what the report reads is what was written."""
+    from service.bench.results import model_for
+
     out = results_dir()
     out.mkdir(parents=True, exist_ok=True)
+    payload.setdefault("benchmark", name)
     facts = payload.setdefault("host", host_facts())
+    model_for(name).model_validate(payload)
     day = facts["date"][:10]
     path = out / f"{facts['host']}-{day}-{name}.json"
     path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")

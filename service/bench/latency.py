@@ -51,17 +51,13 @@ def run(repo_path: str = "model_repo", n: int = 50) -> dict[str, Any]:
     import tritonclient.grpc as tg
 
     from service.api.protos import tessera_images_pb2, tessera_images_pb2_grpc
+    from service.ports import free_port
     from service.serve.runner import start_service, stop_service
     from service.settings import ServerSettings
 
-    def port() -> int:
-        import socket
-
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            return int(sock.getsockname()[1])
-
-    settings = ServerSettings(model_repo=repo_path, http_port=port(), grpc_port=port(), metrics_port=port())
+    settings = ServerSettings(
+        model_repo=repo_path, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port()
+    )
     jpeg = _tile_jpeg()
     pixels = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
     start_service(settings)

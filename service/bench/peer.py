@@ -41,7 +41,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -56,6 +55,7 @@ from typing import IO, Any
 import numpy as np
 
 from service.bench._common import write_result
+from service.ports import free_port
 
 __all__ = [
     "NOOP_MODEL",
@@ -284,12 +284,6 @@ def build_noop(repo: Path) -> None:
 
 
 # -- servers -------------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass
 class Ports:
     http: int

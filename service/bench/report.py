@@ -4,9 +4,10 @@ Each DESIGN.md goal is put beside the value measured for it: *met*, *not met*, o
 with the reason (no result yet; no GPU on the host the results came from). A goal that needs a
 GPU counts as measured only from a result whose host facts name a GPU.
 
-Results are the JSON files the benchmarks write (``service.bench._common.write_result``): a
-``benchmark`` name, ``host`` facts (host name, CPU, GPU, versions, date), and usually ``rows``
-and ``summary``. Unknown benchmarks get a generic table of their rows.
+Results are the JSON files the benchmarks write (``service.bench._common.write_result``), read
+into the same typed models the benchmarks validate them with (``service.bench.results``): a
+``benchmark`` name, ``host`` facts (host name, CPU, GPU, versions, date), and the benchmark's own
+fields. A file that is not a result of a known benchmark is an error naming the file.
 """
 
 from __future__ import annotations
@@ -15,13 +16,36 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from service.bench._common import results_dir
+from service.bench.results import (
+    AttentionScalingResult,
+    BenchResult,
+    EndpointRow,
+    FusionResult,
+    GpuResult,
+    LatencyResult,
+    LoadFacts,
+    LoadtestResult,
+    OrtVsTorchResult,
+    PeerResult,
+    RouterResult,
+    ScalingRow,
+    ServiceRow,
+    ServiceVsRawResult,
+    SlideRow,
+    SlideVsRawResult,
+    SloCheck,
+    TransportRun,
+    parse_result,
+)
 
 __all__ = ["Goal", "evaluate_goals", "load_results", "main", "make_plots", "render_markdown", "write_report"]
 
@@ -34,21 +58,12 @@ N2_MEMORY_RATIO_LIMIT = 2.0
 
 
 # -- loading --------------------------------------------------------------------------------------------
-def _name_of(path: Path, payload: dict[str, Any]) -> str:
-    name = payload.get("benchmark")
-    if isinstance(name, str) and name:
-        return name
-    host = str((payload.get("host") or {}).get("host", ""))
-    stem = path.stem
-    if host and stem.startswith(host + "-"):
-        stem = stem[len(host) + 1 :]
-    parts = stem.split("-", 3)  # YYYY-MM-DD-name
-    return parts[3] if len(parts) == 4 else stem
+def load_results(directory: str | Path) -> dict[str, BenchResult]:
+    """The newest result per benchmark (by the date in its host facts, then by file time).
 
-
-def load_results(directory: str | Path) -> dict[str, dict[str, Any]]:
-    """The newest result per benchmark (by the date in its host facts, then by file time)."""
-    newest: dict[str, tuple[tuple[str, float], dict[str, Any]]] = {}
+    Files that are not JSON objects are skipped; a JSON object that is not a valid result raises
+    ``ValueError`` naming the file."""
+    newest: dict[str, tuple[tuple[str, float], BenchResult]] = {}
     for path in sorted(Path(directory).glob("*.json")):
         try:
             payload = json.loads(path.read_text())
@@ -56,21 +71,18 @@ def load_results(directory: str | Path) -> dict[str, dict[str, Any]]:
             continue
         if not isinstance(payload, dict):
             continue
-        name = _name_of(path, payload)
-        payload["_file"] = path.name
-        key = (str((payload.get("host") or {}).get("date", "")), path.stat().st_mtime)
-        if name not in newest or key > newest[name][0]:
-            newest[name] = (key, payload)
-    return {name: payload for name, (_, payload) in newest.items()}
+        try:
+            result = parse_result(payload, path.name)
+        except ValueError as exc:  # pydantic's ValidationError is one
+            raise ValueError(f"{path}: not a benchmark result: {exc}") from exc
+        key = (result.host.date, path.stat().st_mtime)
+        if result.benchmark not in newest or key > newest[result.benchmark][0]:
+            newest[result.benchmark] = (key, result)
+    return {name: result for name, (_, result) in newest.items()}
 
 
-def _host(result: dict[str, Any]) -> dict[str, Any]:
-    host = result.get("host")
-    return host if isinstance(host, dict) else {}
-
-
-def _gpu_hosts(results: dict[str, dict[str, Any]]) -> list[str]:
-    return sorted({str(_host(r)["gpu"]) for r in results.values() if _host(r).get("gpu")})
+def _gpu_hosts(results: dict[str, BenchResult]) -> list[str]:
+    return sorted({r.host.gpu for r in results.values() if r.host.gpu})
 
 
 # -- goals ----------------------------------------------------------------------------------------------
@@ -89,32 +101,36 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
+def _given(value: Any) -> str:
+    """A value as the result file has it, ``-`` when it is missing."""
+    return "-" if value is None else str(value)
+
+
 def _num(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return None if math.isnan(value) else float(value)
 
 
-def _goal_ort(results: dict[str, dict[str, Any]]) -> Goal:
+def _goal_ort(results: dict[str, BenchResult]) -> Goal:
     what, goal = "ONNX Runtime (optimised) vs PyTorch eager, fp32, CPU, ViT-S/16 and Swin-T, batch 8", ">= 2x"
     result = results.get("ort_vs_torch")
-    rows = [r for r in (result or {}).get("rows", []) if _num(r.get("speedup")) is not None]
+    rows = [r for r in result.rows if r.speedup is not None] if isinstance(result, OrtVsTorchResult) else []
     if not rows:
         return Goal(what, goal, "-", "not measured: no result", "ort_vs_torch")
-    measured = ", ".join(f"{r['model']} {r['speedup']:.2f}x (batch {r.get('batch')})" for r in rows)
-    ok = all(float(r["speedup"]) >= 2.0 for r in rows)
+    measured = ", ".join(f"{r.model} {r.speedup:.2f}x (batch {r.batch})" for r in rows)
+    ok = all((r.speedup or 0) >= 2.0 for r in rows)
     return Goal(what, goal, measured, MET if ok else NOT_MET, "ort_vs_torch")
 
 
-def _goal_service(results: dict[str, dict[str, Any]]) -> Goal:
+def _goal_service(results: dict[str, BenchResult]) -> Goal:
     what = "Service throughput vs the raw backend, at saturation, REST and gRPC"
     goal = ">= 90%"
     result = results.get("service_vs_raw")
-    if not result:
+    if not isinstance(result, ServiceVsRawResult):
         return Goal(what, goal, "-", "not measured: no result", "service_vs_raw")
-    summary = result.get("summary", {})
-    rest, grpc = _num(summary.get("rest_oip_fp32_ratio")), _num(summary.get("grpc_oip_fp32_ratio"))
-    jpeg = _num(summary.get("rest_predict_jpeg_ratio"))
+    summary = result.summary
+    rest, grpc, jpeg = summary.rest_oip_fp32_ratio, summary.grpc_oip_fp32_ratio, summary.rest_predict_jpeg_ratio
     measured = f"REST (OIP FP32) {_pct(rest)}, gRPC (OIP FP32) {_pct(grpc)}"
     if jpeg is not None:
         measured += f"; REST /v1/predict JPEG {_pct(jpeg)} (includes decoding)"
@@ -125,107 +141,97 @@ def _goal_service(results: dict[str, dict[str, Any]]) -> Goal:
         return Goal(what, goal, measured, status, "service_vs_raw")
     status = MET if rest >= 0.9 and grpc >= 0.9 else NOT_MET
     for name, batched in sorted(results.items()):
-        if name.startswith("service_vs_raw_oip"):
-            more = batched.get("summary", {})
-            b_rest, b_grpc = _num(more.get("rest_oip_fp32_ratio")), _num(more.get("grpc_oip_fp32_ratio"))
-            measured += (
-                f"; with {batched.get('oip_batch')} images per request: REST {_pct(b_rest)}, gRPC {_pct(b_grpc)}"
-            )
+        if name.startswith("service_vs_raw_oip") and isinstance(batched, ServiceVsRawResult):
+            b_rest, b_grpc = batched.summary.rest_oip_fp32_ratio, batched.summary.grpc_oip_fp32_ratio
+            measured += f"; with {batched.oip_batch} images per request: REST {_pct(b_rest)}, gRPC {_pct(b_grpc)}"
             if b_rest is not None and b_grpc is not None:
                 verdict = MET if min(b_rest, b_grpc) >= 0.9 else NOT_MET
-                status += f"; {verdict} with {batched.get('oip_batch')} images per request"
-    return Goal(what, goal, measured, status + _suspect(summary), "service_vs_raw")
+                status += f"; {verdict} with {batched.oip_batch} images per request"
+    return Goal(what, goal, measured, status + _suspect(summary.notes), "service_vs_raw")
 
 
-def _goal_peer(results: dict[str, dict[str, Any]]) -> Goal:
+def _goal_peer(results: dict[str, BenchResult]) -> Goal:
     what = "Service vs Triton on the same ONNX file and host, one image per request, gRPC and REST binary"
     goal = ">= 1.0x Triton's img/s; 1-client p50 within 3 ms of Triton's; no-op ceiling >= Triton's"
     result = results.get("peer")
-    if not result:
+    if not isinstance(result, PeerResult):
         return Goal(what, goal, "-", "not measured: no result (`tessera bench peer`, extra `peer`)", "peer")
-    summary = result.get("summary", {})
     parts = []
-    for protocol in ("grpc", "rest"):
-        s = summary.get(protocol)
-        if not isinstance(s, dict):
-            continue
-        ratio, delta, noop = _num(s.get("throughput_ratio")), _num(s.get("p50_delta_ms")), _num(s.get("noop_ratio"))
-        parts.append(
-            f"{'gRPC' if protocol == 'grpc' else 'REST'}: {ratio:.2f}x img/s" if ratio is not None else protocol
-        )
-        if delta is not None:
-            parts[-1] += f", p50 {delta:+.1f} ms"
-        if noop is not None:
-            parts[-1] += f", no-op {noop:.2f}x"
-    measured = "; ".join(parts) or "-"
-    return Goal(what, goal, measured, MET if summary.get("goal_met") else NOT_MET, "peer")
+    for protocol, s in result.summary.protocols():
+        part = f"{'gRPC' if protocol == 'grpc' else 'REST'}: "
+        part += f"{s.throughput_ratio:.2f}x img/s" if s.throughput_ratio is not None else "img/s -"
+        if s.p50_delta_ms is not None:
+            part += f", p50 {s.p50_delta_ms:+.1f} ms"
+        if s.noop_ratio is not None:
+            part += f", no-op {s.noop_ratio:.2f}x"
+        parts.append(part)
+    status = (MET if result.summary.goal_met else NOT_MET) + _suspect(result.summary.notes)
+    return Goal(what, goal, "; ".join(parts) or "-", status, "peer")
 
 
-def _goal_slide(results: dict[str, dict[str, Any]]) -> Goal:
+def _goal_slide(results: dict[str, BenchResult]) -> Goal:
     what, goal = "Slide pipeline tiles/s vs the raw backend's tiles/s at the same batch size", ">= 90%"
-    result = results.get("slide_vs_raw") or {}
-    ratio = _num(result.get("summary", {}).get("ratio"))
-    if ratio is None:
+    result = results.get("slide_vs_raw")
+    ratio = result.summary.ratio if isinstance(result, SlideVsRawResult) else None
+    if not isinstance(result, SlideVsRawResult) or ratio is None:
         return Goal(what, goal, "-", "not measured: no result", "slide_vs_raw")
-    pipeline, raw = result.get("pipeline", {}), result.get("raw", {})
-    measured = f"{_pct(ratio)} ({pipeline.get('tiles_per_s', '-')} vs {raw.get('tiles_per_s', '-')} tiles/s)"
-    return Goal(
-        what, goal, measured, (MET if ratio >= 0.9 else NOT_MET) + _suspect(result.get("summary", {})), "slide_vs_raw"
-    )
+    measured = f"{_pct(ratio)} ({_given(result.pipeline.tiles_per_s)} vs {_given(result.raw.tiles_per_s)} tiles/s)"
+    status = (MET if ratio >= 0.9 else NOT_MET) + _suspect(result.summary.notes)
+    return Goal(what, goal, measured, status, "slide_vs_raw")
 
 
-def _suspect(summary: dict[str, Any]) -> str:
-    return " (suspect: the host was not quiet, see notes)" if summary.get("notes") else ""
+def _suspect(notes: list[str]) -> str:
+    return " (suspect: the host was not quiet, see notes)" if notes else ""
 
 
-def _notes(result: dict[str, Any]) -> list[str]:
-    notes = (result.get("summary") or {}).get("notes") if isinstance(result.get("summary"), dict) else None
+def _notes(notes: list[str]) -> list[str]:
     return ["", *(f"> Note: {n}." for n in notes)] if notes else []
 
 
-def _families(result: dict[str, Any]) -> dict[str, str]:
-    return {r["model"]: r["family"] for r in result.get("rows", []) if r.get("family") and r.get("model")}
+def _families(result: AttentionScalingResult) -> dict[str, str]:
+    return {r.model: r.family for r in result.rows if r.family}
 
 
-def _goal_linear(results: dict[str, dict[str, Any]]) -> Goal:
+def _goal_linear(results: dict[str, BenchResult]) -> Goal:
     what = "Windowed and neighbourhood backbones, 512² to 2048²"
     goal = "time and peak memory per pixel within 1.2x of the 512² value"
     result = results.get("attention_scaling")
-    if not result:
+    if not isinstance(result, AttentionScalingResult):
         return Goal(what, goal, "-", "not measured: no result", "attention_scaling")
     families = _families(result)
-    rows = [s for s in result.get("summary", []) if families.get(s.get("model", "")) in ("swin", "nat")]
+    rows = [s for s in result.summary if families.get(s.model) in ("swin", "nat")]
     if not rows:
         return Goal(what, goal, "-", "not measured: no windowed/NA point at both 512² and 2048²", "attention_scaling")
-    parts, ok = [], True
-    for s in rows:
-        t, m = _num(s.get("time_per_pixel_ratio_2048_vs_512")), _num(s.get("memory_per_pixel_ratio_2048_vs_512"))
-        parts.append(f"{s['model']}/{s['backend']}: time {t:.2f}x, memory {m:.2f}x" if t and m else s["model"])
-        ok = ok and t is not None and m is not None and t <= 1.2 and m <= 1.2
+    parts = [
+        f"{s.model}/{s.backend}: time {s.time_per_pixel_ratio_2048_vs_512:.2f}x, "
+        f"memory {s.memory_per_pixel_ratio_2048_vs_512:.2f}x"
+        for s in rows
+    ]
+    ok = all(s.time_per_pixel_ratio_2048_vs_512 <= 1.2 and s.memory_per_pixel_ratio_2048_vs_512 <= 1.2 for s in rows)
     return Goal(what, goal, "; ".join(parts), MET if ok else NOT_MET, "attention_scaling")
 
 
-def _fused_points(results: dict[str, dict[str, Any]]) -> list[tuple[str, float]]:
+def _fused_points(results: dict[str, BenchResult]) -> list[tuple[str, float]]:
     """(runtime, memory per pixel at 2048² / at 512²) for the global ViT with fused attention."""
     points = []
-    scaling = results.get("attention_scaling") or {}
-    families = _families(scaling)
-    for s in scaling.get("summary", []):
-        if families.get(s.get("model", "")) == "vit":
-            m = _num(s.get("memory_per_pixel_ratio_2048_vs_512"))
-            if m is not None:
-                label = "PyTorch SDPA" if s.get("backend") == "torch" else str(s.get("backend"))
-                points.append((f"{s['model']} ({label})", m))
-    fusion = results.get("fusion") or {}
-    keyed = {r.get("size"): r for r in fusion.get("rows", []) if r.get("opset") == 23 and "peak_delta_bytes" in r}
-    if 512 in keyed and 2048 in keyed:
-        small, large = keyed[512], keyed[2048]
-        ratio = (large["peak_delta_bytes"] / 2048**2) / max(small["peak_delta_bytes"] / 512**2, 1e-9)
-        points.append((f"{large.get('model')} (ONNX Runtime CPU, opset-23 Attention)", ratio))
+    scaling = results.get("attention_scaling")
+    if isinstance(scaling, AttentionScalingResult):
+        families = _families(scaling)
+        for s in scaling.summary:
+            if families.get(s.model) == "vit":
+                label = "PyTorch SDPA" if s.backend == "torch" else s.backend
+                points.append((f"{s.model} ({label})", s.memory_per_pixel_ratio_2048_vs_512))
+    fusion = results.get("fusion")
+    if isinstance(fusion, FusionResult):
+        keyed = {r.size: r for r in fusion.rows if r.opset == 23 and r.peak_delta_bytes is not None}
+        if 512 in keyed and 2048 in keyed:
+            small, large = keyed[512], keyed[2048]
+            ratio = ((large.peak_delta_bytes or 0) / 2048**2) / max((small.peak_delta_bytes or 0) / 512**2, 1e-9)
+            points.append((f"{large.model} (ONNX Runtime CPU, opset-23 Attention)", ratio))
     return points
 
 
-def _goal_fused(results: dict[str, dict[str, Any]]) -> Goal:
+def _goal_fused(results: dict[str, BenchResult]) -> Goal:
     what = "Global ViT with fused attention at 2048²"
     goal = "peak memory with no N² term (no materialised score matrix)"
     points = _fused_points(results)
@@ -238,53 +244,44 @@ def _goal_fused(results: dict[str, dict[str, Any]]) -> Goal:
     return Goal(what, goal, measured, status, "attention_scaling")
 
 
-_PREDICTED = ("predicted_ms", "predicted_latency_ms", "pred_ms")
-_MEASURED = ("measured_ms", "measured_latency_ms", "latency_ms")
-
-
-def router_errors(result: dict[str, Any]) -> list[float]:
+def router_errors(result: RouterResult) -> list[float]:
     """Relative errors |predicted - measured| / measured of the router result's rows."""
-    errors = []
-    for row in result.get("rows", []):
-        if not isinstance(row, dict):
-            continue
-        predicted = next((_num(row.get(k)) for k in _PREDICTED if _num(row.get(k)) is not None), None)
-        measured = next((_num(row.get(k)) for k in _MEASURED if _num(row.get(k)) is not None), None)
-        if predicted is not None and measured:
-            errors.append(abs(predicted - measured) / measured)
-    return errors
+    return [
+        abs(r.predicted_ms - r.measured_ms) / r.measured_ms
+        for r in result.rows
+        if r.predicted_ms is not None and r.measured_ms
+    ]
 
 
-def _goal_router(results: dict[str, dict[str, Any]]) -> Goal:
+def _goal_router(results: dict[str, BenchResult]) -> Goal:
     what, goal = "Router cost model", "predicted latency within 25% of measured on the calibrated host"
-    name = "router" if "router" in results else next((n for n in sorted(results) if "router" in n), None)
-    if name is None:
+    result = results.get("router")
+    if not isinstance(result, RouterResult):
         return Goal(what, goal, "-", "not measured: no result", "router")
-    result = results[name]
     errors = router_errors(result)
-    summary = result.get("summary", {}) if isinstance(result.get("summary"), dict) else {}
-    if errors:
-        worst = max(errors)
-        within = sum(e <= 0.25 for e in errors)
-        measured = f"worst {_pct(worst)} off, {within} of {len(errors)} sizes within 25%"
-        cheapest = _num(summary.get("chose_cheapest"))
-        if cheapest is not None:
-            measured += f"; chose the cheapest measured fitting model for {cheapest:.0f} of {len(errors)}"
-        return Goal(what, goal, measured, MET if worst <= 0.25 else NOT_MET, name)
-    for key in ("max_relative_error", "max_rel_error", "worst_relative_error"):
-        worst_value = _num(summary.get(key))
-        if worst_value is not None:
-            return Goal(what, goal, f"worst {_pct(worst_value)} off", MET if worst_value <= 0.25 else NOT_MET, name)
-    return Goal(what, goal, "see the router table", "not evaluated: no predicted/measured pairs in the result", name)
+    if not errors:
+        return Goal(what, goal, "see the router table", "not evaluated: no predicted/measured pairs", "router")
+    worst = max(errors)
+    within = sum(e <= 0.25 for e in errors)
+    measured = f"worst {_pct(worst)} off, {within} of {len(errors)} sizes within 25%"
+    if result.summary.chose_cheapest is not None:
+        measured += f"; chose the cheapest measured fitting model for {result.summary.chose_cheapest} of {len(errors)}"
+    return Goal(what, goal, measured, MET if worst <= 0.25 else NOT_MET, "router")
 
 
-def _goal_gpu(results: dict[str, dict[str, Any]], what: str, goal: str, names: tuple[str, ...], judge: Any) -> Goal:
+def _goal_gpu(
+    results: dict[str, BenchResult],
+    what: str,
+    goal: str,
+    names: tuple[str, ...],
+    judge: Callable[[GpuResult], tuple[str, bool]],
+) -> Goal:
     gpus = _gpu_hosts(results)
     for name in names:
         result = results.get(name)
-        if result and _host(result).get("gpu"):
+        if isinstance(result, GpuResult) and result.host.gpu:
             measured, ok = judge(result)
-            return Goal(what, goal, f"{measured} on {_host(result)['gpu']}", MET if ok else NOT_MET, name)
+            return Goal(what, goal, f"{measured} on {result.host.gpu}", MET if ok else NOT_MET, name)
     if not gpus:
         return Goal(what, goal, "-", NO_GPU + " (TensorRT and onnxruntime-gpu unverified)", names[0])
     return Goal(
@@ -292,8 +289,12 @@ def _goal_gpu(results: dict[str, dict[str, Any]], what: str, goal: str, names: t
     )
 
 
-def _judge_vit_b(result: dict[str, Any]) -> tuple[str, bool]:
-    summary = result.get("summary", {})
+def _gpu_summary(result: GpuResult) -> dict[str, Any]:
+    return result.summary if isinstance(result.summary, dict) else {}
+
+
+def _judge_vit_b(result: GpuResult) -> tuple[str, bool]:
+    summary = _gpu_summary(result)
     fraction = _num(summary.get("fraction_of_matmul_rate"))
     ips = _num(summary.get("img_per_s"))
     measured = f"{ips:.0f} img/s" if ips is not None else "-"
@@ -303,36 +304,36 @@ def _judge_vit_b(result: dict[str, Any]) -> tuple[str, bool]:
     return measured, ips is not None and ips >= 12500
 
 
-def _judge_gpu_slide(result: dict[str, Any]) -> tuple[str, bool]:
-    seconds = _num(result.get("summary", {}).get("seconds"))
-    tiles = result.get("summary", {}).get("tiles", "?")
+def _judge_gpu_slide(result: GpuResult) -> tuple[str, bool]:
+    summary = _gpu_summary(result)
+    seconds = _num(summary.get("seconds"))
+    tiles = summary.get("tiles", "?")
     return (f"{seconds:.1f} s for {tiles} tiles" if seconds is not None else "-"), seconds is not None and seconds < 15
 
 
-def describe_load(load: dict[str, Any]) -> str:
+def describe_load(load: LoadFacts) -> str:
     """``8 users, one request each every 8 s (1 req/s offered), 180 s, mix ..., sizes ...``."""
-    users, pace = load.get("users"), _num(load.get("pace_s"))
-    rate = f"one request each every {pace:g} s ({load.get('offered_rps')} req/s offered)" if pace else "closed loop"
-    weights = load.get("mix") or {}
+    pace = load.pace_s
+    rate = f"one request each every {pace:g} s ({load.offered_rps} req/s offered)" if pace else "closed loop"
     kinds = ("predict", "oip", "grpc", "slide")  # the Locust file's user order (results store keys sorted)
-    mix = ",".join(f"{k}={weights[k]}" for k in kinds if k in weights)
-    sides = sorted((load.get("sizes") or {}).items(), key=lambda kv: int(kv[0]) if str(kv[0]).isdigit() else 0)
+    mix = ",".join(f"{k}={load.mix[k]}" for k in kinds if k in load.mix)
+    sides = sorted(load.sizes.items(), key=lambda kv: int(kv[0]) if str(kv[0]).isdigit() else 0)
     sizes = ",".join(f"{k}={v}" for k, v in sides)
-    return f"{users} users, {rate}, {load.get('duration_s')} s; users {mix}; /v1/predict sides {sizes}"
+    duration = f"{load.duration_s:g}" if load.duration_s is not None else None
+    return f"{load.users} users, {rate}, {duration} s; users {mix}; /v1/predict sides {sizes}"
 
 
-def _goal_loadtest(results: dict[str, dict[str, Any]]) -> Goal:
+def _goal_loadtest(results: dict[str, BenchResult]) -> Goal:
     what, goal = "Load test (`make loadtest`): every objective in `loadtest/slo.yaml`", "all pass at a stated load"
     result = results.get("loadtest")
-    if not result:
+    if not isinstance(result, LoadtestResult):
         return Goal(what, goal, "-", "not measured: no result (`tessera loadtest --start --record`)", "loadtest")
-    summary = result.get("summary", {})
-    checks, failed = int(summary.get("checks") or 0), int(summary.get("failed") or 0)
-    measured = f"{checks - failed}/{checks} checks pass at {describe_load(result.get('load') or {})}"
-    return Goal(what, goal, measured, MET if summary.get("passed") else NOT_MET, "loadtest")
+    checks, failed = result.summary.checks or 0, result.summary.failed or 0
+    measured = f"{checks - failed}/{checks} checks pass at {describe_load(result.load)}"
+    return Goal(what, goal, measured, MET if result.summary.passed else NOT_MET, "loadtest")
 
 
-def evaluate_goals(results: dict[str, dict[str, Any]]) -> list[Goal]:
+def evaluate_goals(results: dict[str, BenchResult]) -> list[Goal]:
     """DESIGN.md's performance table, in its order, each goal with its measured value and status."""
     return [
         _goal_ort(results),
@@ -361,7 +362,7 @@ def evaluate_goals(results: dict[str, dict[str, Any]]) -> list[Goal]:
 
 
 # -- plots ----------------------------------------------------------------------------------------------
-def make_plots(results: dict[str, dict[str, Any]], img_dir: str | Path) -> dict[str, Path]:
+def make_plots(results: dict[str, BenchResult], img_dir: str | Path) -> dict[str, Path]:
     """PNG plots of the results into ``img_dir``; returns {plot name: path}."""
     import matplotlib
 
@@ -380,26 +381,28 @@ def make_plots(results: dict[str, dict[str, Any]], img_dir: str | Path) -> dict[
         made[name] = path
 
     scaling = results.get("attention_scaling")
-    points = [r for r in (scaling or {}).get("rows", []) if "latency_ms" in r]
+    points = [
+        r for r in (scaling.rows if isinstance(scaling, AttentionScalingResult) else []) if r.latency_ms is not None
+    ]
     if points:
-        series: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        series: dict[tuple[str, str], list[ScalingRow]] = {}
         for row in points:
-            series.setdefault((row["model"], row["backend"]), []).append(row)
+            series.setdefault((row.model, row.backend), []).append(row)
         for name, key, label, scale in (
             ("attention_latency", "latency_ms", "latency per image (ms)", 1.0),
             ("attention_memory", "peak_delta_bytes", "peak memory of the forward (MiB)", 1 / 2**20),
         ):
             fig, ax = plt.subplots(figsize=(7, 4.5))
             for (model, backend), rows in sorted(series.items()):
-                rows = sorted(rows, key=lambda r: r["size"])
+                rows = sorted(rows, key=lambda r: r.size)
                 ax.plot(
-                    [r["size"] for r in rows],
-                    [max(float(r[key]) * scale, 1e-3) for r in rows],
+                    [r.size for r in rows],
+                    [max(float(getattr(r, key) or 0) * scale, 1e-3) for r in rows],
                     marker="o",
                     label=f"{model} / {backend}",
                 )
             ax.set_xscale("log", base=2)
-            sides = sorted({int(r["size"]) for r in points})
+            sides = sorted({r.size for r in points})
             ax.set_xticks(sides, [str(s) for s in sides])
             ax.minorticks_off()
             ax.set_yscale("log")
@@ -411,16 +414,16 @@ def make_plots(results: dict[str, dict[str, Any]], img_dir: str | Path) -> dict[
             save(fig, name)
 
     ort = results.get("ort_vs_torch")
-    if ort and ort.get("rows"):
-        rows = ort["rows"]
+    if isinstance(ort, OrtVsTorchResult) and ort.rows:
+        bars = ort.rows
         fig, ax = plt.subplots(figsize=(7, 4))
-        xs = range(len(rows))
+        xs = range(len(bars))
         width = 0.38
-        ax.bar([x - width / 2 for x in xs], [r["torch_img_per_s"] for r in rows], width, label="PyTorch eager")
-        ax.bar([x + width / 2 for x in xs], [r["onnxruntime_img_per_s"] for r in rows], width, label="ONNX Runtime")
-        ax.set_xticks(list(xs), [f"{r['model']}\n{r['speedup']:.2f}x" for r in rows])
+        ax.bar([x - width / 2 for x in xs], [r.torch_img_per_s or 0 for r in bars], width, label="PyTorch eager")
+        ax.bar([x + width / 2 for x in xs], [r.onnxruntime_img_per_s or 0 for r in bars], width, label="ONNX Runtime")
+        ax.set_xticks(list(xs), [f"{r.model}\n{r.speedup or 0:.2f}x" for r in bars])
         ax.set_ylabel("images/s")
-        ax.set_title(f"ONNX Runtime vs PyTorch eager, fp32, batch {rows[0].get('batch', '?')}")
+        ax.set_title(f"ONNX Runtime vs PyTorch eager, fp32, batch {bars[0].batch or '?'}")
         ax.legend()
         save(fig, "throughput_ort_vs_torch")
 
@@ -429,18 +432,21 @@ def make_plots(results: dict[str, dict[str, Any]], img_dir: str | Path) -> dict[
         ("slide_vs_raw", "tiles_per_s", "Slide pipeline vs raw backend, same batch size"),
     ):
         result = results.get(bench)
-        rows = [r for r in (result or {}).get("rows", []) if _num(r.get(unit)) is not None]
-        if not rows:
+        found: list[ServiceRow] | list[SlideRow] = (
+            result.rows if isinstance(result, ServiceVsRawResult | SlideVsRawResult) else []
+        )
+        bars_of = [r for r in found if getattr(r, unit) is not None]
+        if not bars_of:
             continue
-        fig, ax = plt.subplots(figsize=(8, 0.6 * len(rows) + 1.6))
-        labels = [r["path"] for r in rows]
-        values = [float(r[unit]) for r in rows]
-        colours = ["#888888" if i == 0 else ("#2a7ab9" if r.get("compared") else "#9cc3e4") for i, r in enumerate(rows)]
+        fig, ax = plt.subplots(figsize=(8, 0.6 * len(bars_of) + 1.6))
+        labels = [r.path for r in bars_of]
+        values = [float(getattr(r, unit)) for r in bars_of]
+        colours = ["#888888" if i == 0 else ("#2a7ab9" if r.compared else "#9cc3e4") for i, r in enumerate(bars_of)]
         ax.barh(labels, values, color=colours)
         raw = values[0]
         ax.axvline(0.9 * raw, color="#c0392b", linestyle="--", linewidth=1, label="goal: 90% of raw")
-        for y, (value, row) in enumerate(zip(values, rows, strict=True)):
-            ratio = _num(row.get("ratio"))
+        for y, (value, bar) in enumerate(zip(values, bars_of, strict=True)):
+            ratio = bar.ratio
             ax.text(value, y, f" {value:.1f}" + (f" ({_pct(ratio)})" if ratio is not None and y else ""), va="center")
         ax.invert_yaxis()
         ax.set_xlabel(unit.replace("_per_s", "/s").replace("img", "images"))
@@ -476,130 +482,116 @@ def _mib(value: Any) -> float | None:
     return None if number is None else round(number / 2**20, 1)
 
 
-def _section_ort(result: dict[str, Any]) -> list[str]:
-    rows = result.get("rows", [])
-    out = [f"Interleaved rounds ({result.get('rounds', '?')}), median of each; goal: {result.get('goal', '')}.", ""]
+def _section_ort(result: OrtVsTorchResult) -> list[str]:
+    out = [f"Interleaved rounds ({result.rounds or '?'}), median of each; goal: {result.goal}.", ""]
     out += _table(
         ["model", "batch", "size", "PyTorch eager ms", "ONNX Runtime ms", "speed-up", "PyTorch img/s", "ORT img/s"],
         [
             [
-                r.get("model"),
-                r.get("batch"),
-                r.get("size"),
-                r.get("torch_eager_ms"),
-                r.get("onnxruntime_ms"),
-                f"{r['speedup']:.2f}x" if _num(r.get("speedup")) else "-",
-                r.get("torch_img_per_s"),
-                r.get("onnxruntime_img_per_s"),
+                r.model,
+                r.batch,
+                r.size,
+                r.torch_eager_ms,
+                r.onnxruntime_ms,
+                f"{r.speedup:.2f}x" if r.speedup else "-",
+                r.torch_img_per_s,
+                r.onnxruntime_img_per_s,
             ]
-            for r in rows
+            for r in result.rows
         ],
     )
     return out
 
 
-def _section_service(result: dict[str, Any]) -> list[str]:
-    raw = result.get("raw", {})
+def _section_service(result: ServiceVsRawResult) -> list[str]:
+    raw = result.raw
     out = [
-        f"Model {result.get('model')} at {result.get('size')}², raw batch {result.get('max_batch_size')}, "
-        f"{result.get('oip_batch', 1)} image(s) per OIP request, "
-        f"{result.get('concurrency')} closed-loop clients per transport, {result.get('duration_s')} s measured after "
-        f"{result.get('warmup_s')} s of warm-up. Raw backend before the service started: "
-        f"{raw.get('before', {}).get('img_per_s', '-')} img/s, after it stopped: "
-        f"{raw.get('after', {}).get('img_per_s', '-')} img/s (their mean is 100%). Compared with the goal: "
-        f"{result.get('summary', {}).get('compared', 'REST and gRPC OIP FP32')}; `/v1/predict` with JPEGs also "
+        f"Model {result.model} at {result.size}², raw batch {result.max_batch_size}, "
+        f"{result.oip_batch} image(s) per OIP request, "
+        f"{result.concurrency} closed-loop clients per transport, {result.duration_s} s measured after "
+        f"{result.warmup_s} s of warm-up. Raw backend before the service started: "
+        f"{_given(raw.before.img_per_s)} img/s, after it stopped: "
+        f"{_given(raw.after.img_per_s)} img/s (their mean is 100%). Compared with the goal: "
+        f"{result.summary.compared or 'REST and gRPC OIP FP32'}; `/v1/predict` with JPEGs also "
         "decodes and preprocesses, which the raw backend does not.",
         "",
     ]
-    idle = _num(result.get("idle_busy_share"))
-    if idle is not None:
+    if result.idle_busy_share is not None:
         out[0] += (
-            f" With the service started and idle, {_pct(idle)} of the host's CPU time was busy (Ray's daemons, "
-            "proxy and controller): on a small host that share is out of reach of the service before any request."
+            f" With the service started and idle, {_pct(result.idle_busy_share)} of the host's CPU time was busy "
+            "(Ray's daemons, proxy and controller): on a small host that share is out of reach of the service "
+            "before any request."
         )
     table = []
-    for r in result.get("rows", []):
-        run = (r.get("runs") or [{}])[0]
+    for r in result.rows:
+        run = r.runs[0] if r.runs else TransportRun()
         table.append(
             [
-                r.get("path"),
-                r.get("img_per_s"),
-                _pct(_num(r.get("ratio"))),
-                "yes" if r.get("compared") else ("reference" if r.get("transport") == "raw" else "no"),
-                run.get("p50_ms"),
-                run.get("p95_ms"),
-                run.get("mean_batch_size"),
-                run.get("shed"),
-                run.get("errors"),
+                r.path,
+                r.img_per_s,
+                _pct(r.ratio),
+                "yes" if r.compared else ("reference" if r.transport == "raw" else "no"),
+                run.p50_ms,
+                run.p95_ms,
+                run.mean_batch_size,
+                run.shed,
+                run.errors,
             ]
         )
     out += _table(["path", "img/s", "of raw", "compared", "p50 ms", "p95 ms", "mean batch", "shed", "errors"], table)
-    return out + _notes(result)
+    return out + _notes(result.summary.notes)
 
 
-def _section_peer(result: dict[str, Any]) -> list[str]:
-    raw = result.get("raw", {})
-    versions = ", ".join(f"{k} {v}" for k, v in (result.get("versions") or {}).items())
-    backend = result.get("backend") or {}
+def _section_peer(result: PeerResult) -> list[str]:
+    raw = result.raw
+    versions = ", ".join(f"{k} {v}" for k, v in result.versions.items())
+    backend = result.backend
     runtime = f"{backend.get('backend', '?')} on {backend.get('device', '?')}, {backend.get('precision', '?')}"
-    if "triton" not in (result.get("servers") or []):
+    with_triton = "triton" in result.servers
+    if not with_triton:
         versions += "; Triton was not in this run, which compares variants of Tessera"
     out = [
         f"Tessera (`tessera serve`) and Triton ({versions}; the model's inference function runs the same "
         f"ONNX Runtime backend Tessera loads: {runtime}, intra-op threads "
-        f"{result.get('intra_op_threads')} (0 = all cores), spinning {'on' if result.get('ort_spin') else 'off'}) "
-        f"serve model {result.get('model')} at {result.get('size')}², dynamic batching up to "
-        f"{result.get('max_batch_size')} with {_cell(1e3 * float(result.get('batch_wait_timeout_s') or 0))} ms wait "
+        f"{_given(result.intra_op_threads)} (0 = all cores), spinning {'on' if result.ort_spin else 'off'}) "
+        f"serve model {result.model} at {_given(result.size)}², dynamic batching up to "
+        f"{_given(result.max_batch_size)} with {_cell(1e3 * (result.batch_wait_timeout_s or 0.0))} ms wait "
         "on both; one FP32 image per request from `tritonclient` (gRPC, and REST with binary tensors) in a "
-        f"separate process, closed loop, {result.get('clients')} clients and 1 client, {result.get('duration_s')} s "
-        f"per point after {result.get('warmup_s')} s of warm-up, the servers one after the other "
-        f"({', '.join(result.get('servers') or [])}). The no-op model ({result.get('noop_model') or '-'}, one "
+        f"separate process, closed loop, {_given(result.clients)} clients and 1 client, "
+        f"{_given(result.duration_s)} s per point after {_given(result.warmup_s)} s of warm-up, the servers one "
+        f"after the other ({', '.join(result.servers)}). The no-op model ({result.noop_model or '-'}, one "
         "16-wide block, served the same way on both) measures the front end's ceiling in requests/s. Raw ONNX "
-        f"Runtime at batch {result.get('max_batch_size')}, no server: {raw.get('img_per_s', '-')} img/s (before "
-        f"{raw.get('before', {}).get('img_per_s', '-')}, after {raw.get('after', {}).get('img_per_s', '-')}).",
+        f"Runtime at batch {_given(result.max_batch_size)}, no server: {_given(raw.img_per_s)} img/s (before "
+        f"{_given(raw.before.img_per_s)}, after {_given(raw.after.img_per_s)}).",
         "",
     ]
-    rows = result.get("rows", [])
     out += _table(
         ["server", "model", "protocol", "clients", "img/s", "p50 ms", "p95 ms", "errors", "note"],
         [
-            [
-                r.get("server"),
-                r.get("model"),
-                r.get("protocol"),
-                r.get("clients"),
-                r.get("img_per_s"),
-                r.get("p50_ms"),
-                r.get("p95_ms"),
-                r.get("errors"),
-                r.get("skipped") or r.get("first_error") or "",
-            ]
-            for r in rows
+            [r.server, r.model, r.protocol, r.clients, r.img_per_s, r.p50_ms, r.p95_ms, r.errors]
+            + [r.skipped or r.first_error or ""]
+            for r in result.rows
         ],
     )
-    if "triton" not in (result.get("servers") or []):
-        return out + _peer_variants(result) + _notes(result)
-    summary = result.get("summary", {})
-    table = []
-    for protocol in ("grpc", "rest"):
-        s = summary.get(protocol)
-        if isinstance(s, dict):
-            table.append(
-                [
-                    protocol,
-                    s.get("tessera_img_per_s"),
-                    s.get("triton_img_per_s"),
-                    s.get("throughput_ratio"),
-                    s.get("tessera_p50_1_client_ms"),
-                    s.get("triton_p50_1_client_ms"),
-                    s.get("p50_delta_ms"),
-                    s.get("tessera_noop_req_per_s"),
-                    s.get("triton_noop_req_per_s"),
-                    s.get("noop_ratio"),
-                ]
-            )
+    if not with_triton:
+        return out + _peer_variants(result) + _notes(result.summary.notes)
+    table = [
+        [
+            protocol,
+            s.tessera_img_per_s,
+            s.triton_img_per_s,
+            s.throughput_ratio,
+            s.tessera_p50_1_client_ms,
+            s.triton_p50_1_client_ms,
+            s.p50_delta_ms,
+            s.tessera_noop_req_per_s,
+            s.triton_noop_req_per_s,
+            s.noop_ratio,
+        ]
+        for protocol, s in result.summary.protocols()
+    ]
     if table:
-        out += ["", f"Tessera against Triton ({result.get('clients')} clients for img/s and the no-op ceiling):", ""]
+        out += ["", f"Tessera against Triton ({_given(result.clients)} clients for img/s and the no-op ceiling):", ""]
         out += _table(
             [
                 "protocol",
@@ -615,22 +607,23 @@ def _section_peer(result: dict[str, Any]) -> list[str]:
             ],
             table,
         )
-    return out + _notes(result)
+    return out + _notes(result.summary.notes)
 
 
-def _peer_variants(result: dict[str, Any]) -> list[str]:
+def _peer_variants(result: PeerResult) -> list[str]:
     """Each Tessera variant against plain Tessera of the same run (a lever's before/after)."""
-    clients = result.get("clients")
-    by = {(r.get("server"), r.get("role"), r.get("protocol"), r.get("clients")): r for r in result.get("rows", [])}
+    clients = result.clients
+    by = {(r.server, r.role, r.protocol, r.clients): r for r in result.rows}
 
-    def value(server: str, role: str, protocol: str, n: Any, key: str) -> float | None:
-        return _num((by.get((server, role, protocol, n)) or {}).get(key))
+    def value(server: str, role: str, protocol: str, n: int | None, key: str) -> float | None:
+        row = by.get((server, role, protocol, n))
+        return None if row is None else _num(getattr(row, key))
 
     def ratio(a: float | None, b: float | None) -> str:
         return f"{a / b:.2f}x" if a is not None and b else "-"
 
     table = []
-    for server in [s for s in result.get("servers") or [] if str(s).startswith("tessera:")]:
+    for server in [s for s in result.servers if s.startswith("tessera:")]:
         for protocol in ("grpc", "rest"):
             p50, base = value(server, "model", protocol, 1, "p50_ms"), value("tessera", "model", protocol, 1, "p50_ms")
             table.append(
@@ -652,77 +645,75 @@ def _peer_variants(result: dict[str, Any]) -> list[str]:
         return []
     return [
         "",
-        f"Each variant against plain Tessera in the same run ({clients} clients for img/s and the no-op ceiling):",
+        f"Each variant against plain Tessera in the same run ({_given(clients)} clients for img/s and the no-op ceiling):",
         "",
         *_table(["variant", "protocol", "img/s", "p50 1 client, ms", "no-op req/s"], table),
     ]
 
 
-def _section_slide(result: dict[str, Any]) -> list[str]:
-    slide = result.get("slide", {})
-    pipeline = result.get("pipeline", {})
+def _section_slide(result: SlideVsRawResult) -> list[str]:
+    slide, pipeline = result.slide, result.pipeline
     out = [
-        f"Synthetic slide {slide.get('side')}² px at {slide.get('mpp')} µm/px, tissue everywhere, "
-        f"{result.get('tiles')} tiles of {result.get('model')}, batch {result.get('batch_size')}, "
-        f"{result.get('workers')} reader threads; peak RSS {_cell(_mib(pipeline.get('peak_rss_bytes')))} MiB.",
+        f"Synthetic slide {slide.side}² px at {slide.mpp} µm/px, tissue everywhere, "
+        f"{result.tiles} tiles of {result.model}, batch {result.batch_size}, "
+        f"{result.workers} reader threads; peak RSS {_cell(_mib(pipeline.peak_rss_bytes))} MiB.",
         "",
     ]
     out += _table(
         ["path", "tiles/s", "of raw", "compared"],
         [
-            [r.get("path"), r.get("tiles_per_s"), _pct(_num(r.get("ratio"))), r.get("compared", "reference")]
-            for r in result.get("rows", [])
+            [r.path, r.tiles_per_s, _pct(r.ratio), "reference" if r.compared is None else r.compared]
+            for r in result.rows
         ],
     )
-    timing = pipeline.get("timing_s", {})
-    if timing:
+    if pipeline.timing_s:
         out += ["", "Pipeline stages (seconds; reader stages summed over threads):", ""]
-        out += _table(list(timing), [list(timing.values())])
-    return out + _notes(result)
+        out += _table(list(pipeline.timing_s), [list(pipeline.timing_s.values())])
+    return out + _notes(result.summary.notes)
 
 
-def _section_attention(result: dict[str, Any]) -> list[str]:
-    out = [f"Batch 1, one subprocess per point (peak memory is that point's own). Goal: {result.get('goal', '')}.", ""]
+def _section_attention(result: AttentionScalingResult) -> list[str]:
+    out = [f"Batch 1, one subprocess per point (peak memory is that point's own). Goal: {result.goal}.", ""]
     out += _table(
         ["model", "family", "backend", "size", "latency ms", "ms/Mpx", "peak MiB", "bytes/px", "note"],
         [
             [
-                r.get("model"),
-                r.get("family"),
-                r.get("backend"),
-                r.get("size"),
-                r.get("latency_ms"),
-                r.get("ms_per_mpixel"),
-                _mib(r.get("peak_delta_bytes")),
-                r.get("bytes_per_pixel"),
-                r.get("skipped", ""),
+                r.model,
+                r.family,
+                r.backend,
+                r.size,
+                r.latency_ms,
+                r.ms_per_mpixel,
+                _mib(r.peak_delta_bytes),
+                r.bytes_per_pixel,
+                r.skipped or "",
             ]
-            for r in result.get("rows", [])
+            for r in result.rows
         ],
     )
-    summary = result.get("summary", [])
-    if summary:
+    if result.summary:
         out += ["", "Per-pixel cost at 2048² relative to 512²:", ""]
         out += _table(
             ["model", "backend", "time per pixel", "memory per pixel"],
             [
-                [
-                    s.get("model"),
-                    s.get("backend"),
-                    s.get("time_per_pixel_ratio_2048_vs_512"),
-                    s.get("memory_per_pixel_ratio_2048_vs_512"),
-                ]
-                for s in summary
+                [s.model, s.backend, s.time_per_pixel_ratio_2048_vs_512, s.memory_per_pixel_ratio_2048_vs_512]
+                for s in result.summary
             ],
         )
     return out
 
 
-def _section_generic(result: dict[str, Any]) -> list[str]:
+def _as_dict(value: Any) -> Any:
+    """A row or summary as the benchmark wrote it: the keys it set, sorted as the result file has them."""
+    return dict(sorted(value.model_dump(exclude_unset=True).items())) if isinstance(value, BaseModel) else value
+
+
+def _section_generic(result: BenchResult) -> list[str]:
     out: list[str] = []
-    if result.get("goal"):
-        out += [f"Goal: {result['goal']}.", ""]
-    rows = [r for r in result.get("rows", []) if isinstance(r, dict)]
+    if result.goal:
+        out += [f"Goal: {result.goal}.", ""]
+    rows = [_as_dict(r) for r in getattr(result, "rows", [])]
+    rows = [r for r in rows if isinstance(r, dict)]
     if rows:
         columns: list[str] = []
         for row in rows:
@@ -731,7 +722,7 @@ def _section_generic(result: dict[str, Any]) -> list[str]:
                     columns.append(key)
         columns = columns[:10]
         out += _table(columns, [[row.get(c) for c in columns] for row in rows])
-    summary = result.get("summary")
+    summary = _as_dict(getattr(result, "summary", None))
     if isinstance(summary, dict) and summary:
         out += ["", *_table(["summary", "value"], [[k, v] for k, v in summary.items()])]
     if not out:
@@ -739,25 +730,23 @@ def _section_generic(result: dict[str, Any]) -> list[str]:
     return out
 
 
-def _section_latency(result: dict[str, Any]) -> list[str]:
+def _section_latency(result: LatencyResult) -> list[str]:
     """Single-request latency: one row per path (the result keeps each path as its own object)."""
-    paths = {k: v for k, v in result.items() if isinstance(v, dict) and "median_ms" in v}
-    out = [f"Sequential single requests against `tessera serve`, model `{result.get('model', '-')}`.", ""]
+    out = [f"Sequential single requests against `tessera serve`, model `{result.model or '-'}`.", ""]
     out += _table(
         ["path", "requests", "median ms", "p90 ms"],
-        [[name, v.get("n"), v.get("median_ms"), v.get("p90_ms")] for name, v in sorted(paths.items())],
+        [[name, v.n, v.median_ms, v.p90_ms] for name, v in sorted(result.paths().items())],
     )
-    timing = result.get("server_timing_ms")
-    if isinstance(timing, dict) and timing:
+    if result.server_timing_ms:
         out += ["", "Server-side `timing_ms` of `/v1/predict` (medians):", ""]
-        out += _table(["stage", "ms"], [[k, v] for k, v in timing.items()])
+        out += _table(["stage", "ms"], [[k, v] for k, v in result.server_timing_ms.items()])
     return out
 
 
-def _section_gpu_scaling(result: dict[str, Any]) -> list[str]:
-    out = [f"PyTorch on `{result.get('device', '-')}`, batch 1, peak memory above the weights.", ""]
-    out += _section_generic({"rows": result.get("rows", [])})
-    summary = [s for s in result.get("summary", []) if isinstance(s, dict)]
+def _section_gpu_scaling(result: GpuResult) -> list[str]:
+    out = [f"PyTorch on `{result.device or '-'}`, batch 1, peak memory above the weights.", ""]
+    out += _section_generic(GpuResult(benchmark=result.benchmark, host=result.host, rows=result.rows))
+    summary = [s for s in result.summary if isinstance(s, dict)] if isinstance(result.summary, list) else []
     if summary:
         keys = [k for k in summary[0] if k.endswith("_ratio") or "_ratio_" in k]
         out += ["", "Per-pixel cost at the largest size relative to the smallest:", ""]
@@ -767,47 +756,34 @@ def _section_gpu_scaling(result: dict[str, Any]) -> list[str]:
     return out
 
 
-def _section_loadtest(result: dict[str, Any]) -> list[str]:
-    totals = result.get("totals", {})
+def _section_loadtest(result: LoadtestResult) -> list[str]:
+    totals = result.totals
     out = [
-        f"Locust against `tessera serve` on loopback: {describe_load(result.get('load') or {})}. "
-        f"{totals.get('requests', '-')} requests, error rate {_pct(_num(totals.get('error_rate')))}, "
-        f"shed {_pct(_num(totals.get('shed_share')))}. Percentiles are Locust's (2 significant digits); "
+        f"Locust against `tessera serve` on loopback: {describe_load(result.load)}. "
+        f"{_cell(totals.requests)} requests, error rate {_pct(totals.error_rate)}, "
+        f"shed {_pct(totals.shed_share)}. Percentiles are Locust's (2 significant digits); "
         "in a row with fewer than 20 requests the p95 and p99 are its slowest request.",
         "",
     ]
-    targets: dict[str, dict[str, Any]] = {}
-    for check in result.get("checks", []):
-        targets.setdefault(check.get("endpoint", ""), {})[check.get("check", "")] = check
+    targets: dict[str, dict[str, SloCheck]] = {}
+    for check in result.checks:
+        targets.setdefault(check.endpoint, {})[check.check] = check
     rows = []
-    for e in result.get("endpoints", []):
-        mine = targets.get(e.get("endpoint", ""), {})
+    for e in result.endpoints:
+        mine = targets.get(e.endpoint, {})
 
-        def cell(name: str, e: dict[str, Any] = e, mine: dict[str, Any] = mine) -> str:
-            value, check = e.get(name), mine.get(name)
+        def cell(name: str, e: EndpointRow = e, mine: dict[str, SloCheck] = mine) -> str:
+            value, check = getattr(e, name), mine.get(name)
             if check is None:
                 return _cell(value)
-            return f"{_cell(value)} / {_cell(check.get('target'))}" + (
-                "" if check.get("ok") is not False else " **fail**"
-            )
+            return f"{_cell(value)} / {_cell(check.target)}" + ("" if check.ok is not False else " **fail**")
 
-        rows.append(
-            [
-                e.get("endpoint"),
-                e.get("requests"),
-                e.get("failures"),
-                e.get("shed"),
-                e.get("rps"),
-                cell("p50_ms"),
-                cell("p95_ms"),
-                cell("p99_ms"),
-            ]
-        )
+        rows.append([e.endpoint, e.requests, e.failures, e.shed, e.rps, cell("p50_ms"), cell("p95_ms"), cell("p99_ms")])
     out += _table(["endpoint", "requests", "failures", "shed", "req/s", "p50 ms / target", "p95", "p99"], rows)
     return out
 
 
-_SECTIONS = {
+_SECTIONS: dict[str, tuple[str, Callable[[Any], list[str]], list[str]]] = {
     "loadtest": ("Load test", _section_loadtest, []),
     "latency": ("Latency", _section_latency, []),
     "gpu_scaling": ("GPU: time and memory per pixel", _section_gpu_scaling, []),
@@ -826,10 +802,8 @@ _SECTIONS = {
 }
 
 
-def render_markdown(
-    results: dict[str, dict[str, Any]], goals: list[Goal], images: dict[str, Path], md_dir: Path
-) -> str:
-    hosts = {(_host(r).get("host"), _host(r).get("cpu"), _host(r).get("gpu")) for r in results.values()}
+def render_markdown(results: dict[str, BenchResult], goals: list[Goal], images: dict[str, Path], md_dir: Path) -> str:
+    hosts = {(r.host.host, r.host.cpu, r.host.gpu) for r in results.values()}
     lines = [
         "# Performance",
         "",
@@ -854,30 +828,27 @@ def render_markdown(
             [
                 [
                     name,
-                    _host(r).get("host"),
-                    _host(r).get("date"),
-                    _host(r).get("cpu"),
-                    _host(r).get("cores"),
-                    _host(r).get("gpu") or "none",
-                    _host(r).get("python"),
-                    ", ".join(f"{k} {v}" for k, v in (_host(r).get("versions") or {}).items()),
-                    r.get("_file"),
+                    r.host.host,
+                    r.host.date,
+                    r.host.cpu,
+                    r.host.cores,
+                    r.host.gpu or "none",
+                    r.host.python,
+                    ", ".join(f"{k} {v}" for k, v in r.host.versions.items()),
+                    r.source_file,
                 ]
                 for name, r in _ordered(results)
             ],
         )
     for name, result in _ordered(results):
         title, section, plots = _SECTIONS.get(name, (name.replace("_", " ").capitalize(), _section_generic, []))
-        if name.startswith("peer_"):
-            variants = ", ".join(f"`{k}`: {_cell(v)}" for k, v in (result.get("variants") or {}).items())
+        if isinstance(result, PeerResult) and name.startswith("peer_"):
+            variants = ", ".join(f"`{k}`: {_cell(v)}" for k, v in result.variants.items())
             title, section, plots = (f"Service vs Triton, levers ({variants})", _section_peer, [])
-        if name.startswith("service_vs_raw_oip"):
-            title, section, plots = (
-                f"Service vs raw backend, {result.get('oip_batch')} images per request",
-                _section_service,
-                [],
-            )
-        lines += ["", f"## {title}", "", f"`{result.get('_file', name)}`, {_host(result).get('date', '')}.", ""]
+        if isinstance(result, ServiceVsRawResult) and name.startswith("service_vs_raw_oip"):
+            title = f"Service vs raw backend, {result.oip_batch} images per request"
+            section, plots = _section_service, []
+        lines += ["", f"## {title}", "", f"`{result.source_file or name}`, {result.host.date}.", ""]
         lines += section(result)
         for plot in plots:
             if plot in images:
@@ -887,7 +858,7 @@ def render_markdown(
     return "\n".join(lines)
 
 
-def _ordered(results: dict[str, dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+def _ordered(results: dict[str, BenchResult]) -> list[tuple[str, BenchResult]]:
     known = [n for n in KNOWN if n in results]
     variants = sorted(n for n in results if n.startswith("service_vs_raw_oip"))  # beside service_vs_raw
     if "service_vs_raw" in known:

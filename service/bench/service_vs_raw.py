@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import io
 import json
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from service.bench._common import write_result
+from service.ports import free_port
 
 __all__ = ["LoadStats", "grpc_load", "main", "measure_raw", "quiet_host_notes", "rest_load", "run", "tissue_jpegs"]
 
@@ -92,24 +92,6 @@ def normalised(jpegs: list[bytes], mean: tuple[float, ...], std: tuple[float, ..
         for j in jpegs
     ]
     return np.ascontiguousarray(np.stack(tiles), dtype=np.float32)
-
-
-def oip_body(pixels: np.ndarray) -> tuple[bytes, int]:
-    """OIP binary-tensor body for FP32 ``pixels`` (embedding asked for as binary); (body, header length)."""
-    raw = np.ascontiguousarray(pixels, dtype=np.float32).tobytes()
-    header = {
-        "inputs": [
-            {
-                "name": "pixels",
-                "shape": list(pixels.shape),
-                "datatype": "FP32",
-                "parameters": {"binary_data_size": len(raw)},
-            }
-        ],
-        "outputs": [{"name": "embedding", "parameters": {"binary_data": True}}],
-    }
-    text = json.dumps(header, separators=(",", ":")).encode()
-    return text + raw, len(text)
 
 
 # -- measuring ---------------------------------------------------------------------------------------------
@@ -252,10 +234,13 @@ def rest_load(
 
 
 def _parse_oip(response: Any) -> tuple[int, int | None]:
-    split = int(response.headers[HEADER_LENGTH])
-    header = json.loads(response.content[:split])
-    out = header["outputs"][0]
-    return int(out["shape"][0]), int(header.get("parameters", {}).get("batch_size") or 0) or None
+    from tritonclient.http import InferenceServerClient
+
+    header_length = response.headers.get(HEADER_LENGTH)
+    answer = InferenceServerClient.parse_response_body(
+        response.content, header_length=int(header_length) if header_length is not None else None
+    ).get_response()
+    return int(answer["outputs"][0]["shape"][0]), int((answer.get("parameters") or {}).get("batch_size") or 0) or None
 
 
 def _parse_predict(response: Any) -> tuple[int, int | None]:
@@ -360,12 +345,6 @@ def result_name(oip_batch: int) -> str:
     return "service_vs_raw" if oip_batch == 1 else f"service_vs_raw_oip{oip_batch}"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def run(
     repo_path: str = "model_repo",
     model: str = "vit_small",
@@ -378,6 +357,7 @@ def run(
     oip_batch: int = 1,
     transports: tuple[str, ...] = ("rest_oip_fp32", "grpc_oip_fp32", "rest_predict_jpeg"),
 ) -> dict[str, Any]:
+    from loadtest.workload import oip_binary_body
     from service.models import ModelRepository
     from service.runtime import load_backend
     from service.serve.runner import start_service, stop_service
@@ -395,9 +375,9 @@ def run(
     settings = ServerSettings.from_env(
         model_repo=repo_path,
         host="127.0.0.1",
-        http_port=_free_port(),
-        grpc_port=_free_port(),
-        metrics_port=_free_port(),
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
     )
     # the raw backend runs exactly as the service's replica will (runtime, providers, threads)
     backend = load_backend(
@@ -414,7 +394,7 @@ def run(
 
     base = f"http://127.0.0.1:{settings.http_port}"
     target = f"127.0.0.1:{settings.grpc_port}"
-    body, header_len = oip_body(single)
+    body, header_len = oip_binary_body(single)
     oip_headers = {"content-type": "application/octet-stream", HEADER_LENGTH: str(header_len)}
     measured: dict[str, list[dict[str, Any]]] = {t: [] for t in transports}
     started = time.perf_counter()

@@ -9,8 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from service.settings import load_yaml
 
 __all__ = [
     "ArchitectureConfig",
@@ -217,14 +218,4 @@ class ModelConfig(StrictModel):
 
 def load_model_config(path: str | Path) -> ModelConfig:
     """Read and validate one config.yaml; errors name the file and the bad field."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level")
-    try:
-        return ModelConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ValueError(f"{path}: {exc}") from exc
+    return load_yaml(path, ModelConfig)

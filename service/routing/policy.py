@@ -44,8 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from service.errors import InvalidInput, NotFound, PayloadTooLarge
 from service.models.config import ModelConfig
@@ -53,6 +52,7 @@ from service.models.meta import ArchFacts
 from service.routing.calibration import Calibration, LatencyPrediction, predict_latency
 from service.routing.cost import CostEstimate, estimate_cost, size_multiple
 from service.routing.decision import Candidate, RouteDecision
+from service.settings import load_yaml
 
 __all__ = [
     "EXAMPLE_ROUTES_YAML",
@@ -177,19 +177,7 @@ class RoutesPolicy(_Strict):
 
 def load_policy(path: str | Path) -> RoutesPolicy:
     """Read and validate ``routes.yaml``; errors name the file and the bad field."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML: {exc}") from exc
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level")
-    try:
-        return RoutesPolicy.model_validate(raw)
-    except ValidationError as exc:
-        raise ValueError(f"{path}: {exc}") from exc
+    return load_yaml(path, RoutesPolicy)
 
 
 EXAMPLE_ROUTES_YAML = """\

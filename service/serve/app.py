@@ -10,18 +10,13 @@ from ray.serve import Application
 
 from service.models import ModelRepository
 from service.serve.backbone import Backbone
+from service.serve.config import APP_NAME, backbone_deployment_name, deployment_options
 from service.serve.ingress import Ingress
 from service.serve.models import ModelStates
 from service.serve.slides import SlideJobs
 from service.settings import ServerSettings
 
 __all__ = ["APP_NAME", "app_builder", "backbone_deployment_name", "build_app"]
-
-APP_NAME = "tessera"
-
-
-def backbone_deployment_name(model: str) -> str:
-    return f"backbone_{model}"
 
 
 def build_app(settings: ServerSettings) -> Application:
@@ -41,20 +36,14 @@ def build_app(settings: ServerSettings) -> Application:
         )
     # Every configured model gets its backbone deployment; one not built yet holds nothing until
     # it is (its state says "building", or "unavailable: not built" without --build).
-    states = ModelStates.options(  # type: ignore[attr-defined]
-        name="ModelStates",
-        logging_config={"enable_access_log": False},  # polled by every replica
-    ).bind(settings.model_dump(mode="json"))
+    options = deployment_options(settings, repo)
+    states = ModelStates.options(name="ModelStates", **options["ModelStates"]).bind(  # type: ignore[attr-defined]
+        settings.model_dump(mode="json")
+    )
     handles: dict[str, Any] = {}
-    for name, cfg in repo.configs().items():
-        batching = cfg.batching
-        handles[name] = Backbone.options(  # type: ignore[attr-defined]
-            name=backbone_deployment_name(name),
-            num_replicas=batching.num_replicas,
-            max_ongoing_requests=batching.max_ongoing_requests,
-            max_queued_requests=batching.max_queued_requests,
-            ray_actor_options={"num_cpus": batching.num_cpus, "num_gpus": batching.num_gpus},
-        ).bind(
+    for name in repo.configs():
+        deployment = backbone_deployment_name(name)
+        handles[name] = Backbone.options(name=deployment, **options[deployment]).bind(  # type: ignore[attr-defined]
             settings.model_repo,
             name,
             settings.runtime,
@@ -64,15 +53,12 @@ def build_app(settings: ServerSettings) -> Application:
             settings.trt_cache_dir,
             states,
         )
-    slide_jobs = SlideJobs.options(  # type: ignore[attr-defined]
-        name="SlideJobs", ray_actor_options={"num_cpus": 0.1}
-    ).bind(settings.model_dump(mode="json"), handles)
-    return Ingress.options(  # type: ignore[attr-defined]
-        num_replicas=settings.ingress_replicas,
-        max_ongoing_requests=settings.ingress_max_ongoing_requests,
-        max_queued_requests=settings.ingress_max_queued_requests,
-        ray_actor_options={"num_cpus": 0.1},
-    ).bind(settings.model_dump(mode="json"), handles, slide_jobs, states)
+    slide_jobs = SlideJobs.options(name="SlideJobs", **options["SlideJobs"]).bind(  # type: ignore[attr-defined]
+        settings.model_dump(mode="json"), handles
+    )
+    return Ingress.options(**options["Ingress"]).bind(  # type: ignore[attr-defined]
+        settings.model_dump(mode="json"), handles, slide_jobs, states
+    )
 
 
 def app_builder(args: dict[str, Any]) -> Application:

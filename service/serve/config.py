@@ -7,12 +7,48 @@ from typing import Any
 from service.models import ModelRepository
 from service.settings import ServerSettings
 
-__all__ = ["serve_config"]
+__all__ = ["APP_NAME", "backbone_deployment_name", "deployment_options", "serve_config"]
+
+APP_NAME = "tessera"
+#: A light deployment: the ingress and the slide-job manager do no inference themselves.
+_LIGHT = {"num_cpus": 0.1}
+
+
+def backbone_deployment_name(model: str) -> str:
+    return f"backbone_{model}"
+
+
+def deployment_options(settings: ServerSettings, repo: ModelRepository) -> dict[str, dict[str, Any]]:
+    """Ray Serve's options for every deployment, by deployment name: the one source of what
+    ``tessera serve`` deploys (``build_app``) and what KubeRay's ``serveConfigV2`` declares."""
+    options: dict[str, dict[str, Any]] = {
+        "Ingress": {
+            "num_replicas": settings.ingress_replicas,
+            "max_ongoing_requests": settings.ingress_max_ongoing_requests,
+            "max_queued_requests": settings.ingress_max_queued_requests,
+            "ray_actor_options": dict(_LIGHT),
+        }
+    }
+    for name, cfg in repo.configs().items():
+        b = cfg.batching
+        options[backbone_deployment_name(name)] = {
+            "num_replicas": b.num_replicas,
+            "max_ongoing_requests": b.max_ongoing_requests,
+            "max_queued_requests": b.max_queued_requests,
+            "ray_actor_options": {"num_cpus": b.num_cpus, "num_gpus": b.num_gpus},
+        }
+    options["SlideJobs"] = {"num_replicas": 1, "ray_actor_options": dict(_LIGHT)}
+    # Every replica polls it each second: no CPU reserved, no access log line per poll.
+    options["ModelStates"] = {
+        "num_replicas": 1,
+        "ray_actor_options": {"num_cpus": 0},
+        "logging_config": {"enable_access_log": False},
+    }
+    return options
 
 
 def serve_config(settings: ServerSettings, *, model_repo_in_cluster: str | None = None) -> dict[str, Any]:
     """A ``ServeDeploySchema``-shaped dict: proxies, gRPC, and the app with per-deployment options."""
-    from service.serve.app import APP_NAME, backbone_deployment_name
     from service.serve.grpc_options import servicer_functions
 
     repo = ModelRepository(settings.model_repo)
@@ -23,28 +59,7 @@ def serve_config(settings: ServerSettings, *, model_repo_in_cluster: str | None 
         if k not in ("host", "http_port", "grpc_port", "metrics_port")
     }
     args["model_repo"] = repo_path
-    deployments: list[dict[str, Any]] = [
-        {
-            "name": "Ingress",
-            "num_replicas": settings.ingress_replicas,
-            "max_ongoing_requests": settings.ingress_max_ongoing_requests,
-            "max_queued_requests": settings.ingress_max_queued_requests,
-            "ray_actor_options": {"num_cpus": 0.1},
-        }
-    ]
-    for name, cfg in repo.configs().items():
-        b = cfg.batching
-        deployments.append(
-            {
-                "name": backbone_deployment_name(name),
-                "num_replicas": b.num_replicas,
-                "max_ongoing_requests": b.max_ongoing_requests,
-                "max_queued_requests": b.max_queued_requests,
-                "ray_actor_options": {"num_cpus": b.num_cpus, "num_gpus": b.num_gpus},
-            }
-        )
-    deployments.append({"name": "SlideJobs", "num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}})
-    deployments.append({"name": "ModelStates", "num_replicas": 1, "ray_actor_options": {"num_cpus": 0}})
+    deployments = [{"name": name, **options} for name, options in deployment_options(settings, repo).items()]
     config: dict[str, Any] = {
         "proxy_location": "EveryNode",
         "http_options": {"host": "0.0.0.0", "port": settings.http_port},

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import signal
 import sys
 import threading
@@ -14,7 +13,8 @@ from typing import Any
 
 import httpx
 
-from service.settings import ServerSettings
+from service.ports import free_port
+from service.settings import ProcessSettings, ServerSettings, load
 
 __all__ = ["run_service", "start_service", "stop_service", "wait_ready"]
 
@@ -55,14 +55,14 @@ def start_service(
 
     init_kwargs: dict[str, object] = {
         "include_dashboard": False,
-        "log_to_driver": os.environ.get("TESSERA_RAY_LOGS", "0") == "1",
+        "log_to_driver": load(ProcessSettings).ray_logs,
         "logging_level": logging.WARNING,
         "namespace": "tessera",
     }
     if address:
         init_kwargs["address"] = address
     else:
-        init_kwargs["_metrics_export_port"] = _free_port()
+        init_kwargs["_metrics_export_port"] = free_port()
         # Replicas report their metrics to Ray's agent every 10 s by default, so a scrape right
         # after the first request found no tessera_* series. 1 s is the floor Ray allows; a cluster
         # joined with --address keeps its own setting (RAY_metrics_report_interval_ms on its nodes).
@@ -157,14 +157,6 @@ class BuildProgress:
     def done(self, states: dict[str, Any]) -> bool:
         """Whether every model has settled (ready, failed, unavailable or unloaded)."""
         return bool(states) and all(s.state not in ("building", "loading") for s in states.values())
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def drain(timeout_s: float = 60.0) -> int:

@@ -9,7 +9,6 @@ missing resolution names ``--slide-mpp``), 130 interrupted.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from service.errors import TesseraError
+from service.settings import ProcessSettings, ServerSettings, load
 from service.slides.pipeline import PipelineSettings, SlideOptions
 
 __all__ = ["DEFAULT_SLIDE_MODEL", "add_slide_parser", "cmd_slide"]
@@ -187,7 +187,7 @@ def _run_on_server(args: argparse.Namespace) -> int:
         raise _UsageError(f"--poll must be a positive number of seconds, got {args.poll}")
     options = _options(args, args.model)
     out_dir = Path(args.out_dir)
-    token = args.token or os.environ.get(TOKEN_ENV) or None
+    token = args.token or load(ProcessSettings).api_token or None
     with SlideClient(args.server, token=token) as client:
         coords = getattr(args, "coords", None)
         if args.server_path:
@@ -266,11 +266,11 @@ def _run_batch(args: argparse.Namespace) -> int:
 
 # -- helpers -----------------------------------------------------------------------------------
 def _model_repo(args: argparse.Namespace) -> str:
-    return str(getattr(args, "model_repo", None) or os.environ.get("TESSERA_MODEL_REPO") or "model_repo")
+    return str(getattr(args, "model_repo", None) or ServerSettings.from_env().model_repo)
 
 
 def _model_name(args: argparse.Namespace) -> str:
-    return str(args.model or os.environ.get(MODEL_ENV) or DEFAULT_SLIDE_MODEL)
+    return str(args.model or ServerSettings.from_env().slide_model)
 
 
 def _options(args: argparse.Namespace, model: str | None) -> SlideOptions:

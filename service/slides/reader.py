@@ -27,9 +27,9 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Literal
 
 import numpy as np
@@ -100,59 +100,60 @@ class SlideInfo:
         }
 
 
-class SlideReader(ABC):
+class SlideReader:
     """A whole-slide image: pyramid geometry, resolution, region reads and a thumbnail.
 
-    Subclasses open native handles (``_open_handle``) and read in-bounds regions (``_read``);
-    this class adds per-thread handles, white padding past the edge, level selection by
-    resolution and a chunked thumbnail whose memory does not depend on the slide's size.
+    One class for both slide libraries, parameterised by the library module: ``openslide``
+    (openslide-python) or ``tiffslide``, which share OpenSlide's API (``level_dimensions``,
+    ``level_downsamples``, ``properties`` under ``<library>.*`` names, ``read_region``). On top
+    of the native handles it adds per-thread handles, white padding past the edge, level selection
+    by resolution and a chunked thumbnail whose memory does not depend on the slide's size.
+
+    With OpenSlide, the handles share one bounded tile cache: by default every handle has its own
+    32 MiB cache; with a handle per thread that multiplies, and neighbouring tiles read by
+    different threads would decode the same JPEG tiles twice. OpenSlide's caches are thread-safe.
     """
 
-    backend: str = "abstract"
-
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, library: ModuleType, *, cache_bytes: int = OPENSLIDE_CACHE_BYTES) -> None:
         self.path = path
+        self._lib = library
+        #: the library's name: ``openslide`` or ``tiffslide``
+        self.backend: str = library.__name__
+        self._cache = library.OpenSlideCache(cache_bytes) if hasattr(library, "OpenSlideCache") else None
         self._local = threading.local()
         self._handles: list[Any] = []
         self._lock = threading.Lock()
         self._closed = False
         first = self._handle()
-        self.level_dimensions: tuple[tuple[int, int], ...] = tuple(
-            (int(w), int(h)) for w, h in self._native_dimensions(first)
-        )
-        self.level_downsamples: tuple[float, ...] = tuple(float(d) for d in self._native_downsamples(first))
-        self.metadata_mpp: float | None = self._native_mpp(first)
-        self.objective_power: float | None = self._native_objective(first)
-        self.vendor: str | None = self._native_vendor(first)
+        self.level_dimensions: tuple[tuple[int, int], ...] = tuple((int(w), int(h)) for w, h in first.level_dimensions)
+        self.level_downsamples: tuple[float, ...] = tuple(float(d) for d in first.level_downsamples)
+        self.metadata_mpp: float | None = _mean_mpp(self._property(first, "mpp-x"), self._property(first, "mpp-y"))
+        self.objective_power: float | None = _positive_float(self._property(first, "objective-power"))
+        vendor = self._property(first, "vendor")
+        self.vendor: str | None = str(vendor) if vendor else None
         #: level-0 µm/px after the resolution rule; set by :func:`open_slide`
         self.mpp: float | None = self.metadata_mpp
         self.mpp_source: MppSource | None = "metadata" if self.metadata_mpp else None
 
     # -- native layer ------------------------------------------------------------------------
-    @abstractmethod
-    def _open_handle(self) -> Any: ...
+    def _open_handle(self) -> Any:
+        if self.backend == "openslide":
+            handle = self._lib.OpenSlide(str(self.path))
+            handle.set_cache(self._cache)
+            return handle
+        return self._lib.TiffSlide(str(self.path))
 
-    @abstractmethod
-    def _close_handle(self, handle: Any) -> None: ...
+    def _property(self, handle: Any, name: str) -> Any:
+        return handle.properties.get(f"{self.backend}.{name}")
 
-    @abstractmethod
-    def _native_dimensions(self, handle: Any) -> tuple[tuple[int, int], ...]: ...
-
-    @abstractmethod
-    def _native_downsamples(self, handle: Any) -> tuple[float, ...]: ...
-
-    @abstractmethod
-    def _native_mpp(self, handle: Any) -> float | None: ...
-
-    @abstractmethod
-    def _native_objective(self, handle: Any) -> float | None: ...
-
-    @abstractmethod
-    def _native_vendor(self, handle: Any) -> str | None: ...
-
-    @abstractmethod
     def _read(self, handle: Any, x0: int, y0: int, level: int, w: int, h: int) -> np.ndarray:
         """An in-bounds region as (h', w', 3|4) uint8 (may be smaller at the edges)."""
+        if self.backend == "openslide":
+            return np.asarray(handle.read_region((x0, y0), level, (w, h)))
+        region = handle.read_region((x0, y0), level, (w, h), as_array=True, padding=False)
+        if region.ndim == 3 and region.shape[2] == 1:  # grayscale TIFF
+            region = np.repeat(region, 3, axis=2)
+        return np.asarray(region, dtype=np.uint8)
 
     # -- handles -----------------------------------------------------------------------------
     def _handle(self) -> Any:
@@ -180,7 +181,7 @@ class SlideReader(ABC):
             handles, self._handles = self._handles, []
         for handle in handles:
             try:
-                self._close_handle(handle)
+                handle.close()
             except Exception:  # a failing close must not hide the error that got us here
                 log.debug("closing a slide handle failed", exc_info=True)
 
@@ -297,86 +298,6 @@ class SlideReader(ABC):
         )
 
 
-class _OpenSlideReader(SlideReader):
-    """OpenSlide handles that share one bounded tile cache.
-
-    By default every OpenSlide handle has its own 32 MiB cache; with a handle per thread that
-    multiplies, and neighbouring tiles read by different threads would decode the same JPEG
-    tiles twice. One shared cache (OpenSlide's caches are thread-safe) bounds the memory and
-    lets the threads reuse each other's decoded tiles.
-    """
-
-    backend = "openslide"
-
-    def __init__(self, path: Path, cache_bytes: int = OPENSLIDE_CACHE_BYTES) -> None:
-        import openslide
-
-        self._cache = openslide.OpenSlideCache(cache_bytes)
-        super().__init__(path)
-
-    def _open_handle(self) -> Any:
-        import openslide
-
-        handle = openslide.OpenSlide(str(self.path))
-        handle.set_cache(self._cache)
-        return handle
-
-    def _close_handle(self, handle: Any) -> None:
-        handle.close()
-
-    def _native_dimensions(self, handle: Any) -> tuple[tuple[int, int], ...]:
-        return tuple(handle.level_dimensions)
-
-    def _native_downsamples(self, handle: Any) -> tuple[float, ...]:
-        return tuple(handle.level_downsamples)
-
-    def _native_mpp(self, handle: Any) -> float | None:
-        return _mean_mpp(handle.properties.get("openslide.mpp-x"), handle.properties.get("openslide.mpp-y"))
-
-    def _native_objective(self, handle: Any) -> float | None:
-        return _positive_float(handle.properties.get("openslide.objective-power"))
-
-    def _native_vendor(self, handle: Any) -> str | None:
-        return handle.properties.get("openslide.vendor")
-
-    def _read(self, handle: Any, x0: int, y0: int, level: int, w: int, h: int) -> np.ndarray:
-        return np.asarray(handle.read_region((x0, y0), level, (w, h)))
-
-
-class _TiffSlideReader(SlideReader):
-    backend = "tiffslide"
-
-    def _open_handle(self) -> Any:
-        import tiffslide
-
-        return tiffslide.TiffSlide(str(self.path))
-
-    def _close_handle(self, handle: Any) -> None:
-        handle.close()
-
-    def _native_dimensions(self, handle: Any) -> tuple[tuple[int, int], ...]:
-        return tuple(handle.level_dimensions)
-
-    def _native_downsamples(self, handle: Any) -> tuple[float, ...]:
-        return tuple(handle.level_downsamples)
-
-    def _native_mpp(self, handle: Any) -> float | None:
-        return _mean_mpp(handle.properties.get("tiffslide.mpp-x"), handle.properties.get("tiffslide.mpp-y"))
-
-    def _native_objective(self, handle: Any) -> float | None:
-        return _positive_float(handle.properties.get("tiffslide.objective-power"))
-
-    def _native_vendor(self, handle: Any) -> str | None:
-        vendor = handle.properties.get("tiffslide.vendor")
-        return str(vendor) if vendor else None
-
-    def _read(self, handle: Any, x0: int, y0: int, level: int, w: int, h: int) -> np.ndarray:
-        region = handle.read_region((x0, y0), level, (w, h), as_array=True, padding=False)
-        if region.ndim == 3 and region.shape[2] == 1:  # grayscale TIFF
-            region = np.repeat(region, 3, axis=2)
-        return np.asarray(region, dtype=np.uint8)
-
-
 def open_slide(path: str | Path, slide_mpp: float | None = None, *, require_mpp: bool = True) -> SlideReader:
     """Open a whole-slide image and resolve its level-0 resolution.
 
@@ -461,11 +382,13 @@ def _open_any(path: Path) -> SlideReader:
 
     errors: list[str] = []
     try:
-        return _OpenSlideReader(path)
+        return SlideReader(path, openslide)
     except (openslide.OpenSlideError, OSError, ValueError) as exc:  # OpenSlideUnsupportedFormatError is one
         errors.append(f"openslide: {exc or type(exc).__name__}")
     try:
-        reader = _TiffSlideReader(path)
+        import tiffslide
+
+        reader = SlideReader(path, tiffslide)
     except Exception as exc:  # tiffslide raises whatever tifffile/zarr raise on a non-TIFF
         errors.append(f"tiffslide: {exc or type(exc).__name__}")
     else:

@@ -157,7 +157,11 @@ def test_oip_binary_body_round_trip() -> None:
     # an answer in the same format parses back
     embedding = np.arange(6, dtype=np.float32).reshape(2, 3)
     answer_header = json.dumps(
-        {"outputs": [{"name": "embedding", "shape": [2, 3], "parameters": {"binary_data_size": 24}}]}
+        {
+            "outputs": [
+                {"name": "embedding", "shape": [2, 3], "datatype": "FP32", "parameters": {"binary_data_size": 24}}
+            ]
+        }
     ).encode()
     outputs = parse_oip_binary_response(answer_header + embedding.tobytes(), str(len(answer_header)))
     np.testing.assert_array_equal(outputs["embedding"], embedding)

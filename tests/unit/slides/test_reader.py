@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+import tiffslide
 
 from service.errors import InvalidInput
 from service.slides import SyntheticSlide, make_synthetic_slide, open_slide, resolve_mpp
-from service.slides.reader import _TiffSlideReader
+from service.slides.reader import SlideReader
 
 from .conftest import CMU, TCGA
 
@@ -148,7 +149,7 @@ def test_tiffslide_fallback_for_a_stripped_tiff(tmp_path: Path) -> None:
 
 
 def test_openslide_and_tiffslide_agree(synthetic_svs: SyntheticSlide) -> None:
-    with open_slide(synthetic_svs.path) as ours, _TiffSlideReader(synthetic_svs.path) as other:
+    with open_slide(synthetic_svs.path) as ours, SlideReader(synthetic_svs.path, tiffslide) as other:
         assert ours.backend == "openslide" and ours.vendor == "aperio"
         assert other.level_dimensions == ours.level_dimensions
         assert other.metadata_mpp == pytest.approx(0.25) and other.objective_power == 40
