@@ -8,7 +8,7 @@ __all__ = ["servicer_functions"]
 def servicer_functions() -> list[str]:
     """Import paths of ``add_*Servicer_to_server`` functions for ``gRPCOptions``."""
     try:
-        from service.api.grpc import SERVICER_FUNCTIONS
+        from service.api.grpc_servicer import SERVICER_FUNCTIONS
     except ImportError:
         return []
     return list(SERVICER_FUNCTIONS)
