@@ -32,11 +32,11 @@ from service.api.telemetry import NullTelemetry, Telemetry
 from service.errors import DeadlineExceeded, InvalidInput, NotFound, Overloaded, TesseraError
 from service.imaging import DecodeLimits, decode_image, fit_size, prepare
 from service.models import ModelRepository
-from service.routing.decision import RouteDecision
+from service.routing.decision import RouteDecision, Router
 from service.runtime import Backend
 from service.runtime.batching import run_batch
 
-__all__ = ["BackboneClient", "LocalBackboneClient", "Router", "ServingCore", "split_batch_reply"]
+__all__ = ["BackboneClient", "LocalBackboneClient", "ServingCore", "split_batch_reply"]
 
 UNTRAINED_NOTE = (
     "random initialisation with a fixed seed: outputs are deterministic but carry no learned "
@@ -62,10 +62,6 @@ def split_batch_reply(reply: dict[str, Any]) -> list[dict[str, Any]]:
     n = int(reply["batch_size"])
     shared = {k: v for k, v in reply.items() if k != "outputs"}
     return [{**shared, "outputs": {name: value[i] for name, value in outputs.items()}} for i in range(n)]
-
-
-class Router(Protocol):
-    def decide(self, width: int, height: int, model: str | None = None) -> RouteDecision: ...
 
 
 class LocalBackboneClient:
