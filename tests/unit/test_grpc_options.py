@@ -14,7 +14,12 @@ from service.settings import ServerSettings
 
 @pytest.fixture
 def broken_servicers(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``import service.api.grpc_servicer`` raises ImportError, as with grpcio missing."""
+    """``import service.api.grpc_servicer`` raises ImportError, as with grpcio missing.
+
+    The app builder (imported by ``serve_config``) is loaded first, as it is in a started driver.
+    """
+    import service.serve.app  # noqa: F401
+
     monkeypatch.setitem(sys.modules, "service.api.grpc_servicer", None)
 
 

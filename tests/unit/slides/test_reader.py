@@ -10,8 +10,9 @@ import pytest
 import tifffile
 
 from service.errors import InvalidInput
-from service.slides import SyntheticSlide, make_synthetic_slide, open_slide, resolve_mpp
+from service.slides import open_slide, resolve_mpp
 from service.slides.reader import _TiffSlideReader
+from service.testing import SyntheticSlide, make_synthetic_slide
 
 from .conftest import CMU, TCGA
 
