@@ -33,6 +33,7 @@ from typing import IO, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from loadtest.options import add_loadtest_arguments
 from loadtest.slo import SloResult, evaluate, load_slo, read_failures, read_stats
 from loadtest.workload import (
     DEFAULT_MIX,
@@ -588,8 +589,6 @@ def print_summary(result: SloResult, *, echo: Any = print) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from service.bench.command import add_loadtest_arguments
-
     parser = argparse.ArgumentParser(prog="python -m loadtest.runner", description=__doc__)
     parser.add_argument("--model-repo", default=None, help="model repository for --start (default model_repo)")
     add_loadtest_arguments(parser)

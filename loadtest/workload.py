@@ -308,7 +308,7 @@ def synthetic_slide_file(side: int, cache_dir: Path, *, tissue_everywhere: bool 
 
     ``tissue_everywhere`` covers the whole slide with tissue-like blobs (every tile is tissue).
     """
-    from service.slides.synthetic import make_synthetic_slide
+    from service.testing.synthetic_slides import make_synthetic_slide
 
     name = f"synthetic-{side}-{'full' if tissue_everywhere else 'blobs'}-{mpp:g}.tiff"
     path = cache_dir / name

@@ -1,8 +1,9 @@
 """Tessera: vision-transformer backbones served on images of any size.
 
-Layers (each knows only the ones below it): ``models`` → ``export`` → ``runtime``;
-``imaging``, ``routing``, ``slides``; ``api`` (transport-free serving core and protocol);
-``serve`` (the only package that imports Ray); ``cli``. See docs/architecture.md.
+Layers, each knowing only the ones below it (checked by ``lint-imports``; see docs/architecture.md):
+``errors``/``settings``/``testing`` → ``models`` → ``runtime``/``imaging`` → ``routing`` →
+``slides``/``export`` → ``api``/``clients`` → ``serve`` (the only package that imports Ray) →
+``bench`` → ``loadtest`` → ``cli``.
 """
 
 __version__ = "0.1.0"

@@ -1,6 +1,6 @@
 """The Open Inference Protocol (KServe v2) over the serving core, independent of transport.
 
-REST (``service.api.oip_rest``) and gRPC (``service.api.grpc``) turn their wire formats into
+REST (``service.api.oip_rest``) and gRPC (``service.api.grpc_servicer``) turn their wire formats into
 the dataclasses here (``InputTensor``, ``RequestedOutput``, ``InferRequest``) and back from
 ``InferResponse``; everything else (what a model's tensors are, validation, running the
 backbone, the per-request cost report) lives here, once.

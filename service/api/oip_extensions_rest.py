@@ -1,6 +1,6 @@
 """REST routes of Triton's statistics, model configuration and model repository extensions.
 
-Thin adapters over ``service.api.oip.OpenInference`` (the gRPC servicers in ``service.api.grpc``
+Thin adapters over ``service.api.oip.OpenInference`` (the gRPC servicers in ``service.api.grpc_servicer``
 call the same methods). Mounted by ``create_app()`` before the OIP router, so that
 ``/v2/models/stats`` is not taken for a model named ``stats``.
 """

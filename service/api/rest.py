@@ -68,6 +68,15 @@ def create_app() -> FastAPI:
         "Open Inference Protocol, slide jobs.",
     )
 
+    _add_middlewares(app)
+    _add_exception_handlers(app)
+    _register_endpoints(app)
+    return app
+
+
+def _add_middlewares(app: FastAPI) -> None:
+    """The bearer-token check, inside the access log (which also refuses new work while draining)."""
+
     @app.middleware("http")  # registered first, so it runs inside the access log (refusals are logged)
     async def require_token(request: Request, call_next: Any) -> Any:
         """Bearer tokens, when configured (``service.api.auth``): checked before any body is read."""
@@ -120,6 +129,10 @@ def create_app() -> FastAPI:
             )
         return response
 
+
+def _add_exception_handlers(app: FastAPI) -> None:
+    """Every error in the contract's envelope: typed errors, unknown routes, validation, the unexpected."""
+
     @app.exception_handler(TesseraError)
     async def tessera_error(request: Request, exc: TesseraError) -> JSONResponse:
         return _error_response(request, exc)
@@ -152,6 +165,15 @@ def create_app() -> FastAPI:
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
         return _error_response(request, as_tessera_error(exc))
 
+
+def _register_endpoints(app: FastAPI) -> None:
+    """OIP health and metadata, ``/v1`` and ``/metrics``, then the OIP, Triton-extension and slide routers."""
+    _register_health(app)
+    _register_v1(app)
+    _include_routers(app)
+
+
+def _register_health(app: FastAPI) -> None:
     # -- Open Inference Protocol: health and metadata --------------------------------------------
     @app.get("/v2/health/live", tags=["oip"])
     async def live() -> dict[str, bool]:
@@ -168,6 +190,8 @@ def create_app() -> FastAPI:
         """Name, version and the protocol extensions that work on this server (REST and gRPC)."""
         return OpenInference(_core(request)).server_metadata().model_dump()
 
+
+def _register_v1(app: FastAPI) -> None:
     # -- /v1 -----------------------------------------------------------------------------------
     @app.post(
         "/v1/predict",
@@ -239,6 +263,8 @@ def create_app() -> FastAPI:
         """Every model with its architecture facts and the artifacts built for it."""
         return _core(request).models()
 
+
+def _include_routers(app: FastAPI) -> None:
     from service.api.oip_extensions_rest import router as extensions_router
     from service.api.oip_rest import router as oip_router
     from service.api.slides_rest import router as slides_router
@@ -246,7 +272,6 @@ def create_app() -> FastAPI:
     app.include_router(extensions_router)  # first: /v2/models/stats is not a model named "stats"
     app.include_router(oip_router)
     app.include_router(slides_router)
-    return app
 
 
 class _AsciiJSONResponse(JSONResponse):

@@ -30,13 +30,13 @@ from service.api.protocol import (
 from service.api.statistics import InferenceStatistics, Measurement
 from service.api.telemetry import NullTelemetry, Telemetry
 from service.errors import DeadlineExceeded, InvalidInput, NotFound, Overloaded, TesseraError
-from service.imaging import DecodeLimits, decode_image, fit_size, prepare
-from service.models import ModelRepository
-from service.routing.decision import RouteDecision
+from service.imaging import DecodedImage, DecodeLimits, PreparedImage, decode_image, fit_size, prepare
+from service.models import ModelConfig, ModelRepository
+from service.routing.decision import RouteDecision, Router
 from service.runtime import Backend
 from service.runtime.batching import run_batch
 
-__all__ = ["BackboneClient", "LocalBackboneClient", "Router", "ServingCore", "split_batch_reply"]
+__all__ = ["BackboneClient", "LocalBackboneClient", "ServingCore", "split_batch_reply"]
 
 UNTRAINED_NOTE = (
     "random initialisation with a fixed seed: outputs are deterministic but carry no learned "
@@ -62,10 +62,6 @@ def split_batch_reply(reply: dict[str, Any]) -> list[dict[str, Any]]:
     n = int(reply["batch_size"])
     shared = {k: v for k, v in reply.items() if k != "outputs"}
     return [{**shared, "outputs": {name: value[i] for name, value in outputs.items()}} for i in range(n)]
-
-
-class Router(Protocol):
-    def decide(self, width: int, height: int, model: str | None = None) -> RouteDecision: ...
 
 
 class LocalBackboneClient:
@@ -213,6 +209,48 @@ class ServingCore:
         if options.model is not None:
             self.repo.config(options.model)  # 404 for an unknown model before any work
 
+        job = await self._decode_route_prepare(data, content_type, options)
+        reply, roundtrip_ms, done = await self._infer_one(job, start, deadline, budget)
+        inference_ms = float(reply["inference_ms"])
+        queue_ms = max(0.0, roundtrip_ms - inference_ms)
+        total_ms = (time.perf_counter() - start) * 1e3
+        for stage, ms in (
+            ("decode", job.decode_ms),
+            ("preprocess", job.preprocess_ms),
+            ("queue", queue_ms),
+            ("inference", inference_ms),
+        ):
+            self.telemetry.stage(job.decision.model, stage, ms / 1e3)
+
+        embedding, logits, top = _outputs(reply["outputs"], options)
+        cfg = job.cfg
+        self.stats.success(
+            cfg.name,
+            str(cfg.version),
+            Measurement(
+                images=1,
+                batch_sizes=(int(reply.get("batch_size", 1)),),
+                chunked=False,
+                compute_input_s=(job.decode_ms + job.preprocess_ms) / 1e3,
+                queue_s=queue_ms / 1e3,
+                compute_infer_s=inference_ms / 1e3,
+                compute_output_s=time.perf_counter() - done,
+                total_s=time.perf_counter() - start,
+            ),
+        )
+        timing = TimingInfo(
+            decode=round(job.decode_ms, 3),
+            preprocess=round(job.preprocess_ms, 3),
+            queue=round(queue_ms, 3),
+            inference=round(inference_ms, 3),
+            total=round(total_ms, 3),
+        )
+        return _response(job, reply, request_id, embedding, logits, top, timing)
+
+    async def _decode_route_prepare(
+        self, data: bytes, content_type: str | None, options: PredictOptions
+    ) -> _PreparedRequest:
+        """Decode (limits checked first), route among the loaded models, fit and normalise."""
         t = time.perf_counter()
         decoded = await asyncio.to_thread(decode_image, data, content_type, self.limits)
         decode_ms = (time.perf_counter() - t) * 1e3
@@ -226,7 +264,13 @@ class ServingCore:
         )
         prepared = await asyncio.to_thread(prepare, decoded.pixels, cfg.input, decision.input_size, content)
         preprocess_ms = (time.perf_counter() - t) * 1e3
+        return _PreparedRequest(decoded, decision, cfg, prepared, decode_ms, preprocess_ms)
 
+    async def _infer_one(
+        self, job: _PreparedRequest, start: float, deadline: float, budget: float
+    ) -> tuple[dict[str, Any], float, float]:
+        """The backbone call within what is left of the deadline: (reply, round trip in ms, when it ended)."""
+        decision, cfg = job.decision, job.cfg
         remaining = deadline - time.perf_counter()
         if remaining <= 0:
             raise DeadlineExceeded(f"deadline of {budget:.2f}s passed before inference")
@@ -234,7 +278,7 @@ class ServingCore:
         self.telemetry.inflight(decision.model, 1)
         try:
             with self.control.using(decision.model):
-                reply = await asyncio.wait_for(self.client.infer(decision.model, prepared.pixels), remaining)
+                reply = await asyncio.wait_for(self.client.infer(decision.model, job.prepared.pixels), remaining)
         except TimeoutError:
             self.stats.failure(cfg.name, str(cfg.version), time.perf_counter() - start)
             raise DeadlineExceeded(f"no answer within the {budget:.2f}s deadline") from None
@@ -244,78 +288,7 @@ class ServingCore:
         finally:
             self.telemetry.inflight(decision.model, -1)
         done = time.perf_counter()
-        roundtrip_ms = (done - t) * 1e3
-        inference_ms = float(reply["inference_ms"])
-        queue_ms = max(0.0, roundtrip_ms - inference_ms)
-        total_ms = (time.perf_counter() - start) * 1e3
-        for stage, ms in (
-            ("decode", decode_ms),
-            ("preprocess", preprocess_ms),
-            ("queue", queue_ms),
-            ("inference", inference_ms),
-        ):
-            self.telemetry.stage(decision.model, stage, ms / 1e3)
-
-        outputs = reply["outputs"]
-        embedding = logits = top = None
-        if options.output in ("embedding", "both"):
-            embedding = np.asarray(outputs["embedding"], dtype=np.float32).tolist()
-        if options.output in ("logits", "both"):
-            raw = np.asarray(outputs["logits"], dtype=np.float32)
-            logits = raw.tolist()
-            top = _top_k(raw, options.top_k)
-        first_stage = cfg.input.patch_size
-        tokens = (prepared.input_size[0] // first_stage) * (prepared.input_size[1] // first_stage)
-        self.stats.success(
-            cfg.name,
-            str(cfg.version),
-            Measurement(
-                images=1,
-                batch_sizes=(int(reply.get("batch_size", 1)),),
-                chunked=False,
-                compute_input_s=(decode_ms + preprocess_ms) / 1e3,
-                queue_s=queue_ms / 1e3,
-                compute_infer_s=inference_ms / 1e3,
-                compute_output_s=time.perf_counter() - done,
-                total_s=time.perf_counter() - start,
-            ),
-        )
-        return PredictResponse(
-            request_id=request_id or uuid.uuid4().hex,
-            model=cfg.name,
-            version=cfg.version,
-            backend=str(reply.get("backend", "unknown")),
-            precision=str(reply.get("precision", "fp32")),
-            weights="trained" if cfg.trained else "untrained",
-            weights_note="" if cfg.trained else UNTRAINED_NOTE,
-            input=InputInfo(
-                format=decoded.format,
-                original=prepared.original_size,
-                content=prepared.resized_size,
-                processed=prepared.input_size,
-                tokens=tokens,
-                fit=decision.fit,
-            ),
-            route=decision,
-            embedding=embedding,
-            logits=logits,
-            top_k=top,
-            timing_ms=TimingInfo(
-                decode=round(decode_ms, 3),
-                preprocess=round(preprocess_ms, 3),
-                queue=round(queue_ms, 3),
-                inference=round(inference_ms, 3),
-                total=round(total_ms, 3),
-            ),
-            memory=MemoryInfo(
-                **{
-                    k: reply["memory"][k]
-                    for k in ("device", "peak_bytes", "allocated_bytes", "source")
-                    if k in reply["memory"]
-                }
-            ),
-            batch_size=int(reply.get("batch_size", 1)),
-        )
+        return reply, (done - t) * 1e3, done
 
     # -- /v1/route, /v1/models -----------------------------------------------------------------
     def route(self, width: int, height: int, model: str | None = None) -> RouteDecision:
@@ -350,6 +323,77 @@ class ServingCore:
             gmacs_native=manifest.gmacs_native if manifest else None,
             backends_built=sorted(manifest.artifacts) if manifest else [],
         )
+
+
+@dataclass
+class _PreparedRequest:
+    """One ``/v1/predict`` image after decoding, routing and preprocessing."""
+
+    decoded: DecodedImage
+    decision: RouteDecision
+    cfg: ModelConfig
+    prepared: PreparedImage
+    decode_ms: float
+    preprocess_ms: float
+
+
+def _outputs(
+    outputs: dict[str, Any], options: PredictOptions
+) -> tuple[list[float] | None, list[float] | None, list[TopK] | None]:
+    """The embedding and/or logits (with the top k) that ``options.output`` asks for."""
+    embedding = logits = top = None
+    if options.output in ("embedding", "both"):
+        embedding = np.asarray(outputs["embedding"], dtype=np.float32).tolist()
+    if options.output in ("logits", "both"):
+        raw = np.asarray(outputs["logits"], dtype=np.float32)
+        logits = raw.tolist()
+        top = _top_k(raw, options.top_k)
+    return embedding, logits, top
+
+
+def _response(
+    job: _PreparedRequest,
+    reply: dict[str, Any],
+    request_id: str | None,
+    embedding: list[float] | None,
+    logits: list[float] | None,
+    top: list[TopK] | None,
+    timing: TimingInfo,
+) -> PredictResponse:
+    """The ``/v1/predict`` answer: model, runtime, input as sent and processed, route, outputs, costs."""
+    cfg, decision, prepared = job.cfg, job.decision, job.prepared
+    first_stage = cfg.input.patch_size
+    tokens = (prepared.input_size[0] // first_stage) * (prepared.input_size[1] // first_stage)
+    return PredictResponse(
+        request_id=request_id or uuid.uuid4().hex,
+        model=cfg.name,
+        version=cfg.version,
+        backend=str(reply.get("backend", "unknown")),
+        precision=str(reply.get("precision", "fp32")),
+        weights="trained" if cfg.trained else "untrained",
+        weights_note="" if cfg.trained else UNTRAINED_NOTE,
+        input=InputInfo(
+            format=job.decoded.format,
+            original=prepared.original_size,
+            content=prepared.resized_size,
+            processed=prepared.input_size,
+            tokens=tokens,
+            fit=decision.fit,
+        ),
+        route=decision,
+        embedding=embedding,
+        logits=logits,
+        top_k=top,
+        timing_ms=timing,
+        memory=MemoryInfo(
+            **{
+                k: reply["memory"][k]
+                for k in ("device", "peak_bytes", "allocated_bytes", "source")
+                if k in reply["memory"]
+            }
+        ),
+        batch_size=int(reply.get("batch_size", 1)),
+    )
 
 
 def _top_k(logits: np.ndarray, k: int) -> list[TopK]:

@@ -57,7 +57,7 @@ def tissue_jpegs(count: int, side: int = 224, *, seed: int = 0, slides_dir: Path
     files = sorted(p for p in slides_dir.glob("*.svs")) if slides_dir.is_dir() else []
     tmp: tempfile.TemporaryDirectory[str] | None = None
     if not files:
-        from service.slides.synthetic import make_synthetic_slide
+        from service.testing.synthetic_slides import make_synthetic_slide
 
         tmp = tempfile.TemporaryDirectory(prefix="tessera-bench-")
         files = [make_synthetic_slide(Path(tmp.name) / "synthetic.tiff", 4096, 4096).path]

@@ -33,7 +33,7 @@ CACHE = Path(".tessera") / "bench"
 
 def synthetic_slide(side: int, cache_dir: Path = CACHE, mpp: float = 0.5) -> Path:
     """A ``side``² synthetic slide covered with tissue, written once into ``cache_dir``."""
-    from service.slides.synthetic import make_synthetic_slide
+    from service.testing.synthetic_slides import make_synthetic_slide
 
     path = cache_dir / f"synthetic-full-{side}-{mpp:g}.tiff"
     if path.exists() and path.stat().st_size > 0:

@@ -12,7 +12,7 @@ from service.routing.calibration import (
     predict_latency,
 )
 from service.routing.cost import CostEstimate, estimate_cost
-from service.routing.decision import Candidate, RouteDecision
+from service.routing.decision import Candidate, RouteDecision, Router
 from service.routing.policy import CostRouter, DevicePolicy, ModelRoute, RoutesPolicy, load_policy
 from service.routing.threshold import ThresholdRouter
 
@@ -26,6 +26,7 @@ __all__ = [
     "LatencyPrediction",
     "ModelRoute",
     "RouteDecision",
+    "Router",
     "RoutesPolicy",
     "ThresholdRouter",
     "calibrate",

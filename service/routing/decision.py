@@ -1,12 +1,12 @@
-"""What a routing decision is: the chosen model, how the image is fitted to it, and why."""
+"""What a routing decision is (the chosen model, how the image is fitted to it, and why) and who makes one."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Protocol
 
 from pydantic import BaseModel, Field
 
-__all__ = ["Candidate", "RouteDecision"]
+__all__ = ["Candidate", "RouteDecision", "Router"]
 
 
 class Candidate(BaseModel):
@@ -69,3 +69,9 @@ class RouteDecision(BaseModel):
         description="Models left out of this decision because they are not ready, with their state "
         "(building, failed, unloaded...): the router chooses only among ready models.",
     )
+
+
+class Router(Protocol):
+    """What the serving core asks of a router (``CostRouter``, ``ThresholdRouter``)."""
+
+    def decide(self, width: int, height: int, model: str | None = None) -> RouteDecision: ...

@@ -7,16 +7,12 @@ foundation's size threshold.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from service.models import ArchFacts, ModelRepository
 from service.routing.calibration import load_calibration
+from service.routing.decision import Router
 from service.routing.policy import CostRouter, load_policy
 from service.routing.threshold import ThresholdRouter
 from service.settings import ServerSettings
-
-if TYPE_CHECKING:
-    from service.api.serving import Router
 
 __all__ = ["CALIBRATION_FILE", "make_router"]
 

@@ -55,13 +55,11 @@ from service.routing.decision import Candidate, RouteDecision
 from service.settings import load_yaml
 
 __all__ = [
-    "EXAMPLE_ROUTES_YAML",
     "CostRouter",
     "DevicePolicy",
     "ModelRoute",
     "RoutesPolicy",
     "load_policy",
-    "write_default_policy",
 ]
 
 Fit = Literal["letterbox", "resize", "pad"]
@@ -178,48 +176,6 @@ class RoutesPolicy(_Strict):
 def load_policy(path: str | Path) -> RoutesPolicy:
     """Read and validate ``routes.yaml``; errors name the file and the bad field."""
     return load_yaml(path, RoutesPolicy)
-
-
-EXAMPLE_ROUTES_YAML = """\
-# Routing policy: which backbone serves an image of a given size, and how it is fitted.
-# Schema: service/routing/policy.py (RoutesPolicy). Unknown keys are errors.
-version: 1
-device: cpu                  # the device the router plans for unless the server says otherwise
-devices:
-  cpu:
-    memory_budget_bytes: 8589934592   # 8 GiB: weights + activations (+ unfused scores) of one batch
-    latency_target_ms: 1000           # soft: candidates over it are flagged, not dropped
-    precision: fp32
-    fused_attention: false            # ONNX Runtime on CPU materialises attention scores
-  cuda:
-    memory_budget_bytes: 42949672960  # 40 GiB
-    latency_target_ms: 100
-    precision: fp16
-    fused_attention: true             # TensorRT / fused MHA: no N^2 score matrix
-memory_batch: max_batch      # check memory for a full batch (max_batch_size); `single` for one image
-oversize: downscale          # image too large for every model: downscale | tile | refuse (413)
-fit: letterbox               # fixed-size inputs: letterbox | resize | pad
-default_model: vit_small     # takes images smaller than every model's min_side
-models:
-  vit_small:                 # global attention: cheapest on small images
-    enabled: true
-    min_side: 1
-    max_side: 512
-  swin_tiny:                 # windowed attention: cost linear in pixels
-    enabled: true
-    min_side: 1
-    max_side: 4096
-"""
-
-
-def write_default_policy(path: str | Path) -> Path:
-    """Write :data:`EXAMPLE_ROUTES_YAML` to ``path`` (refuses to overwrite an existing file)."""
-    path = Path(path)
-    if path.exists():
-        raise FileExistsError(f"{path} exists; remove it first to write the example policy")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(EXAMPLE_ROUTES_YAML)
-    return path
 
 
 # --------------------------------------------------------------------------- the router

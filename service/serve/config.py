@@ -73,7 +73,6 @@ def serve_config(settings: ServerSettings, *, model_repo_in_cluster: str | None 
             }
         ],
     }
-    functions = servicer_functions()
-    if functions and settings.grpc_port:
-        config["grpc_options"] = {"port": settings.grpc_port, "grpc_servicer_functions": functions}
+    if settings.grpc_port:  # configured: servicers that do not import are an error, not "no gRPC"
+        config["grpc_options"] = {"port": settings.grpc_port, "grpc_servicer_functions": servicer_functions()}
     return config

@@ -11,7 +11,7 @@ from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
-from service.api.grpc import GrpcIngressMixin
+from service.api.grpc_servicer import GrpcIngressMixin
 from service.api.logs import configure_access_log
 from service.api.rest import create_app
 from service.api.serving import ServingCore, split_batch_reply

@@ -3,6 +3,9 @@
 Transport-free: nothing here imports Ray, FastAPI or PyTorch. The tile encoder is injected
 (:class:`TileEncoder`), so the same pipeline runs under the CLI (:func:`run_slide`), the job
 manager behind the REST routes (:class:`JobManager`) and the tests (with a fake encoder).
+Server-side work only: the HTTP client is :mod:`service.clients.slides`, the ``tessera slide``
+command :mod:`service.cli.slide`, Ray Data bulk runs :mod:`service.serve.slides_bulk` and the
+synthetic test slides :mod:`service.testing`.
 """
 
 from service.slides.encoder import BackendEncoder, TileEncoder, encoder_facts
@@ -19,7 +22,6 @@ from service.slides.pipeline import (
 )
 from service.slides.reader import SlideInfo, SlideReader, open_slide, resolve_mpp
 from service.slides.store import FeatureStore
-from service.slides.synthetic import SyntheticSlide, make_synthetic_slide
 from service.slides.tissue import TissueMask, detect_tissue
 
 __all__ = [
@@ -35,7 +37,6 @@ __all__ = [
     "SlideOptions",
     "SlideReader",
     "StageTimes",
-    "SyntheticSlide",
     "TileEncoder",
     "TileGrid",
     "TileStream",
@@ -43,7 +44,6 @@ __all__ = [
     "detect_tissue",
     "encoder_facts",
     "make_grid",
-    "make_synthetic_slide",
     "open_slide",
     "process_slide",
     "resolve_mpp",

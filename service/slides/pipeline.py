@@ -63,6 +63,7 @@ from service.slides.store import (
     write_json_atomic,
 )
 from service.slides.tissue import (
+    TissueMask,
     TissueRule,
     detect_tissue,
     keep_tiles,
@@ -548,83 +549,21 @@ def process_slide(
     times = StageTimes()
     rss_start = current_rss_bytes()
     started = time.perf_counter()
-    warnings: list[str] = []
 
     reader = open_slide(slide_path, options.slide_mpp)
     times.open = time.perf_counter() - started
     try:
-        mpp0 = reader.require_mpp()
-        width, height = reader.dimensions
-        plan = _plan_grid(reader, encoder, options, settings, coords_file)
-        if reader.level_mpp(0) > plan.target_mpp * 1.01:
-            warnings.append(
-                f"target {plan.target_mpp:.4g} µm/px is finer than the slide's {mpp0:.4g}: tiles are upsampled"
-            )
-        level, region_size = plan.level, plan.region_size
-
-        t0 = time.perf_counter()
-        thumbnail = reader.thumbnail(settings.thumbnail_size)
-        times.thumbnail = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        tissue = detect_tissue(thumbnail, width, height, level0_mpp=mpp0)
-        all_coords = plan.coords
-        if plan.source != "tessera":
-            planned = all_coords  # the lab's own segmentation and patching, used as they are
-        elif options.tissue_threshold > 0 or options.tissue_rule != "fraction":
-            fractions = tissue.tile_fractions(all_coords, plan.patch_size_level0)
-            planned = all_coords[keep_tiles(fractions, options.tissue_threshold, options.tissue_rule)]
-        else:
-            planned = all_coords
-        tissue.save_png(out_dir / TISSUE_MASK_FILE)
-        write_json_atomic(out_dir / TISSUE_GEOJSON_FILE, tissue_geojson(tissue))
-        times.tissue = time.perf_counter() - t0
-        if len(planned) == 0:
-            warnings.append("no tile has enough tissue: the slide looks empty at this tissue_threshold")
-
+        tiles = _plan_tiles(reader, encoder, options, settings, coords_file, out_dir, times)
         facts = encoder_facts(encoder)
         batch_size = int(settings.batch_size or encoder.max_batch_size)
-        attrs: dict[str, Any] = {
-            "patch_size": plan.tile,
-            "patch_size_level0": plan.patch_size_level0,
-            "target_mpp": float(plan.target_mpp),
-            "level0_mpp": float(mpp0),
-            "level0_width": width,
-            "level0_height": height,
-            "model": facts["model"],
-            "model_version": facts["model_version"],
-            "weights": facts["weights"],
-            "overlap": plan.overlap,
-            "stride_level0": plan.stride_level0,
-            "edge": options.edge,
-            "read_level": level,
-            "tissue_threshold": float(options.tissue_threshold),
-            "tissue_rule": options.tissue_rule,
-            "tiles_total": len(planned),
-            "mpp_source": reader.mpp_source or "none",
-            # NaN when the slide's metadata has no resolution
-            "metadata_mpp": float(reader.metadata_mpp) if reader.metadata_mpp is not None else float("nan"),
-            "grid_source": plan.source,
-            **interchange_attrs(
-                name=slide_name(slide_path),
-                tile=plan.tile,
-                overlap=plan.overlap,
-                patch_size_level0=plan.patch_size_level0,
-                level0_mpp=mpp0,
-                target_mpp=plan.target_mpp,
-                objective_power=reader.objective_power,
-                level_downsample=reader.level_downsamples[level],
-                patch_level=level,
-                savetodir=str(out_dir),
-            ),
-        }
         fingerprint = _fingerprint(
-            slide_path, reader, options, facts, batch_size, settings, len(planned), plan.coords_sha256
+            slide_path, reader, options, facts, batch_size, settings, len(tiles.planned), tiles.plan.coords_sha256
         )
         store = FeatureStore.open(
             out_dir / FEATURES_FILE,
-            attrs=attrs,
+            attrs=_store_attrs(slide_path, reader, tiles, options, facts, out_dir),
             fingerprint=fingerprint,
-            planned_coords=planned,
+            planned_coords=tiles.planned,
             embedding_dim=getattr(encoder, "embedding_dim", None),
         )
         if on_store is not None:
@@ -632,64 +571,13 @@ def process_slide(
         try:
             resumed = store.resumed
             if progress is not None:
-                progress(resumed, len(planned))
-            t0 = time.perf_counter()
-            stream = TileStream(
-                reader,
-                planned[resumed:],
-                level=level,
-                region_size=region_size,
-                out_size=int(encoder.tile_size),
-                mean=encoder.mean,
-                std=encoder.std,
-                batch_size=batch_size,
-                workers=settings.workers,
-                prefetch_batches=settings.prefetch_batches,
-                interpolation=facts["interpolation"],
-                cancel=cancel,
+                progress(resumed, len(tiles.planned))
+            rss_max = _encode_tiles(
+                reader, tiles, store, encoder, facts, batch_size, settings, progress, cancel, times, resumed
             )
-            writer = _Writer(store, len(planned), progress)
-            encoding = _Encoding(encoder, settings.inflight_batches, str(facts["model"]))
-            try:
-                with stream:
-                    wait_start = time.perf_counter()
-                    for batch in stream:
-                        times.wait_for_tiles += time.perf_counter() - wait_start
-                        encoding.submit(batch)
-                        while encoding.full():
-                            times.wait_for_writer += writer.put(*encoding.collect(times))
-                        if cancel.is_set():
-                            raise SlideCancelled("cancelled")
-                        wait_start = time.perf_counter()
-                    while encoding.pending():
-                        times.wait_for_writer += writer.put(*encoding.collect(times))
-            finally:
-                encoding.close()
-                writer.finish()
-            times.stream = time.perf_counter() - t0
-            times.read, times.preprocess = stream.times.read, stream.times.preprocess
-            times.write = writer.write_s
-
             t0 = time.perf_counter()
-            store.finish({"complete_at": time.time()})
-            dim = store.embedding_dim or getattr(encoder, "embedding_dim", None)
-            np.save(out_dir / SLIDE_EMBEDDING_FILE, slide_embedding(store.iter_features(), dim))
-            values = first_principal_component(store.iter_features)
-            heat_thumb = _shrink(thumbnail, settings.heatmap_size)
-            save_png(
-                render_heatmap(
-                    heat_thumb,
-                    store.coords(),
-                    values,
-                    patch_size_level0=plan.patch_size_level0,
-                    level0_width=width,
-                    level0_height=height,
-                ),
-                out_dir / HEATMAP_FILE,
-            )
+            dim = _write_results(store, encoder, tiles, settings, out_dir)
             written = store.count
-            tiles_geojson = tile_features(store.coords(), plan.patch_size_level0)
-            write_feature_collection(out_dir / TILES_GEOJSON_FILE, tiles_geojson)
         finally:
             if on_store is not None:
                 on_store(None)
@@ -703,74 +591,287 @@ def process_slide(
             model=str(facts["model"]),
             level_dimensions=reader.level_dimensions,
             level_downsamples=reader.level_downsamples,
-            read_level=level,
+            read_level=tiles.plan.level,
         )
         times.finalize = time.perf_counter() - t0
         times.total = time.perf_counter() - started
-        processed = written - resumed
-        report: dict[str, Any] = {
-            "tiles": written,
-            "tiles_processed": processed,
-            "tiles_resumed": resumed,
-            "tiles_grid": plan.grid_size,
-            "tiles_background": plan.grid_size - len(planned),
-            "tiles_per_s": round(processed / times.stream, 3) if times.stream > 0 and processed else 0.0,
-            "timing_s": times.to_dict(),
-            "memory": {
-                "peak_rss_bytes": process_peak_rss_bytes(),
-                "rss_start_bytes": rss_start,
-                "rss_max_sampled_bytes": max(writer.rss_max, current_rss_bytes()),
-                "rss_end_bytes": current_rss_bytes(),
-            },
-            "slide": {**reader.info().to_dict(), "file_bytes": reader.path.stat().st_size},
-            "grid": {
-                "source": plan.source,
-                "tile": plan.tile,
-                "overlap": plan.overlap,
-                "edge": options.edge,
-                "target_mpp": plan.target_mpp,
-                "patch_size_level0": plan.patch_size_level0,
-                "stride_level0": plan.stride_level0,
-                "columns": plan.columns,
-                "rows": plan.rows,
-                "read_level": level,
-                "read_level_mpp": reader.level_mpp(level),
-                "read_size": region_size,
-                "encoder_size": int(encoder.tile_size),
-            },
-            "tissue": {
-                "tissue_threshold": options.tissue_threshold,
-                "tissue_rule": options.tissue_rule,
-                "saturation_threshold": tissue.threshold,
-                "mask_mpp": tissue.mask_mpp,
-                "excluded_dark_or_pen_fraction": round(tissue.excluded_fraction, 6),
-                "tissue_fraction": round(tissue.tissue_fraction, 6),
-                "mask_size": list(tissue.mask.shape[::-1]),
-            },
-            "model": facts,
-            "embedding_dim": dim or 0,
-            "options": options.model_dump(),
-            "settings": {
-                "workers": settings.workers,
-                "batch_size": batch_size,
-                "prefetch_batches": settings.prefetch_batches or settings.workers + 2,
-            },
-            "outputs": [
-                FEATURES_FILE,
-                HEATMAP_FILE,
-                TISSUE_MASK_FILE,
-                TISSUE_GEOJSON_FILE,
-                TILES_GEOJSON_FILE,
-                SLIDE_EMBEDDING_FILE,
-                REPORT_FILE,
-                *(str(path.relative_to(out_dir)) for path in exported),
-            ],
-            "warnings": warnings,
-        }
+        report = _report(
+            reader,
+            tiles,
+            options,
+            settings,
+            encoder,
+            facts,
+            times,
+            written=written,
+            resumed=resumed,
+            dim=dim,
+            batch_size=batch_size,
+            rss_start=rss_start,
+            rss_max=rss_max,
+            exported=[str(path.relative_to(out_dir)) for path in exported],
+        )
         write_json_atomic(out_dir / REPORT_FILE, report)
         return report
     finally:
         reader.close()
+
+
+@dataclass
+class _PlannedTiles:
+    """What :func:`_plan_tiles` decided: the grid, the tiles kept, and what was seen on the way."""
+
+    plan: _GridPlan
+    planned: np.ndarray
+    tissue: TissueMask
+    thumbnail: np.ndarray
+    mpp0: float
+    width: int
+    height: int
+    warnings: list[str]
+
+
+def _plan_tiles(
+    reader: SlideReader,
+    encoder: TileEncoder,
+    options: SlideOptions,
+    settings: PipelineSettings,
+    coords_file: str | Path | None,
+    out_dir: Path,
+    times: StageTimes,
+) -> _PlannedTiles:
+    """Phase 1: the grid at the target resolution, the thumbnail and the tissue mask, the tiles kept."""
+    warnings: list[str] = []
+    mpp0 = reader.require_mpp()
+    width, height = reader.dimensions
+    plan = _plan_grid(reader, encoder, options, settings, coords_file)
+    if reader.level_mpp(0) > plan.target_mpp * 1.01:
+        warnings.append(f"target {plan.target_mpp:.4g} µm/px is finer than the slide's {mpp0:.4g}: tiles are upsampled")
+
+    t0 = time.perf_counter()
+    thumbnail = reader.thumbnail(settings.thumbnail_size)
+    times.thumbnail = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    tissue = detect_tissue(thumbnail, width, height, level0_mpp=mpp0)
+    all_coords = plan.coords
+    if plan.source != "tessera":
+        planned = all_coords  # the lab's own segmentation and patching, used as they are
+    elif options.tissue_threshold > 0 or options.tissue_rule != "fraction":
+        fractions = tissue.tile_fractions(all_coords, plan.patch_size_level0)
+        planned = all_coords[keep_tiles(fractions, options.tissue_threshold, options.tissue_rule)]
+    else:
+        planned = all_coords
+    tissue.save_png(out_dir / TISSUE_MASK_FILE)
+    write_json_atomic(out_dir / TISSUE_GEOJSON_FILE, tissue_geojson(tissue))
+    times.tissue = time.perf_counter() - t0
+    if len(planned) == 0:
+        warnings.append("no tile has enough tissue: the slide looks empty at this tissue_threshold")
+    return _PlannedTiles(plan, planned, tissue, thumbnail, mpp0, width, height, warnings)
+
+
+def _store_attrs(
+    slide_path: str | Path,
+    reader: SlideReader,
+    tiles: _PlannedTiles,
+    options: SlideOptions,
+    facts: dict[str, Any],
+    out_dir: Path,
+) -> dict[str, Any]:
+    """The attributes of ``features.h5``: CLAM's and TRIDENT's, and Tessera's own."""
+    plan, level = tiles.plan, tiles.plan.level
+    return {
+        "patch_size": plan.tile,
+        "patch_size_level0": plan.patch_size_level0,
+        "target_mpp": float(plan.target_mpp),
+        "level0_mpp": float(tiles.mpp0),
+        "level0_width": tiles.width,
+        "level0_height": tiles.height,
+        "model": facts["model"],
+        "model_version": facts["model_version"],
+        "weights": facts["weights"],
+        "overlap": plan.overlap,
+        "stride_level0": plan.stride_level0,
+        "edge": options.edge,
+        "read_level": level,
+        "tissue_threshold": float(options.tissue_threshold),
+        "tissue_rule": options.tissue_rule,
+        "tiles_total": len(tiles.planned),
+        "mpp_source": reader.mpp_source or "none",
+        # NaN when the slide's metadata has no resolution
+        "metadata_mpp": float(reader.metadata_mpp) if reader.metadata_mpp is not None else float("nan"),
+        "grid_source": plan.source,
+        **interchange_attrs(
+            name=slide_name(slide_path),
+            tile=plan.tile,
+            overlap=plan.overlap,
+            patch_size_level0=plan.patch_size_level0,
+            level0_mpp=tiles.mpp0,
+            target_mpp=plan.target_mpp,
+            objective_power=reader.objective_power,
+            level_downsample=reader.level_downsamples[level],
+            patch_level=level,
+            savetodir=str(out_dir),
+        ),
+    }
+
+
+def _encode_tiles(
+    reader: SlideReader,
+    tiles: _PlannedTiles,
+    store: FeatureStore,
+    encoder: TileEncoder,
+    facts: dict[str, Any],
+    batch_size: int,
+    settings: PipelineSettings,
+    progress: ProgressCallback | None,
+    cancel: threading.Event,
+    times: StageTimes,
+    resumed: int,
+) -> int:
+    """Phase 2: read, encode and store the tiles not stored yet; returns the highest RSS the writer saw."""
+    t0 = time.perf_counter()
+    stream = TileStream(
+        reader,
+        tiles.planned[resumed:],
+        level=tiles.plan.level,
+        region_size=tiles.plan.region_size,
+        out_size=int(encoder.tile_size),
+        mean=encoder.mean,
+        std=encoder.std,
+        batch_size=batch_size,
+        workers=settings.workers,
+        prefetch_batches=settings.prefetch_batches,
+        interpolation=facts["interpolation"],
+        cancel=cancel,
+    )
+    writer = _Writer(store, len(tiles.planned), progress)
+    encoding = _Encoding(encoder, settings.inflight_batches, str(facts["model"]))
+    try:
+        with stream:
+            wait_start = time.perf_counter()
+            for batch in stream:
+                times.wait_for_tiles += time.perf_counter() - wait_start
+                encoding.submit(batch)
+                while encoding.full():
+                    times.wait_for_writer += writer.put(*encoding.collect(times))
+                if cancel.is_set():
+                    raise SlideCancelled("cancelled")
+                wait_start = time.perf_counter()
+            while encoding.pending():
+                times.wait_for_writer += writer.put(*encoding.collect(times))
+    finally:
+        encoding.close()
+        writer.finish()
+    times.stream = time.perf_counter() - t0
+    times.read, times.preprocess = stream.times.read, stream.times.preprocess
+    times.write = writer.write_s
+    return writer.rss_max
+
+
+def _write_results(
+    store: FeatureStore, encoder: TileEncoder, tiles: _PlannedTiles, settings: PipelineSettings, out_dir: Path
+) -> int | None:
+    """Phase 3: close the feature file, then the slide embedding, heatmap and tile GeoJSON; returns D."""
+    store.finish({"complete_at": time.time()})
+    dim = store.embedding_dim or getattr(encoder, "embedding_dim", None)
+    np.save(out_dir / SLIDE_EMBEDDING_FILE, slide_embedding(store.iter_features(), dim))
+    values = first_principal_component(store.iter_features)
+    heat_thumb = _shrink(tiles.thumbnail, settings.heatmap_size)
+    save_png(
+        render_heatmap(
+            heat_thumb,
+            store.coords(),
+            values,
+            patch_size_level0=tiles.plan.patch_size_level0,
+            level0_width=tiles.width,
+            level0_height=tiles.height,
+        ),
+        out_dir / HEATMAP_FILE,
+    )
+    tiles_geojson = tile_features(store.coords(), tiles.plan.patch_size_level0)
+    write_feature_collection(out_dir / TILES_GEOJSON_FILE, tiles_geojson)
+    return dim
+
+
+def _report(
+    reader: SlideReader,
+    tiles: _PlannedTiles,
+    options: SlideOptions,
+    settings: PipelineSettings,
+    encoder: TileEncoder,
+    facts: dict[str, Any],
+    times: StageTimes,
+    *,
+    written: int,
+    resumed: int,
+    dim: int | None,
+    batch_size: int,
+    rss_start: int,
+    rss_max: int,
+    exported: list[str],
+) -> dict[str, Any]:
+    """Phase 4: ``report.json``: counts, timings, memory, the slide, the grid, tissue, model and outputs."""
+    plan, level, tissue = tiles.plan, tiles.plan.level, tiles.tissue
+    processed = written - resumed
+    return {
+        "tiles": written,
+        "tiles_processed": processed,
+        "tiles_resumed": resumed,
+        "tiles_grid": plan.grid_size,
+        "tiles_background": plan.grid_size - len(tiles.planned),
+        "tiles_per_s": round(processed / times.stream, 3) if times.stream > 0 and processed else 0.0,
+        "timing_s": times.to_dict(),
+        "memory": {
+            "peak_rss_bytes": process_peak_rss_bytes(),
+            "rss_start_bytes": rss_start,
+            "rss_max_sampled_bytes": max(rss_max, current_rss_bytes()),
+            "rss_end_bytes": current_rss_bytes(),
+        },
+        "slide": {**reader.info().to_dict(), "file_bytes": reader.path.stat().st_size},
+        "grid": {
+            "source": plan.source,
+            "tile": plan.tile,
+            "overlap": plan.overlap,
+            "edge": options.edge,
+            "target_mpp": plan.target_mpp,
+            "patch_size_level0": plan.patch_size_level0,
+            "stride_level0": plan.stride_level0,
+            "columns": plan.columns,
+            "rows": plan.rows,
+            "read_level": level,
+            "read_level_mpp": reader.level_mpp(level),
+            "read_size": plan.region_size,
+            "encoder_size": int(encoder.tile_size),
+        },
+        "tissue": {
+            "tissue_threshold": options.tissue_threshold,
+            "tissue_rule": options.tissue_rule,
+            "saturation_threshold": tissue.threshold,
+            "mask_mpp": tissue.mask_mpp,
+            "excluded_dark_or_pen_fraction": round(tissue.excluded_fraction, 6),
+            "tissue_fraction": round(tissue.tissue_fraction, 6),
+            "mask_size": list(tissue.mask.shape[::-1]),
+        },
+        "model": facts,
+        "embedding_dim": dim or 0,
+        "options": options.model_dump(),
+        "settings": {
+            "workers": settings.workers,
+            "batch_size": batch_size,
+            "prefetch_batches": settings.prefetch_batches or settings.workers + 2,
+        },
+        "outputs": [
+            FEATURES_FILE,
+            HEATMAP_FILE,
+            TISSUE_MASK_FILE,
+            TISSUE_GEOJSON_FILE,
+            TILES_GEOJSON_FILE,
+            SLIDE_EMBEDDING_FILE,
+            REPORT_FILE,
+            *exported,
+        ],
+        "warnings": tiles.warnings,
+    }
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from tests.helpers import free_port
 @pytest.fixture(scope="session")
 def slide_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Slides the service may read by path: the real fixtures plus a synthetic pyramid."""
-    from service.slides import make_synthetic_slide
+    from service.testing import make_synthetic_slide
     from tests.helpers import SLIDES
 
     root = tmp_path_factory.mktemp("slide_root")

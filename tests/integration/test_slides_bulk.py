@@ -15,11 +15,12 @@ import h5py
 import numpy as np
 import pytest
 
+from service.cli.slide import add_slide_parser
 from service.models import ModelRepository
 from service.runtime import load_backend
-from service.slides import BackendEncoder, make_synthetic_slide, run_slide
-from service.slides.bulk import BULK_REPORT_FILE, collect_slides, run_bulk
-from service.slides.command import add_slide_parser
+from service.serve.slides_bulk import BULK_REPORT_FILE, collect_slides, run_bulk
+from service.slides import BackendEncoder, run_slide
+from service.testing import make_synthetic_slide
 
 pytestmark = pytest.mark.integration
 

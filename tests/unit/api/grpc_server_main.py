@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from service.api.grpc import serve_grpc_inprocess
+from service.api.grpc_servicer import serve_grpc_inprocess
 from service.api.serving import LocalBackboneClient
 from tests.unit.api.conftest import build_core
 

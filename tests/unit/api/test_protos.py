@@ -121,7 +121,7 @@ def test_model_config_messages_match_tritons_on_the_wire(tmp_path: Path) -> None
 def test_importing_the_servicers_leaves_the_oip_messages_unloaded() -> None:
     """tritonclient.grpc and grpc_predict_v2_pb2 cannot share a process: importing ours must stay lazy."""
     code = (
-        "import sys, service.api.grpc, service.serve.grpc_options as g; "
+        "import sys, service.api.grpc_servicer, service.serve.grpc_options as g; "
         "assert g.servicer_functions(); "
         "assert not [m for m in sys.modules if m.startswith('service.api.protos.grpc_predict')], 'eager import'; "
         "import tritonclient.grpc"

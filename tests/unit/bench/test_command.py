@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from service.bench import command
+from service.cli import loadtest as loadtest_command
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -17,7 +18,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-repo", default=None)
     sub = parser.add_subparsers(dest="command", required=True)
     command.add_bench_parser(sub)
-    command.add_loadtest_parser(sub)
+    loadtest_command.add_loadtest_parser(sub)
     return parser
 
 
@@ -69,8 +70,9 @@ def test_loadtest_parser_and_runner(monkeypatch: pytest.MonkeyPatch) -> None:
     args = _parser().parse_args(
         ["--model-repo", "r", "loadtest", "--start", "-u", "4", "-r", "2", "-t", "15s", "--mix", "predict=1"]
     )
-    assert args.func is command.cmd_loadtest
-    runner = command.load_loadtest_runner()
+    assert args.func is loadtest_command.cmd_loadtest
+    from loadtest import runner
+
     seen: dict[str, Any] = {}
 
     def fake_run(options: Any) -> int:
@@ -78,7 +80,7 @@ def test_loadtest_parser_and_runner(monkeypatch: pytest.MonkeyPatch) -> None:
         return 0
 
     monkeypatch.setattr(runner, "run", fake_run)
-    assert command.cmd_loadtest(args) == 0
+    assert loadtest_command.cmd_loadtest(args) == 0
     options = seen["options"]
     assert (options.start, options.users, options.spawn_rate, options.duration_s, options.model_repo) == (
         True,

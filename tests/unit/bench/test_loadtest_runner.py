@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from loadtest import runner
+from loadtest.options import add_loadtest_arguments
 from loadtest.runner import LoadtestOptions, locust_command, options_from_args, parse_duration
 from loadtest.workload import (
     Workload,
@@ -23,7 +24,6 @@ from loadtest.workload import (
     require_loopback_target,
     require_loopback_url,
 )
-from service.bench.command import add_loadtest_arguments
 
 
 @pytest.mark.parametrize(

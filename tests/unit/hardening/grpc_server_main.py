@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from service.api.auth import TokenAuth
-from service.api.grpc import serve_grpc_inprocess
+from service.api.grpc_servicer import serve_grpc_inprocess
 from tests.unit.hardening.support import build_core
 
 

@@ -18,7 +18,11 @@ import pytest
 from tritonclient.grpc import service_pb2 as oip
 from tritonclient.grpc import service_pb2_grpc as oip_grpc
 
-from service.api.grpc import _IMAGES_METHODS, _OIP_METHODS, _OIP_STREAM_METHODS  # the servicers' own method lists
+from service.api.grpc_servicer import (  # the servicers' own method lists
+    _IMAGES_METHODS,
+    _OIP_METHODS,
+    _OIP_STREAM_METHODS,
+)
 from service.api.protos import tessera_images_pb2 as images
 from service.api.protos import tessera_images_pb2_grpc as images_grpc
 from tests.unit.hardening.conftest import GRPC_TOKEN, GrpcServers

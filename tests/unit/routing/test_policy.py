@@ -11,10 +11,10 @@ import pytest
 from service.errors import InvalidInput, NotFound, PayloadTooLarge, TesseraError
 from service.models.config import ModelConfig
 from service.models.meta import ArchFacts
+from service.models.repository import ModelRepository
 from service.routing import CostRouter, RouteDecision, RoutesPolicy, load_policy
 from service.routing.calibration import FEATURES, Calibration, CalibrationEntry, FitResiduals
 from service.routing.cost import estimate_cost
-from service.routing.policy import EXAMPLE_ROUTES_YAML, write_default_policy
 
 VIT_S16 = ArchFacts("vit", 16, (12,), (384,), (6,), num_prefix_tokens=1, params=22_050_664)
 SWIN_T = ArchFacts("swin", 4, (2, 2, 6, 2), (96, 192, 384, 768), (3, 6, 12, 24), window_size=7, params=28_288_354)
@@ -79,18 +79,21 @@ def by_model(decision: RouteDecision) -> dict[str, Any]:
 # --------------------------------------------------------------------------- the policy file
 
 
-def test_example_policy_loads(tmp_path: Path) -> None:
-    path = write_default_policy(tmp_path / "routes.yaml")
-    assert path.read_text() == EXAMPLE_ROUTES_YAML
-    loaded = load_policy(path)
-    assert loaded.oversize == "downscale"
-    assert loaded.route_for("vit_small").max_side == 512
+def test_the_shipped_policy_parses_and_routes_the_configured_models() -> None:
+    """``model_repo/routes.yaml`` is the example: it parses and names exactly the configured models."""
+    repo = ModelRepository(Path(__file__).resolve().parents[3] / "model_repo")
+    configured = repo.configs()
+    loaded = load_policy(repo.routes_path)
+    assert set(loaded.models) == set(configured)
+    assert loaded.default_model in configured
+    assert loaded.device_policy(loaded.device) is not None
     assert loaded.device_policy("cuda:1").fused_attention  # exact name falls back to the kind
     assert loaded.device_policy("cuda:1").dtype_bytes == 2
-    with pytest.raises(FileExistsError):
-        write_default_policy(path)
-    router = CostRouter(configs(), FACTS, loaded)
-    assert router.decide(640, 480).model == "swin_tiny"
+    router = CostRouter(configured, {name: FACTS[name] for name in configured}, loaded)
+    for width, height in ((224, 224), (640, 480), (2048, 1536)):
+        decision = router.decide(width, height)
+        assert decision.model in configured
+        assert {c.model for c in decision.candidates} <= set(configured)
 
 
 def test_every_policy_field_has_a_description() -> None:

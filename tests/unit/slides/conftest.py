@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from service.slides import PipelineSettings, SyntheticSlide, make_synthetic_slide
+from service.slides import PipelineSettings
+from service.testing import SyntheticSlide, make_synthetic_slide
 
 HERE = Path(__file__).resolve().parent
 # tests/unit/slides/conftest.py → project root is parents[3]; the workspace's shared data is beside it

@@ -19,11 +19,12 @@ import h5py
 import numpy as np
 import pytest
 
+from service.cli.slide import add_slide_parser
+from service.clients.slides import RESULT_ROUTES, ServerUnavailable, SlideClient
 from service.errors import InvalidInput, NotFound, Overloaded, Unauthenticated
-from service.slides import SlideOptions, make_synthetic_slide
-from service.slides.bulk import collect_slides, plan_out_dirs
-from service.slides.client import RESULT_ROUTES, ServerUnavailable, SlideClient
-from service.slides.command import add_slide_parser
+from service.serve.slides_bulk import collect_slides, plan_out_dirs
+from service.slides import SlideOptions
+from service.testing import make_synthetic_slide
 from tests.helpers import free_port
 
 from .conftest import CMU, TCGA

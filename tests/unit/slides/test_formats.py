@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from service.errors import InvalidInput, PayloadTooLarge
+from service.serve.slides_bulk import collect_slides
 from service.slides import JobManager, SlideOptions, open_slide, process_slide
-from service.slides.bulk import collect_slides
 from service.slides.formats import extract_zip, locate_slide, scan_folder
 from service.slides.jobs import UPLOAD_SUFFIXES
 

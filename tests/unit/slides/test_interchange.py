@@ -175,7 +175,7 @@ def test_magnification_follows_trident() -> None:
 def test_the_client_sends_a_grid_file_and_export_layouts(tmp_path: Path) -> None:
     import httpx
 
-    from service.slides.client import SlideClient
+    from service.clients.slides import SlideClient
 
     seen: list[httpx.Request] = []
 

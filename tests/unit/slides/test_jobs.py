@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from service.errors import InvalidInput, NotFound, PayloadTooLarge
-from service.slides import JobManager, PipelineSettings, SlideOptions, SyntheticSlide, process_slide
+from service.slides import JobManager, PipelineSettings, SlideOptions, process_slide
+from service.testing import SyntheticSlide
 
 from ._fakes import FakeEncoder
 from .conftest import CMU, FAST, TCGA

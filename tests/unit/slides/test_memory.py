@@ -23,7 +23,7 @@ ROOT = HERE.parents[2]
 
 _GENERATE = """
 import json, sys, time
-from service.slides import make_synthetic_slide
+from service.testing import make_synthetic_slide
 from service.slides.pipeline import process_peak_rss_bytes
 start = time.perf_counter()
 slide = make_synthetic_slide(sys.argv[1], int(sys.argv[2]), int(sys.argv[2]), tile_size=512, mpp=0.25,

@@ -10,8 +10,9 @@ import h5py
 import pytest
 
 from service.errors import InvalidInput
-from service.slides import JobManager, PipelineSettings, SlideOptions, make_synthetic_slide, open_slide, process_slide
+from service.slides import JobManager, PipelineSettings, SlideOptions, open_slide, process_slide
 from service.slides.reader import PLAUSIBLE_MPP, check_plausible_mpp
+from service.testing import make_synthetic_slide
 
 from ._fakes import FakeEncoder
 from .conftest import CMU, FAST

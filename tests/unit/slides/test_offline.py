@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from service.slides import SyntheticSlide, run_slide
+from service.slides import run_slide
+from service.testing import SyntheticSlide
 
 from ._fakes import FakeEncoder
 from .conftest import FAST

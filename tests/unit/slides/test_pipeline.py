@@ -15,7 +15,8 @@ import h5py
 import numpy as np
 import pytest
 
-from service.slides import PipelineSettings, SlideCancelled, SlideOptions, SyntheticSlide, TileStream, process_slide
+from service.slides import PipelineSettings, SlideCancelled, SlideOptions, TileStream, process_slide
+from service.testing import SyntheticSlide
 
 from ._fakes import FakeEncoder, FakeReader
 from .conftest import FAST, HERE

@@ -11,8 +11,9 @@ import tifffile
 import tiffslide
 
 from service.errors import InvalidInput
-from service.slides import SyntheticSlide, make_synthetic_slide, open_slide, resolve_mpp
+from service.slides import open_slide, resolve_mpp
 from service.slides.reader import SlideReader
+from service.testing import SyntheticSlide, make_synthetic_slide
 
 from .conftest import CMU, TCGA
 

@@ -12,7 +12,8 @@ import h5py
 import numpy as np
 import pytest
 
-from service.slides import JobManager, PipelineSettings, SlideOptions, SyntheticSlide, process_slide
+from service.slides import JobManager, PipelineSettings, SlideOptions, process_slide
+from service.testing import SyntheticSlide
 
 from ._fakes import FakeEncoder
 from .conftest import CMU

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.slides import FeatureStore, SlideOptions, SyntheticSlide, process_slide
+from service.slides import FeatureStore, SlideOptions, process_slide
 from service.slides.store import REQUIRED_ATTRS, first_principal_component, render_heatmap, slide_embedding
+from service.testing import SyntheticSlide
 
 from ._fakes import FakeEncoder
 from .conftest import CMU, FAST, TCGA
@@ -145,7 +146,7 @@ def test_missing_attributes_are_refused(tmp_path: Path) -> None:
 
 
 def test_empty_slide_still_writes_every_file(tmp_path: Path) -> None:
-    from service.slides import make_synthetic_slide
+    from service.testing import make_synthetic_slide
 
     blank = make_synthetic_slide(tmp_path / "blank.tiff", 2000, 1500, n_blobs=0, compression="deflate")
     report = process_slide(blank.path, tmp_path / "out", FakeEncoder(dim=8), SlideOptions(), settings=FAST)

@@ -9,7 +9,7 @@ import openslide
 import pytest
 import tifffile
 
-from service.slides import SyntheticSlide, make_synthetic_slide
+from service.testing import SyntheticSlide, make_synthetic_slide
 
 
 def test_generic_pyramid_structure(synthetic_40x: SyntheticSlide) -> None:

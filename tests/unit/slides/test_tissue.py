@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.slides import SlideOptions, SyntheticSlide, detect_tissue, make_grid, open_slide, process_slide
+from service.slides import SlideOptions, detect_tissue, make_grid, open_slide, process_slide
 from service.slides.tissue import MIN_SATURATION, keep_tiles, otsu_threshold, saturation, tiles_geojson, tissue_geojson
+from service.testing import SyntheticSlide
 
 from ._fakes import FakeEncoder
 from .conftest import CMU, FAST

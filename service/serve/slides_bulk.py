@@ -6,11 +6,12 @@ pool of actors, one slide per call (``batch_size=1``). Each actor loads the tile
 with its progress bar off, into ``<out_dir>/<slide stem>/``. A slide that fails becomes a report
 row with its error; the others carry on. ``<out_dir>/bulk_report.json`` sums the run up.
 
-Ray is imported only when :func:`run_bulk` runs: importing this module costs nothing, and the
-rest of ``service.slides`` stays free of Ray. Ray starts embedded unless it is already running
-in this process (then it is used as it is) or an ``address`` is given; it is shut down only if
-this function started it. The actors import ``service`` themselves, so on a remote cluster the
-package must be installed on its nodes.
+It lives in ``service/serve/`` because it drives Ray (Ray Data), and ``service/serve/`` is the
+only package that imports Ray (an import-linter contract); ``service.slides`` stays free of it.
+Ray is imported only when :func:`run_bulk` runs: importing this module costs nothing. Ray starts
+embedded unless it is already running in this process (then it is used as it is) or an
+``address`` is given; it is shut down only if this function started it. The actors import
+``service`` themselves, so on a remote cluster the package must be installed on its nodes.
 """
 
 from __future__ import annotations

@@ -176,7 +176,7 @@ def _run_offline(args: argparse.Namespace) -> int:
 def _run_on_server(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from service.slides.client import SlideClient
+    from service.clients.slides import SlideClient
 
     slide = Path(args.slide)
     if not args.server_path and not slide.is_file():
@@ -223,7 +223,7 @@ def _run_on_server(args: argparse.Namespace) -> int:
 def _run_batch(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from service.slides.bulk import BULK_REPORT_FILE, collect_slides, run_bulk
+    from service.serve.slides_bulk import BULK_REPORT_FILE, collect_slides, run_bulk
 
     slides = collect_slides(args.slide)
     name = _model_name(args)

@@ -246,11 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_route)
 
-    from service.slides.command import add_slide_parser
+    from service.cli.slide import add_slide_parser
 
     add_slide_parser(sub)
 
-    from service.bench.command import add_bench_parser, add_loadtest_parser
+    from service.bench.command import add_bench_parser
+    from service.cli.loadtest import add_loadtest_parser
 
     add_bench_parser(sub)
     add_loadtest_parser(sub)

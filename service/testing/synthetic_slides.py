@@ -1,4 +1,4 @@
-"""Synthetic whole-slide images for tests and benchmarks, written with tifffile.
+"""Synthetic whole-slide images for tests, benchmarks and the load test, written with tifffile (dev only).
 
 A synthetic slide is a pale background with a few tissue-like blobs (irregular ellipses in
 H&E-like pinks and purples with a nuclei-like texture). Pixels are a pure function of level-0
