@@ -6,7 +6,8 @@ Clones this repository (its committed HEAD) into a temporary folder, runs ``make
 free ports, and timestamps every line it prints. Records when the install finished (the Makefile's
 stamp appears), when the ready line came, and when the last model settled (``all models
 settled``); then stops the service with SIGINT (it drains and exits). Writes
-``bench/results/first-run-<host>-<date>.json`` with the times and the transcript, and prints them.
+``bench/results/<host>-<date>-first_run.json`` (a ``FirstRunResult``: ``tessera bench report``
+renders it) with the times and the transcript, and prints them.
 Standard library only: it runs before anything is installed.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import signal
 import socket
 import subprocess
@@ -34,10 +36,27 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _host_facts(date: str) -> dict[str, object]:
+    """``service.bench._common.host_facts`` without the packages (nothing is installed yet)."""
+    cpu = platform.machine()
+    with open("/proc/cpuinfo") as fh:
+        cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
+    return {
+        "host": socket.gethostname(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "gpu": None,
+        "python": platform.python_version(),
+        "versions": {},
+        "date": date,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keep", type=Path, help="clone here and keep it (default: a temporary folder, removed)")
     parser.add_argument("--timeout", type=float, default=7200.0, help="give up after this many seconds")
+    parser.add_argument("--note", action="append", default=[], help="what the host was doing besides (repeat)")
     args = parser.parse_args()
     holder = None if args.keep else tempfile.TemporaryDirectory(prefix="tessera-first-run-")
     where = args.keep or Path(holder.name)  # type: ignore[union-attr]
@@ -91,18 +110,19 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
     reader.join(timeout=10)
+    date = datetime.now(UTC).isoformat(timespec="seconds")
     result = {
         "benchmark": "first_run",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "host": socket.gethostname(),
-        "cpus": os.cpu_count(),
+        "host": _host_facts(date),
+        "goal": "ready line within 180 s of a clean clone, install included",
+        "notes": args.note,
         "commit": commit.stdout.strip(),
         "command": "make serve (clean clone, fresh .venv, pip's cache as the machine has it)",
         **marks,
         "exit_before_settled": exited,
         "transcript": [{"t_s": t, "line": line} for t, line in transcript][-400:],
     }
-    out = ROOT / "bench" / "results" / f"first-run-{socket.gethostname()}-{datetime.now(UTC):%Y-%m-%d}.json"
+    out = ROOT / "bench" / "results" / f"{socket.gethostname()}-{date[:10]}-first_run.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     summary = {k: v for k, v in result.items() if k.endswith("_s")}
     print(json.dumps(summary), f"-> {out}", file=sys.stderr)

@@ -48,12 +48,11 @@ from loadtest.workload import (  # noqa: E402
     Workload,
     cut_slide_jpegs,
     multipart_body,
-    oip_binary_body,
-    parse_oip_binary_response,
     require_loopback_target,
     require_loopback_url,
     synthetic_slide_file,
 )
+from service.clients.oip import oip_binary_body, parse_oip_binary_response  # noqa: E402
 
 log = logging.getLogger("tessera.loadtest")
 

@@ -29,6 +29,7 @@ from service.bench.results import (
     AttentionScalingResult,
     BenchResult,
     EndpointRow,
+    FirstRunResult,
     FusionResult,
     GpuResult,
     LatencyResult,
@@ -36,6 +37,7 @@ from service.bench.results import (
     LoadtestResult,
     OrtVsTorchResult,
     PeerResult,
+    PeerRow,
     RouterResult,
     ScalingRow,
     ServiceRow,
@@ -333,6 +335,30 @@ def _goal_loadtest(results: dict[str, BenchResult]) -> Goal:
     return Goal(what, goal, measured, MET if result.summary.passed else NOT_MET, "loadtest")
 
 
+def _goal_first_run(results: dict[str, BenchResult]) -> Goal:
+    what = "A newcomer's first `make serve` from a clean clone, install included"
+    goal = "ready line within 180 s; every model later"
+    result = results.get("first_run")
+    if not isinstance(result, FirstRunResult) or result.ready_s is None:
+        return Goal(what, goal, "-", "not measured: no result (`python bench/first_run.py`)", "first_run")
+    measured = f"install {_given(result.install_s)} s, ready line {result.ready_s} s"
+    measured += f", all models {_given(result.all_settled_s)} s"
+    return Goal(what, goal, measured, (MET if result.ready_s <= 180 else NOT_MET) + _suspect(result.notes), "first_run")
+
+
+def _section_first_run(result: FirstRunResult) -> list[str]:
+    out = [
+        f"`{result.command}` at commit `{result.commit[:10]}`, seconds from the clone: the install's stamp at "
+        f"{_given(result.install_s)} s, the ready line at {_given(result.ready_s)} s, every model settled at "
+        f"{_given(result.all_settled_s)} s. What the terminal showed after the install (`tessera serve --build`):",
+        "",
+        "```",
+    ]
+    after = [t for t in result.transcript if result.install_s is None or t.t_s >= result.install_s]
+    out += [f"{t.t_s:8.1f}  {t.line}" for t in after if t.line.strip()][-60:]
+    return [*out, "```", *_notes(result.notes)]
+
+
 def evaluate_goals(results: dict[str, BenchResult]) -> list[Goal]:
     """DESIGN.md's performance table, in its order, each goal with its measured value and status."""
     return [
@@ -344,6 +370,7 @@ def evaluate_goals(results: dict[str, BenchResult]) -> list[Goal]:
         _goal_router(results),
         _goal_loadtest(results),
         _goal_peer(results),
+        _goal_first_run(results),
         _goal_gpu(
             results,
             "On an H100: ViT-B/16 fp16 at batch 256 through the fastest backend",
@@ -568,8 +595,7 @@ def _section_peer(result: PeerResult) -> list[str]:
     out += _table(
         ["server", "model", "protocol", "clients", "img/s", "p50 ms", "p95 ms", "errors", "note"],
         [
-            [r.server, r.model, r.protocol, r.clients, r.img_per_s, r.p50_ms, r.p95_ms, r.errors]
-            + [r.skipped or r.first_error or ""]
+            [r.server, r.model, r.protocol, r.clients, r.img_per_s, r.p50_ms, r.p95_ms, r.errors, _peer_note(r)]
             for r in result.rows
         ],
     )
@@ -610,10 +636,16 @@ def _section_peer(result: PeerResult) -> list[str]:
     return out + _notes(result.summary.notes)
 
 
+def _peer_note(row: PeerRow) -> str:
+    return row.skipped or row.first_error or ""
+
+
 def _peer_variants(result: PeerResult) -> list[str]:
     """Each Tessera variant against plain Tessera of the same run (a lever's before/after)."""
     clients = result.clients
-    by = {(r.server, r.role, r.protocol, r.clients): r for r in result.rows}
+    by: dict[tuple[str, str, str, int | None], PeerRow] = {
+        (r.server, r.role, r.protocol, r.clients): r for r in result.rows
+    }
 
     def value(server: str, role: str, protocol: str, n: int | None, key: str) -> float | None:
         row = by.get((server, role, protocol, n))
@@ -645,7 +677,8 @@ def _peer_variants(result: PeerResult) -> list[str]:
         return []
     return [
         "",
-        f"Each variant against plain Tessera in the same run ({_given(clients)} clients for img/s and the no-op ceiling):",
+        f"Each variant against plain Tessera in the same run ({_given(clients)} clients for img/s and the no-op "
+        "ceiling):",
         "",
         *_table(["variant", "protocol", "img/s", "p50 1 client, ms", "no-op req/s"], table),
     ]
@@ -793,6 +826,7 @@ _SECTIONS: dict[str, tuple[str, Callable[[Any], list[str]], list[str]]] = {
     "ort_vs_torch": ("ONNX Runtime vs PyTorch eager", _section_ort, ["throughput_ort_vs_torch"]),
     "service_vs_raw": ("Service vs raw backend", _section_service, ["throughput_service"]),
     "peer": ("Service vs Triton (same ONNX file, same host)", _section_peer, []),
+    "first_run": ("First run (`make serve` from a clean clone)", _section_first_run, []),
     "slide_vs_raw": ("Slide pipeline vs raw backend", _section_slide, ["throughput_slide"]),
     "attention_scaling": (
         "Attention scaling, 224² to 2048²",

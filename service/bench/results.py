@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 __all__ = [
     "AttentionScalingResult",
     "BenchResult",
+    "FirstRunResult",
     "FusionResult",
     "GpuResult",
     "HostFacts",
@@ -153,6 +154,22 @@ class ServiceVsRawResult(BenchResult):
     raw: RawBeforeAfter = Field(default_factory=RawBeforeAfter)
     rows: list[ServiceRow] = Field(default_factory=list)
     summary: ServiceSummary = Field(default_factory=ServiceSummary)
+
+
+# -- first_run (bench/first_run.py): make serve from a clean clone, timed -----------------------------
+class TranscriptLine(_Model):
+    t_s: float
+    line: str
+
+
+class FirstRunResult(BenchResult):
+    commit: str = ""
+    command: str = ""
+    install_s: float | None = Field(default=None, description="The install's stamp appeared.")
+    ready_s: float | None = Field(default=None, description="The ready line was printed.")
+    all_settled_s: float | None = Field(default=None, description="Every model was ready or failed.")
+    exit_before_settled: int | None = Field(default=None, description="make serve's exit status if it ended early.")
+    transcript: list[TranscriptLine] = Field(default_factory=list)
 
 
 # -- peer (service/bench/peer.py): Tessera against Triton, or against variants of itself --------------
@@ -468,6 +485,7 @@ _MODELS: dict[str, type[BenchResult]] = {
     "latency": LatencyResult,
     "loadtest": LoadtestResult,
     "slide_replicas": SlideReplicasResult,
+    "first_run": FirstRunResult,
 }
 
 

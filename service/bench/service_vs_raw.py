@@ -357,7 +357,7 @@ def run(
     oip_batch: int = 1,
     transports: tuple[str, ...] = ("rest_oip_fp32", "grpc_oip_fp32", "rest_predict_jpeg"),
 ) -> dict[str, Any]:
-    from loadtest.workload import oip_binary_body
+    from service.clients.oip import oip_binary_body
     from service.models import ModelRepository
     from service.runtime import load_backend
     from service.serve.runner import start_service, stop_service

@@ -29,7 +29,6 @@ from service.export.parity import onnx_parity
 from service.export.rows import BuildRow
 from service.models import ArtifactRecord, Manifest, ModelConfig, ModelRepository
 from service.models._factory import EmbeddingModel, build_from_config, facts_from_model
-from service.models.manifest import sha256_file
 from service.models.meta import ArchFacts
 
 __all__ = ["BuildEstimate", "BuildRow", "Progress", "build_model", "build_repository", "config_fingerprint"]
@@ -174,7 +173,15 @@ def build_model(
             from service.export.fp16 import build_fp16
 
             row = build_fp16(
-                wrapped, raw, version_dir, existing, buckets, rng, family=cfg.family, external_data=external, progress=step
+                wrapped,
+                raw,
+                version_dir,
+                existing,
+                buckets,
+                rng,
+                family=cfg.family,
+                external_data=external,
+                progress=step,
             )
         finally:
             remove_onnx(raw)

@@ -17,13 +17,12 @@ from loadtest.workload import (
     Workload,
     is_loopback_host,
     multipart_body,
-    oip_binary_body,
-    parse_oip_binary_response,
     parse_sizes,
     parse_weights,
     require_loopback_target,
     require_loopback_url,
 )
+from service.clients.oip import oip_binary_body, parse_oip_binary_response
 
 
 @pytest.mark.parametrize(
