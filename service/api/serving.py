@@ -189,10 +189,13 @@ class ServingCore:
         if not ready:
             self.control.require_loaded(decision.model)
         chosen = self.router.decide(width, height, ready[0].model)
+        latency = f"{chosen.predicted_latency_ms:.1f} ms" if chosen.predicted_latency_ms is not None else "no estimate"
         explanation = (
-            f"{chosen.explanation} ({decision.model} would have been chosen but is not ready: chose among ready models)"
+            f"{decision.model} would have been chosen but is not ready ({not_ready[decision.model]}): "
+            f"{chosen.model} is the fastest ready model that fits, {latency} at {width}x{height}"
         )
-        return chosen.model_copy(update={"not_ready": not_ready, "explanation": explanation})
+        update = {"not_ready": not_ready, "explanation": explanation, "reason": "fastest_ready"}
+        return chosen.model_copy(update=update)
 
     async def _predict(
         self,

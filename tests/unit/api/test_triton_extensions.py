@@ -263,7 +263,8 @@ def test_router_routes_around_an_unloaded_model(explicit_http: tuple[str, Servin
         assert rerouted.model != chosen and rerouted.model in fitting
         # the decision says what it left out, and why
         assert rerouted.not_ready == {chosen: "unloaded (test)"}
-        assert f"{chosen} is not ready" in rerouted.explanation
+        assert f"{chosen} would have been chosen but is not ready (unloaded (test))" in rerouted.explanation
+        assert rerouted.reason == "fastest_ready" and "asked for" not in rerouted.explanation
         with pytest.raises(Unavailable):  # a model asked for by name is refused, not replaced
             core.route(512, 512, chosen)
     finally:

@@ -264,7 +264,7 @@ def test_report_renders_the_peer_section_and_goal(tmp_path: Path) -> None:
     }
     (results / "ci-box-2026-12-03-peer.json").write_text(json.dumps(payload))
     goal = next(g for g in evaluate_goals(load_results(results)) if g.source == "peer")
-    assert goal.status == "not met"
+    assert goal.status == "not met (suspect: the host was not quiet, see notes)"  # the notes say it was shared
     assert "gRPC: 0.75x img/s, p50 +1.0 ms, no-op 0.75x" in goal.measured
     text = write_report(results, tmp_path / "performance.md", tmp_path / "img").read_text()
     assert "## Service vs Triton (same ONNX file, same host)" in text
