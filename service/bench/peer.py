@@ -656,37 +656,28 @@ def _server_env(server: str, tmp: Path) -> dict[str, str]:
     return env
 
 
-def run(options: PeerOptions) -> dict[str, Any]:
-    from service.bench.service_vs_raw import measure_raw, normalised, quiet_host_notes, tissue_jpegs
-    from service.models import ModelRepository
-    from service.runtime import load_backend
-    from service.settings import ServerSettings
-
-    options = options.validate()
-    workdir = Path(options.workdir)
+def _prepare_peer_repo(options: PeerOptions, workdir: Path) -> Path:
+    """The benchmark's own repository: the model linked in, the no-op model built there (once)."""
     repo_path = prepare_repo(options.model_repo, options.model, workdir, noop=options.noop)
     if options.noop:
         print(f"building the no-op model {NOOP_MODEL} in {repo_path} (once) ...", flush=True)
         build_noop(repo_path)
-    repo = ModelRepository(repo_path)
-    cfg = repo.config(options.model)
-    settings = ServerSettings.from_env()
-    backend = load_backend(
-        repo,
-        options.model,
-        prefer=settings.runtime,
-        providers=settings.providers,
-        intra_op_threads=settings.intra_op_threads,
-        spin=settings.ort_spin,
-    )
-    tiles = normalised(tissue_jpegs(cfg.batching.max_batch_size, cfg.input.native_size), cfg.input.mean, cfg.input.std)
-    raw_batch = np.ascontiguousarray(tiles[: cfg.batching.max_batch_size])
-    single = np.ascontiguousarray(tiles[:1])
-    print(f"raw {options.model} ({backend.describe()}) batch {raw_batch.shape[0]} ...", flush=True)
-    load_before = os.getloadavg()[0]
-    raw_before = measure_raw(backend, raw_batch, options.raw_duration_s)
-    print(f"  raw before: {raw_before['img_per_s']:.1f} img/s", flush=True)
+    return repo_path
 
+
+def _tiles(cfg: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised tissue tiles at the model's size: (the raw backend's full batch, one request's tile)."""
+    from service.bench.service_vs_raw import normalised, tissue_jpegs
+
+    tiles = normalised(tissue_jpegs(cfg.batching.max_batch_size, cfg.input.native_size), cfg.input.mean, cfg.input.std)
+    return np.ascontiguousarray(tiles[: cfg.batching.max_batch_size]), np.ascontiguousarray(tiles[:1])
+
+
+def _measure_servers(
+    options: PeerOptions, workdir: Path, repo_path: Path, single: np.ndarray
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Each server start of ``options.runs()`` in turn, every point measured against it: (rows,
+    seconds to ready per server that started). Triton's environment is installed first when asked for."""
     models = [(options.model, "model")] + ([(NOOP_MODEL, "noop")] if options.noop else [])
     rows: list[dict[str, Any]] = []
     ready: dict[str, float] = {}
@@ -713,6 +704,30 @@ def run(options: PeerOptions) -> dict[str, Any]:
             rows += measured
             if ready_s is not None:
                 ready[server] = ready_s
+    return rows, ready
+
+
+def run(options: PeerOptions) -> dict[str, Any]:
+    """Raw before, each server in turn (Tessera, its variants, Triton), raw after; the result written and returned."""
+    from service.bench.service_vs_raw import load_raw_backend, measure_raw, quiet_host_notes
+    from service.models import ModelRepository
+    from service.settings import ServerSettings
+
+    options = options.validate()
+    workdir = Path(options.workdir)
+    repo_path = _prepare_peer_repo(options, workdir)
+    repo = ModelRepository(repo_path)
+    cfg = repo.config(options.model)
+    settings = ServerSettings.from_env()
+    backend = load_raw_backend(repo, options.model, settings)
+    raw_batch, single = _tiles(cfg)
+    print(f"raw {options.model} ({backend.describe()}) batch {raw_batch.shape[0]} ...", flush=True)
+    load_before = os.getloadavg()[0]
+    raw_before = measure_raw(backend, raw_batch, options.raw_duration_s)
+    print(f"  raw before: {raw_before['img_per_s']:.1f} img/s", flush=True)
+
+    rows, ready = _measure_servers(options, workdir, repo_path, single)
+
     raw_after = measure_raw(backend, raw_batch, options.raw_duration_s)
     print(f"  raw after:  {raw_after['img_per_s']:.1f} img/s", flush=True)
     summary = summarize(rows, options.clients, options.protocols)

@@ -41,7 +41,17 @@ import numpy as np
 from service.bench._common import write_result
 from service.ports import free_port
 
-__all__ = ["LoadStats", "grpc_load", "main", "measure_raw", "quiet_host_notes", "rest_load", "run", "tissue_jpegs"]
+__all__ = [
+    "LoadStats",
+    "grpc_load",
+    "load_raw_backend",
+    "main",
+    "measure_raw",
+    "quiet_host_notes",
+    "rest_load",
+    "run",
+    "tissue_jpegs",
+]
 
 GOAL = 0.90
 SLIDES = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "slides"
@@ -345,42 +355,43 @@ def result_name(oip_batch: int) -> str:
     return "service_vs_raw" if oip_batch == 1 else f"service_vs_raw_oip{oip_batch}"
 
 
-def run(
-    repo_path: str = "model_repo",
-    model: str = "vit_small",
-    *,
-    concurrency: int = 32,
-    duration_s: float = 15.0,
-    warmup_s: float = 3.0,
-    raw_duration_s: float = 10.0,
-    rounds: int = 1,
-    oip_batch: int = 1,
-    transports: tuple[str, ...] = ("rest_oip_fp32", "grpc_oip_fp32", "rest_predict_jpeg"),
-) -> dict[str, Any]:
-    from service.clients.oip import oip_binary_body
-    from service.models import ModelRepository
-    from service.runtime import load_backend
-    from service.serve.runner import start_service, stop_service
-    from service.settings import ServerSettings
+@dataclass(frozen=True)
+class _Inputs:
+    """What the benchmark sends: tissue JPEGs, the raw backend's full batch, one OIP request's tensor."""
 
-    repo = ModelRepository(repo_path)
-    cfg = repo.config(model)
+    side: int
+    max_batch: int
+    jpegs: list[bytes]
+    raw_batch: np.ndarray
+    single: np.ndarray
+
+
+@dataclass(frozen=True)
+class _Load:
+    """The closed loop every transport is measured under."""
+
+    concurrency: int
+    duration_s: float
+    warmup_s: float
+    rounds: int
+
+
+def _prepare_inputs(cfg: Any, oip_batch: int) -> _Inputs:
+    """Tissue JPEGs at the model's native size, normalised as its config says."""
     side = cfg.input.native_size
     max_batch = cfg.batching.max_batch_size
     jpegs = tissue_jpegs(max(max_batch, oip_batch, 8), side)
     tiles = normalised(jpegs, cfg.input.mean, cfg.input.std)
     raw_batch = np.ascontiguousarray(tiles[:max_batch])
     single = np.ascontiguousarray(tiles[:oip_batch])  # what one OIP request carries
+    return _Inputs(side, max_batch, jpegs, raw_batch, single)
 
-    settings = ServerSettings.from_env(
-        model_repo=repo_path,
-        host="127.0.0.1",
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
-    )
-    # the raw backend runs exactly as the service's replica will (runtime, providers, threads)
-    backend = load_backend(
+
+def load_raw_backend(repo: Any, model: str, settings: Any) -> Any:
+    """The raw backend exactly as the service's replica loads it (runtime, providers, threads, spinning)."""
+    from service.runtime import load_backend
+
+    return load_backend(
         repo,
         model,
         prefer=settings.runtime,
@@ -388,49 +399,70 @@ def run(
         intra_op_threads=settings.intra_op_threads,
         spin=settings.ort_spin,
     )
-    print(f"raw {model} ({backend.describe()}) batch {max_batch}: measuring {raw_duration_s:.0f} s ...", flush=True)
-    raw_before = measure_raw(backend, raw_batch, raw_duration_s)
-    print(f"  raw before: {raw_before['img_per_s']:.1f} img/s", flush=True)
+
+
+def _measure_service(
+    settings: Any, model: str, inputs: _Inputs, transports: tuple[str, ...], load: _Load
+) -> tuple[dict[str, list[dict[str, Any]]], float, float]:
+    """Start the service, measure each transport ``load.rounds`` times, stop it:
+    (statistics per transport, seconds to ready, the host's busy share with the service idle)."""
+    from service.clients.oip import oip_binary_body
+    from service.serve.runner import start_service, stop_service
 
     base = f"http://127.0.0.1:{settings.http_port}"
     target = f"127.0.0.1:{settings.grpc_port}"
-    body, header_len = oip_binary_body(single)
+    body, header_len = oip_binary_body(inputs.single)
     oip_headers = {"content-type": "application/octet-stream", HEADER_LENGTH: str(header_len)}
     measured: dict[str, list[dict[str, Any]]] = {t: [] for t in transports}
     started = time.perf_counter()
     start_service(settings)
     ready_s = round(time.perf_counter() - started, 2)
-    print(f"service ready in {ready_s} s at {base} and grpc://{target}; concurrency {concurrency}", flush=True)
+    print(f"service ready in {ready_s} s at {base} and grpc://{target}; concurrency {load.concurrency}", flush=True)
     idle_share = host_busy_share(5.0)
     print(f"  host busy with the service idle: {100 * idle_share:.1f}% (Ray's daemons, proxy, controller)", flush=True)
     try:
-        for _ in range(rounds):
+        for _ in range(load.rounds):
             for transport in transports:
-                if transport == "rest_oip_fp32":
-                    stats = rest_load(
-                        f"{base}/v2/models/{model}/infer",
-                        body,
-                        oip_headers,
-                        concurrency=concurrency,
-                        duration_s=duration_s,
-                        warmup_s=warmup_s,
-                        parse=_parse_oip,
-                    ).to_dict()
-                elif transport == "rest_predict_jpeg":
-                    stats = _predict_round(base, model, jpegs, concurrency, duration_s, warmup_s)
-                elif transport == "grpc_oip_fp32":
-                    stats = _grpc_subprocess(target, model, single, concurrency, duration_s, warmup_s)
-                else:
-                    raise ValueError(f"unknown transport {transport!r}")
+                stats = _measure_transport(transport, base, target, model, inputs, (body, oip_headers), load)
                 measured[transport].append(stats)
                 print(f"  {transport:<18} {stats.get('img_per_s', 0):8.1f} img/s  {_brief(stats)}", flush=True)
     finally:
         stop_service()
+    return measured, ready_s, idle_share
 
-    raw_after = measure_raw(backend, raw_batch, raw_duration_s)
-    print(f"  raw after:  {raw_after['img_per_s']:.1f} img/s", flush=True)
+
+def _measure_transport(
+    transport: str,
+    base: str,
+    target: str,
+    model: str,
+    inputs: _Inputs,
+    oip: tuple[bytes, dict[str, str]],
+    load: _Load,
+) -> dict[str, Any]:
+    """One closed-loop measurement of ``transport`` against the running service (``oip``: body, headers)."""
+    if transport == "rest_oip_fp32":
+        return rest_load(
+            f"{base}/v2/models/{model}/infer",
+            *oip,
+            concurrency=load.concurrency,
+            duration_s=load.duration_s,
+            warmup_s=load.warmup_s,
+            parse=_parse_oip,
+        ).to_dict()
+    if transport == "rest_predict_jpeg":
+        return _predict_round(base, model, inputs.jpegs, load.concurrency, load.duration_s, load.warmup_s)
+    if transport == "grpc_oip_fp32":
+        return _grpc_subprocess(target, model, inputs.single, load.concurrency, load.duration_s, load.warmup_s)
+    raise ValueError(f"unknown transport {transport!r}")
+
+
+def _summarise(
+    measured: dict[str, list[dict[str, Any]]], raw_before: dict[str, Any], raw_after: dict[str, Any], oip_batch: int
+) -> tuple[float, list[dict[str, Any]], dict[str, Any]]:
+    """(raw reference, rows, summary): the raw reference is the mean of before and after; a row per
+    transport has its median rate over the rounds and its ratio to raw; the summary judges the goal."""
     raw_ips = (raw_before["img_per_s"] + raw_after["img_per_s"]) / 2
-
     rows = [{"path": "raw backend", "transport": "raw", "img_per_s": round(raw_ips, 3), "ratio": 1.0}]
     summary: dict[str, Any] = {"raw_img_per_s": round(raw_ips, 3)}
     for transport, runs in measured.items():
@@ -454,12 +486,49 @@ def run(
     summary["goal_met"] = bool(compared) and all(r >= GOAL for r in compared)
     summary["compared"] = "REST OIP binary FP32 and gRPC OIP FP32 (no decoding, the raw backend's work)"
     summary["notes"] = quiet_host_notes(raw_before["img_per_s"], raw_after["img_per_s"], compared)
+    return raw_ips, rows, summary
+
+
+def run(
+    repo_path: str = "model_repo",
+    model: str = "vit_small",
+    *,
+    concurrency: int = 32,
+    duration_s: float = 15.0,
+    warmup_s: float = 3.0,
+    raw_duration_s: float = 10.0,
+    rounds: int = 1,
+    oip_batch: int = 1,
+    transports: tuple[str, ...] = ("rest_oip_fp32", "grpc_oip_fp32", "rest_predict_jpeg"),
+) -> dict[str, Any]:
+    """Raw before, the service over each transport, raw after; the result written and returned."""
+    from service.models import ModelRepository
+    from service.settings import ServerSettings
+
+    repo = ModelRepository(repo_path)
+    inputs = _prepare_inputs(repo.config(model), oip_batch)
+    settings = ServerSettings.from_env(
+        model_repo=repo_path, host="127.0.0.1", http_port=free_port(), grpc_port=free_port(), metrics_port=free_port()
+    )
+    backend = load_raw_backend(repo, model, settings)
+    print(
+        f"raw {model} ({backend.describe()}) batch {inputs.max_batch}: measuring {raw_duration_s:.0f} s ...", flush=True
+    )
+    raw_before = measure_raw(backend, inputs.raw_batch, raw_duration_s)
+    print(f"  raw before: {raw_before['img_per_s']:.1f} img/s", flush=True)
+
+    load = _Load(concurrency, duration_s, warmup_s, rounds)
+    measured, ready_s, idle_share = _measure_service(settings, model, inputs, transports, load)
+
+    raw_after = measure_raw(backend, inputs.raw_batch, raw_duration_s)
+    print(f"  raw after:  {raw_after['img_per_s']:.1f} img/s", flush=True)
+    raw_ips, rows, summary = _summarise(measured, raw_before, raw_after, oip_batch)
     result = {
         "benchmark": result_name(oip_batch),
         "goal": ">= 90% of the raw backend's throughput at saturation, REST and gRPC",
         "model": model,
-        "size": side,
-        "max_batch_size": max_batch,
+        "size": inputs.side,
+        "max_batch_size": inputs.max_batch,
         "concurrency": concurrency,
         "duration_s": duration_s,
         "warmup_s": warmup_s,

@@ -144,16 +144,7 @@ def build_model(
     existing = repo.manifest(name)
     if not force and up_to_date(existing, fingerprint, version_dir, fp16=want_fp16):
         assert existing is not None
-        current = [
-            BuildRow(name, key, "up-to-date", rec.parity.get("max_abs"), 0.0)
-            for key, rec in existing.artifacts.items()
-            if rec.kind != "tensorrt"
-        ]
-        if want_trt:
-            progress(name, "tensorrt plan")
-            current.append(_plan(version_dir, existing, cfg, force=False))
-            existing.write(version_dir / "manifest.json")
-        return current
+        return _up_to_date(name, version_dir, existing, cfg, want_trt, progress)
 
     progress(name, "load weights")
     version_dir.mkdir(parents=True, exist_ok=True)
@@ -166,63 +157,111 @@ def build_model(
     if existing is not None and not force and want_fp16 and up_to_date(existing, fingerprint, version_dir, fp16=False):
         # Built without fp16 (``tessera serve --build`` serves the fp32 graph first): add it alone.
         step = BuildEstimate(name, facts, buckets, 1, progress)
-        raw = version_dir / "model.raw.onnx"
-        external = needs_external_data(cfg, wrapped)
-        try:
-            _export_raw(wrapped, raw, cfg, step, external_data=external)
-            from service.export.fp16 import build_fp16
+        return _add_fp16(wrapped, version_dir, existing, cfg, rng, step, want_trt)
 
-            row = build_fp16(
-                wrapped,
-                raw,
-                version_dir,
-                existing,
-                buckets,
-                rng,
-                family=cfg.family,
-                external_data=external,
-                progress=step,
-            )
-        finally:
-            remove_onnx(raw)
-        added = [row]
-        if want_trt and row.status != "failed":
-            step("tensorrt plan")
-            added.append(_plan(version_dir, existing, cfg, force=False))
-        existing.write(version_dir / "manifest.json")
-        return added
     step = BuildEstimate(name, facts, buckets, 2 if want_fp16 else 1, progress)
     manifest = _new_manifest(cfg, fingerprint, facts)
-    rows: list[BuildRow] = []
-    if cfg.artifacts.onnx:
-        raw = version_dir / "model.raw.onnx"
-        external = needs_external_data(cfg, wrapped)
-        try:
-            rows.append(_build_onnx(wrapped, raw, version_dir, manifest, cfg, facts, rng, step, external))
-            if want_fp16:
-                from service.export.fp16 import build_fp16
-
-                rows.append(
-                    build_fp16(
-                        wrapped,
-                        raw,
-                        version_dir,
-                        manifest,
-                        buckets,
-                        rng,
-                        family=cfg.family,
-                        external_data=external,
-                        progress=step,
-                    )
-                )
-        finally:
-            remove_onnx(raw)
+    rows = _build_graphs(wrapped, version_dir, manifest, cfg, facts, rng, step, want_fp16) if cfg.artifacts.onnx else []
     _keep_plan(existing, manifest, version_dir)
     if want_trt:
         step("tensorrt plan")
         rows.append(_plan(version_dir, manifest, cfg, force=force))
     manifest.write(version_dir / "manifest.json")
     return rows
+
+
+def _up_to_date(
+    name: str, version_dir: Path, existing: Manifest, cfg: ModelConfig, want_trt: bool, progress: Progress
+) -> list[BuildRow]:
+    """The current artifacts as ``up-to-date`` rows, no model loaded; the TensorRT plan built or
+    checked when asked for (it may be missing, or made for another TensorRT version or GPU)."""
+    current = [
+        BuildRow(name, key, "up-to-date", rec.parity.get("max_abs"), 0.0)
+        for key, rec in existing.artifacts.items()
+        if rec.kind != "tensorrt"
+    ]
+    if want_trt:
+        progress(name, "tensorrt plan")
+        current.append(_plan(version_dir, existing, cfg, force=False))
+        existing.write(version_dir / "manifest.json")
+    return current
+
+
+def _add_fp16(
+    wrapped: EmbeddingModel,
+    version_dir: Path,
+    existing: Manifest,
+    cfg: ModelConfig,
+    rng: np.random.Generator,
+    step: Callable[[str], None],
+    want_trt: bool,
+) -> list[BuildRow]:
+    """The fp16 artifact added to a current fp32 build, whose ``model.onnx`` is kept as it is: export
+    the standard-ops graph again, convert and check it; then the TensorRT plan when asked for and
+    fp16 did not fail. The rows of what was added."""
+    raw = version_dir / "model.raw.onnx"
+    external = needs_external_data(cfg, wrapped)
+    try:
+        _export_raw(wrapped, raw, cfg, step, external_data=external)
+        row = _fp16_artifact(wrapped, raw, version_dir, existing, cfg, rng, step, external)
+    finally:
+        remove_onnx(raw)
+    added = [row]
+    if want_trt and row.status != "failed":
+        step("tensorrt plan")
+        added.append(_plan(version_dir, existing, cfg, force=False))
+    existing.write(version_dir / "manifest.json")
+    return added
+
+
+def _build_graphs(
+    wrapped: EmbeddingModel,
+    version_dir: Path,
+    manifest: Manifest,
+    cfg: ModelConfig,
+    facts: ArchFacts,
+    rng: np.random.Generator,
+    step: Callable[[str], None],
+    want_fp16: bool,
+) -> list[BuildRow]:
+    """``model.onnx`` and, when asked for, ``model.fp16.onnx``, both from one standard-ops export
+    (removed after)."""
+    raw = version_dir / "model.raw.onnx"
+    external = needs_external_data(cfg, wrapped)
+    rows: list[BuildRow] = []
+    try:
+        rows.append(_build_onnx(wrapped, raw, version_dir, manifest, cfg, facts, rng, step, external))
+        if want_fp16:
+            rows.append(_fp16_artifact(wrapped, raw, version_dir, manifest, cfg, rng, step, external))
+    finally:
+        remove_onnx(raw)
+    return rows
+
+
+def _fp16_artifact(
+    wrapped: EmbeddingModel,
+    raw: Path,
+    version_dir: Path,
+    manifest: Manifest,
+    cfg: ModelConfig,
+    rng: np.random.Generator,
+    step: Callable[[str], None],
+    external_data: bool,
+) -> BuildRow:
+    """``model.fp16.onnx``: the standard-ops graph at ``raw`` converted to fp16 and checked at every bucket."""
+    from service.export.fp16 import build_fp16
+
+    return build_fp16(
+        wrapped,
+        raw,
+        version_dir,
+        manifest,
+        cfg.input.buckets,
+        rng,
+        family=cfg.family,
+        external_data=external_data,
+        progress=step,
+    )
 
 
 def needs_external_data(cfg: ModelConfig, model: torch.nn.Module) -> bool:
