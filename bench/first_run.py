@@ -70,6 +70,7 @@ def main() -> int:
         "TESSERA_METRICS_PORT": str(_free_port()),
     }
     env.pop("VIRTUAL_ENV", None)
+    env["UV_CACHE_DIR"] = str(where / "uv-cache")  # a newcomer's machine has none: nothing installed is reused
     start = time.monotonic()
     proc = subprocess.Popen(
         ["make", "serve"],

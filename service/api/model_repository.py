@@ -73,6 +73,10 @@ class ModelStatus(BaseModel):
     elapsed_s: float | None = Field(default=None, description="Seconds since its build started.")
     eta_s: float | None = Field(default=None, description="Estimated seconds until its build ends.")
     built: bool = False
+    calibrating: bool = Field(
+        default=False,
+        description="Serving while it is timed on this host; until then the router uses its analytic cost for it.",
+    )
 
     def describe(self) -> str:
         """One line for humans: ``building (parity at 512², 40 s, ~1 min left)``."""
@@ -175,10 +179,14 @@ class ModelControl:
         """Fetch the shared states now."""
         if self.source is None:
             return
-        before = self.ready_models()
+        before = self._router_inputs()
         self._status = await self.source.states()
-        if self.ready_models() != before:
+        if self._router_inputs() != before:
             self.on_change()
+
+    def _router_inputs(self) -> tuple[frozenset[str], frozenset[str]]:
+        """What the router is built from: the ready models, and which of them are still uncalibrated."""
+        return self.ready_models(), frozenset(m for m, s in self._status.items() if s.calibrating)
 
     def start(self) -> None:
         """Keep the shared states fresh in the background (call from the running event loop)."""

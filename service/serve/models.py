@@ -59,7 +59,7 @@ class _Model:
     desired: bool = True
     #: Bumped by every load request: a replica whose load failed tries again on a new generation.
     generation: int = 0
-    build: str = "none"  # none | queued | running | failed | done
+    build: str = "none"  # none | queued | running | calibrating | fp16 | failed | done
     build_reason: str = ""
     phase: str = ""
     started: float | None = None
@@ -137,14 +137,7 @@ class ModelStates:
             try:
                 error = await self._run(model, ["build", "--model", model, "--progress", "json", *flags])
                 if error is None and not serving:
-                    entry.phase, entry.eta_s = "calibrate (timing it on this host for the router)", None
-                    calibration_error = await self._run(model, ["calibrate", "--model", model])
-                    if calibration_error:
-                        log.warning(
-                            "%s: calibration failed, the router uses its uncalibrated cost: %s",
-                            model,
-                            calibration_error,
-                        )
+                    await self._calibrate(model)
             except Exception as exc:  # a build that cannot even start is that model's failure
                 error = f"{type(exc).__name__}: {exc}"
             if serving:
@@ -158,6 +151,17 @@ class ModelStates:
             entry.build_reason = error or ("" if self._built[model] else "the build wrote no manifest")
             entry.phase, entry.eta_s = "", None
             log.warning("%s: build %s%s", model, entry.build, f": {entry.build_reason}" if entry.build_reason else "")
+
+    async def _calibrate(self, model: str) -> None:
+        """Time the just-built model on this host for the router while its backbones load it: it
+        serves meanwhile, on the router's analytic cost (``calibrating`` in its state); the
+        ingresses rebuild their router when the calibration lands."""
+        entry = self.models[model]
+        self._built[model] = self.repo.manifest(model) is not None
+        entry.build, entry.phase, entry.eta_s = "calibrating", "calibrate (timing it on this host for the router)", None
+        error = await self._run(model, ["calibrate", "--model", model])
+        if error:
+            log.warning("%s: calibration failed, the router uses its uncalibrated cost: %s", model, error)
 
     async def _run(self, model: str, args: list[str]) -> str | None:
         """Run ``tessera <args>``; follow its JSON progress lines; the error (last lines) or None."""
@@ -211,7 +215,10 @@ class ModelStates:
             )
         if "ready" in states:
             phase = f"building fp16 graph: {entry.phase}" if entry.build == "fp16" and entry.phase else ""
-            return ModelStatus(state="ready", phase=phase, built=True)
+            calibrating = entry.build == "calibrating"
+            return ModelStatus(
+                state="ready", phase=entry.phase if calibrating else phase, built=True, calibrating=calibrating
+            )
         failures = [r.reason for r in live.values() if r.state == "failed"]
         if failures and "loading" not in states:
             return ModelStatus(state="failed", reason=failures[0], built=True)

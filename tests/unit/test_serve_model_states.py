@@ -148,3 +148,39 @@ def test_build_missing_rebuilds_a_stale_model_before_it_serves(small_repo: Path,
     building, wanted, others = asyncio.run(scenario())
     assert building.state == "building" and wanted[0] is False  # the stale build is not served
     assert others[0] is True
+
+
+def test_a_built_model_serves_while_it_is_calibrated(small_repo: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(small_repo, repo)
+    shutil.rmtree(repo / "vit_small" / "1")
+
+    async def scenario() -> dict[str, Any]:
+        cls = ModelStates.func_or_class  # type: ignore[attr-defined]
+        states = cls.__new__(cls)
+        seen: dict[str, Any] = {}
+
+        async def fake_run(model: str, args: list[str]) -> str | None:
+            if args[0] == "build":
+                shutil.copytree(small_repo / model / "1", repo / model / "1")
+                seen["wanted while building"] = (await states.wanted(model))[0]
+            elif args[0] == "calibrate":  # the backbone loads the graph meanwhile, and serves it
+                seen["wanted while calibrating"] = (await states.wanted(model))[0]
+                await states.report(model, "r1", "ready")
+                seen["calibrating"] = (await states.states())[model]
+            return None
+
+        states._run = fake_run
+        await states.__init__(
+            ServerSettings(model_repo=str(repo), build_missing=True, small_model="vit_small").model_dump(mode="json")
+        )
+        while states._builder is not None and not states._builder.done():
+            await asyncio.sleep(0.01)
+        seen["after"] = (await states.states())["vit_small"]
+        return seen
+
+    seen = asyncio.run(scenario())
+    assert seen["wanted while building"] is False and seen["wanted while calibrating"] is True
+    calibrating = seen["calibrating"]
+    assert calibrating.state == "ready" and calibrating.calibrating and "calibrate" in calibrating.phase
+    assert seen["after"].state == "ready" and not seen["after"].calibrating and not seen["after"].phase

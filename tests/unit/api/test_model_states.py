@@ -237,3 +237,27 @@ def test_states_keep_refreshing_after_a_failed_fetch(small_repo: Path, backends:
         assert core.server_ready() and calls >= 2
 
     asyncio.run(scenario())
+
+
+def test_the_router_is_rebuilt_when_a_calibration_lands(small_repo: Path, backends: dict[str, Backend]) -> None:
+    states = FakeStates(
+        {
+            "vit_small": ModelStatus(state="ready", built=True, calibrating=True),
+            "swin_tiny": ModelStatus(state="ready", built=True),
+            "nat_tiny": ModelStatus(state="ready", built=True),
+        }
+    )
+    core = _core(small_repo, backends, states)
+    rebuilt: list[int] = []
+    core.router_factory = lambda: (rebuilt.append(1), make_router(ModelRepository(small_repo)))[1]
+
+    async def scenario() -> None:
+        await core.control.refresh()
+        first = len(rebuilt)
+        await core.control.refresh()
+        assert len(rebuilt) == first  # nothing changed: the router is kept
+        states.current["vit_small"] = ModelStatus(state="ready", built=True)  # calibrated now
+        await core.control.refresh()
+        assert len(rebuilt) == first + 1
+
+    asyncio.run(scenario())
