@@ -118,7 +118,7 @@ def main() -> int:
         "goal": "ready line within 180 s of a clean clone, install included",
         "notes": args.note,
         "commit": commit.stdout.strip(),
-        "command": "make serve (clean clone, fresh .venv, pip's cache as the machine has it)",
+        "command": "make serve (clean clone, fresh .venv, empty uv cache)",
         **marks,
         "exit_before_settled": exited,
         "transcript": [{"t_s": t, "line": line} for t, line in transcript][-400:],

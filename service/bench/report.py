@@ -350,10 +350,18 @@ def _section_first_run(result: FirstRunResult) -> list[str]:
     out = [
         f"`{result.command}` at commit `{result.commit[:10]}`, seconds from the clone: the install's stamp at "
         f"{_given(result.install_s)} s, the ready line at {_given(result.ready_s)} s, every model settled at "
-        f"{_given(result.all_settled_s)} s. What the terminal showed after the install (`tessera serve --build`):",
+        f"{_given(result.all_settled_s)} s.",
         "",
-        "```",
     ]
+    out += _table(
+        ["step", "seconds from the clone"],
+        [
+            ["install done", _given(result.install_s)],
+            ["the ready line", _given(result.ready_s)],
+            ["every model settled", _given(result.all_settled_s)],
+        ],
+    )
+    out += ["", "What the terminal showed after the install (`tessera serve --build`):", "", "```"]
     after = [t for t in result.transcript if result.install_s is None or t.t_s >= result.install_s]
     out += [f"{t.t_s:8.1f}  {t.line}" for t in after if t.line.strip()][-60:]
     return [*out, "```", *_notes(result.notes)]

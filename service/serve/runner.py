@@ -76,6 +76,7 @@ def start_service(
     url = f"http://{_client_host(settings.host)}:{settings.http_port}/v2/health/ready"
     if not settings.build_missing and watch is None:
         wait_ready(url)
+        _wait_settled(time.monotonic() + 300.0)
         return
     deadline = time.monotonic() + (BUILD_READY_TIMEOUT_S if settings.build_missing else 300.0)
     while True:
@@ -91,6 +92,23 @@ def start_service(
             return
         if time.monotonic() > deadline:
             raise TimeoutError(f"{url} not ready after {BUILD_READY_TIMEOUT_S:.0f}s")
+
+
+def settled(states: dict[str, Any]) -> bool:
+    """Every model is ready (and calibrated), failed, unavailable or unloaded: nothing in progress."""
+    return bool(states) and all(
+        s.state not in ("building", "loading") and not getattr(s, "calibrating", False) for s in states.values()
+    )
+
+
+def _wait_settled(deadline: float) -> None:
+    """Without ``--build`` every built model loads at start: the ready line waits until each has
+    settled (ready, or failed with its reason), not only the first, as it did before models could
+    join later."""
+    while not settled(model_states(timeout_s=10.0)):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the built models did not all load within 300 s")
+        time.sleep(0.5)
 
 
 #: How long ``tessera serve --build`` waits for its first model (a build on a slow host).
@@ -155,8 +173,8 @@ class BuildProgress:
         self.announce(text)
 
     def done(self, states: dict[str, Any]) -> bool:
-        """Whether every model has settled (ready, failed, unavailable or unloaded)."""
-        return bool(states) and all(s.state not in ("building", "loading") for s in states.values())
+        """Whether every model has settled (ready and calibrated, failed, unavailable or unloaded)."""
+        return settled(states)
 
 
 def drain(timeout_s: float = 60.0) -> int:

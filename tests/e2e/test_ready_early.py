@@ -71,7 +71,8 @@ def test_ready_with_the_first_model_and_the_others_join(small_repo: Path, tmp_pa
         while time.monotonic() < deadline and not all(m["ready"] for m in _models(base).values()):
             time.sleep(2)
         assert all(m["ready"] for m in _models(base).values()), _models(base)
-        time.sleep(2)  # the driver's next poll prints the joins
+        while time.monotonic() < deadline and "all models settled" not in "".join(output):
+            time.sleep(2)  # the last model serves while it is calibrated: settled once that lands
         text = "".join(output)
         for name in waiting:
             assert f"{name} ready (" in text, text
