@@ -15,29 +15,14 @@ from ray.serve.handle import DeploymentHandle
 from service.errors import Unavailable
 from service.models import ModelRepository
 from service.runtime import Backend, load_backend
-from service.runtime.batching import run_batch
+from service.runtime.batching import DynamicBatcher, run_batch
 from service.runtime.loader import RuntimePreference
 from service.serve.metrics import BackboneMetrics
 from service.serve.models import replica_id
 
-__all__ = ["Backbone", "set_max_concurrent_batches"]
+__all__ = ["Backbone"]
 
 log = logging.getLogger(__name__)
-
-
-def set_max_concurrent_batches(batched: Any, n: int) -> None:
-    """Let a ``@serve.batch`` method run ``n`` batches at once, before its first call.
-
-    Ray fixes ``max_concurrent_batches`` at decoration time and has no setter for it (unlike the
-    batch size and wait); the decorator keeps it on the lazy queue wrapper that its public setters
-    are bound to, read when the queue is first made. The tests check the effect on the pinned Ray.
-    """
-    wrapper = getattr(getattr(batched, "set_max_batch_size", None), "__self__", None)
-    if wrapper is None or not hasattr(wrapper, "max_concurrent_batches"):
-        raise RuntimeError("this Ray Serve's @serve.batch keeps no max_concurrent_batches to set")
-    if getattr(wrapper, "_queue", None) is not None:
-        raise RuntimeError("max_concurrent_batches must be set before the first batched call")
-    wrapper.max_concurrent_batches = n
 
 
 @serve.deployment(graceful_shutdown_wait_loop_s=0.5, graceful_shutdown_timeout_s=30)
@@ -74,13 +59,17 @@ class Backbone:
             "spin": ort_spin,
             "cache_dir": trt_cache_dir,
         }
-        batched: Any = self.infer  # serve.batch adds the setters; per-model values from config.yaml
-        batched.set_max_batch_size(self.cfg.batching.max_batch_size)
-        batched.set_batch_wait_timeout_s(self.cfg.batching.batch_wait_timeout_s)
-        set_max_concurrent_batches(batched, self.cfg.batching.max_concurrent_batches)
+        # Single images wait here to share a batch (size, wait and concurrent batches from config.yaml).
+        batching = self.cfg.batching
+        self._batcher: DynamicBatcher[np.ndarray, dict[str, Any]] = DynamicBatcher(
+            self._run_items,
+            max_batch_size=batching.max_batch_size,
+            wait_s=batching.batch_wait_timeout_s,
+            max_concurrent=batching.max_concurrent_batches,
+        )
         # Ready-made batches (OIP tensors, slide tiles) take the same number of slots, so that many
         # callers at once do not oversubscribe the cores with concurrent runs.
-        self._ready_batches = asyncio.Semaphore(self.cfg.batching.max_concurrent_batches)
+        self._ready_batches = asyncio.Semaphore(batching.max_concurrent_batches)
         self.metrics = BackboneMetrics(model)
         self.backend: Backend | None = None
         self.state, self.reason = "unloaded", "not built yet"
@@ -153,8 +142,11 @@ class Backbone:
             raise Unavailable(f"model {self.model!r} is {self.state} on this replica ({self.reason})", param="model")
         return self.backend
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def infer(self, items: list[np.ndarray]) -> list[dict[str, Any]]:
+    async def infer(self, pixels: np.ndarray) -> dict[str, Any]:
+        """One (3, H, W) image, run in a batch with the other images queued meanwhile."""
+        return await self._batcher(pixels)
+
+    async def _run_items(self, items: list[np.ndarray]) -> list[dict[str, Any]]:
         backend = self._require_backend()
         self._busy += 1
         try:
@@ -184,8 +176,7 @@ class Backbone:
         }
 
     async def __call__(self, pixels: np.ndarray) -> dict[str, Any]:
-        result: dict[str, Any] = await self.infer(pixels)
-        return result
+        return await self.infer(pixels)
 
     def describe(self) -> dict[str, object]:
         return {**self._require_backend().describe(), "model": self.cfg.name, "version": self.cfg.version}
