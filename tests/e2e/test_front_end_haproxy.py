@@ -1,0 +1,96 @@
+"""``tessera serve --front-end haproxy``: HAProxy listens on the ports and forwards to the ingress
+replica's own servers; the contract holds through it (REST, OIP over gRPC and REST with
+``tritonclient``, errors as 4xx, metrics, drain on SIGTERM, nothing left behind)."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil
+import pytest
+
+from tests.helpers import slide_crop_jpeg, start_tessera_serve
+
+pytestmark = pytest.mark.e2e
+
+
+def _listener(port: int) -> str:
+    for conn in psutil.net_connections(kind="tcp"):
+        if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.pid:
+            return psutil.Process(conn.pid).name()
+    return ""
+
+
+def test_the_contract_holds_behind_haproxy(small_repo: Path, tmp_path: Path) -> None:
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    proc, ports, ready = start_tessera_serve(
+        env={"TESSERA_MODEL_REPO": str(small_repo)}, cwd=tmp_path, args=("--front-end", "haproxy")
+    )
+    children = psutil.Process(proc.pid).children(recursive=True)
+    try:
+        assert ready.startswith(f"ready: http://127.0.0.1:{ports['http']}")
+        assert _listener(ports["http"]) == "haproxy"
+        assert _listener(ports["grpc"]) == "haproxy"
+        base = f"http://127.0.0.1:{ports['http']}"
+
+        response = httpx.post(
+            f"{base}/v1/predict", content=slide_crop_jpeg(), headers={"content-type": "image/jpeg"}, timeout=60
+        )
+        assert response.status_code == 200, response.text
+        assert len(response.json()["embedding"]) == 384
+        # a large image's pixels (over gRPC between deployments) are far over gRPC's 4 MB default
+        large = httpx.post(
+            f"{base}/v1/predict",
+            content=slide_crop_jpeg(size=1500),
+            headers={"content-type": "image/jpeg"},
+            timeout=120,
+        )
+        assert large.status_code == 200, large.text
+        bad = httpx.post(f"{base}/v1/predict", content=b"not an image", headers={"content-type": "image/jpeg"})
+        assert bad.status_code == 400 and bad.json()["error"]["code"], bad.text
+
+        pixels = np.random.default_rng(0).random((1, 3, 224, 224), dtype=np.float32)
+        with grpcclient.InferenceServerClient(f"127.0.0.1:{ports['grpc']}") as client:
+            inputs = [grpcclient.InferInput("pixels", list(pixels.shape), "FP32")]
+            inputs[0].set_data_from_numpy(pixels)
+            embedding = client.infer("vit_small", inputs).as_numpy("embedding")
+            assert embedding is not None and embedding.shape == (1, 384)
+            wrong = [grpcclient.InferInput("nope", list(pixels.shape), "FP32")]
+            wrong[0].set_data_from_numpy(pixels)
+            with pytest.raises(InferenceServerException) as refused:
+                client.infer("vit_small", wrong)
+            assert refused.value.status() == "StatusCode.INVALID_ARGUMENT"
+        with httpclient.InferenceServerClient(f"127.0.0.1:{ports['http']}") as client:
+            inputs = [httpclient.InferInput("pixels", list(pixels.shape), "FP32")]
+            inputs[0].set_data_from_numpy(pixels, binary_data=True)
+            outputs = [httpclient.InferRequestedOutput("embedding", binary_data=True)]
+            rest_embedding = client.infer("vit_small", inputs, outputs=outputs).as_numpy("embedding")
+            assert rest_embedding is not None
+            np.testing.assert_allclose(rest_embedding, embedding, rtol=1e-4, atol=1e-5)
+
+        metrics, answered = "", time.monotonic()
+        while "tessera_requests_total" not in metrics and time.monotonic() < answered + 8:
+            metrics = httpx.get(f"http://127.0.0.1:{ports['metrics']}/metrics", timeout=10).text
+            time.sleep(0.5)
+        assert "tessera_requests_total" in metrics
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    time.sleep(1.0)
+    leftovers = [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not leftovers, f"processes left behind: {[p.name() for p in leftovers]}"
+    for port in (ports["http"], ports["grpc"]):
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", port))
