@@ -56,7 +56,8 @@ def serve_config(settings: ServerSettings, *, model_repo_in_cluster: str | None 
     args = {
         k: v
         for k, v in settings.model_dump(mode="json").items()
-        if k not in ("host", "http_port", "grpc_port", "metrics_port")
+        # what listens on the ports is the cluster's (its proxies, or RAY_SERVE_* on its nodes), not the app's
+        if k not in ("host", "http_port", "grpc_port", "metrics_port", "front_end")
     }
     args["model_repo"] = repo_path
     deployments = [{"name": name, **options} for name, options in deployment_options(settings, repo).items()]
