@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import Literal
 
 import numpy as np
 
@@ -34,7 +35,7 @@ class FakeEncoder:
         self.interpolation = "bilinear"
         self.name = name
         self.version = "1"
-        self.weights = "untrained"
+        self.weights: Literal["trained", "untrained"] = "untrained"
         self.embedding_dim = dim
         self._projection = np.random.default_rng(seed).standard_normal((18, dim)).astype(np.float32)
         self._after_batch = after_batch

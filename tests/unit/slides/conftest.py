@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from service.slides import PipelineSettings
-from service.testing import SyntheticSlide, make_synthetic_slide
+from service.testing import SyntheticMirax, SyntheticSlide, make_synthetic_mirax, make_synthetic_slide
 
 HERE = Path(__file__).resolve().parent
 # tests/unit/slides/conftest.py → project root is parents[3]; the workspace's shared data is beside it
@@ -45,3 +45,10 @@ def synthetic_svs(tmp_path_factory: pytest.TempPathFactory) -> SyntheticSlide:
     """An Aperio-flavoured 40x slide with JPEG tiles."""
     path = tmp_path_factory.mktemp("synthetic") / "synthetic_40x.svs"
     return make_synthetic_slide(path, 3000, 2200, tile_size=256, mpp=0.25, flavour="aperio", seed=5)
+
+
+@pytest.fixture(scope="session")
+def synthetic_mirax(tmp_path_factory: pytest.TempPathFactory) -> SyntheticMirax:
+    """A 20x (0.5 µm/px) MIRAX slide: ``slide.mrxs`` beside its data folder ``slide/``, 8 x 6 JPEG
+    images of 256² (at 0.25 µm/px its blobs would be smaller than the tissue detector's minimum)."""
+    return make_synthetic_mirax(tmp_path_factory.mktemp("mirax") / "slide", width=2048, height=1536, mpp=0.5, seed=7)

@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from service.slides import run_slide
-from service.testing import SyntheticSlide
+from service.testing import SyntheticMirax, SyntheticSlide
 
 from ._fakes import FakeEncoder
 from .conftest import FAST
@@ -24,6 +24,17 @@ def test_run_slide_draws_a_progress_bar_and_returns_the_report(
     assert json.loads((tmp_path / "out" / "report.json").read_text()) == json.loads(json.dumps(report))
     for name in ("features.h5", "heatmap.png", "tissue_mask.png", "slide_embedding.npy", "report.json"):
         assert (tmp_path / "out" / name).is_file()
+
+
+def test_run_slide_on_a_mirax_slide(tmp_path: Path, synthetic_mirax: SyntheticMirax) -> None:
+    """A multi-file slide: the ``.mrxs`` beside its data folder, at its metadata's 0.5 µm/px."""
+    report = run_slide(
+        synthetic_mirax.path, tmp_path / "out", FakeEncoder(), {"mpp": 1.0}, progress=False, settings=FAST
+    )
+    assert report["slide"]["vendor"] == "mirax" and report["slide"]["mpp_source"] == "metadata"
+    assert report["grid"]["read_level"] == 1  # 1.0 µm/px is level 1 of a 0.5 µm/px slide
+    assert 0 < report["tiles"] < report["tiles_grid"]  # the blobs' tiles, not the background's
+    assert (tmp_path / "out" / "features.h5").is_file()
 
 
 def test_run_slide_with_a_callback_or_silent(
