@@ -731,8 +731,8 @@ def run(options: PeerOptions) -> dict[str, Any]:
     raw_after = measure_raw(backend, raw_batch, options.raw_duration_s)
     print(f"  raw after:  {raw_after['img_per_s']:.1f} img/s", flush=True)
     summary = summarize(rows, options.clients, options.protocols)
+    summary["remarks"] = list(options.notes)
     summary["notes"] = [
-        *options.notes,
         *quiet_host_notes(raw_before["img_per_s"], raw_after["img_per_s"], []),
         *busy_host_notes(load_before, os.getloadavg()[0], os.cpu_count() or 1),
     ]

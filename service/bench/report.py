@@ -608,7 +608,7 @@ def _section_peer(result: PeerResult) -> list[str]:
         ],
     )
     if not with_triton:
-        return out + _peer_variants(result) + _notes(result.summary.notes)
+        return out + _peer_variants(result) + _notes([*result.summary.remarks, *result.summary.notes])
     table = [
         [
             protocol,
@@ -641,7 +641,7 @@ def _section_peer(result: PeerResult) -> list[str]:
             ],
             table,
         )
-    return out + _notes(result.summary.notes)
+    return out + _notes([*result.summary.remarks, *result.summary.notes])
 
 
 def _peer_note(row: PeerRow) -> str:

@@ -208,7 +208,10 @@ class PeerSummary(_Model):
     grpc: PeerProtocolSummary | None = None
     rest: PeerProtocolSummary | None = None
     goal_met: bool = False
+    #: what the run itself saw that makes it suspect (drift, a busy host)
     notes: list[str] = Field(default_factory=list)
+    #: what the person who ran it said (``--note``): shown, never a reason to doubt the run
+    remarks: list[str] = Field(default_factory=list)
 
     def protocols(self) -> list[tuple[str, PeerProtocolSummary]]:
         return [(name, s) for name, s in (("grpc", self.grpc), ("rest", self.rest)) if s is not None]

@@ -383,3 +383,22 @@ def test_report_of_a_lever_run_compares_variants_with_plain_tessera(tmp_path: Pa
     assert "Triton was not in this run" in text
     goal = next(g for g in evaluate_goals(load_results(results)) if g.source == "peer")
     assert goal.status.startswith("not measured")  # a lever run is not the comparison
+
+
+def test_a_remark_is_shown_but_does_not_make_the_run_suspect(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    results.mkdir()
+    rows = _rows(tessera=20.4, triton=27.2)
+    payload = {
+        "benchmark": "peer",
+        "host": {"host": "ci-box", "cpu": "Test CPU", "cores": 2, "gpu": None, "date": "2026-12-03T10:00:00+00:00"},
+        "model": "vit_small",
+        "clients": 16,
+        "servers": ["tessera", "triton"],
+        "rows": rows,
+        "summary": {**peer.summarize(rows, 16), "remarks": ["quiet host"], "notes": []},
+    }
+    (results / "ci-box-2026-12-03-peer.json").write_text(json.dumps(payload))
+    goal = next(g for g in evaluate_goals(load_results(results)) if g.source == "peer")
+    assert goal.status == "not met"
+    assert "> Note: quiet host." in write_report(results, tmp_path / "performance.md", tmp_path / "img").read_text()
