@@ -4,7 +4,15 @@ Not part of the service: no module that serves, routes or runs a model imports t
 (an import-linter contract in ``pyproject.toml`` checks it).
 """
 
+from service.testing.synthetic_czi import SyntheticCzi, make_synthetic_czi
 from service.testing.synthetic_mirax import SyntheticMirax, make_synthetic_mirax
 from service.testing.synthetic_slides import SyntheticSlide, make_synthetic_slide
 
-__all__ = ["SyntheticMirax", "SyntheticSlide", "make_synthetic_mirax", "make_synthetic_slide"]
+__all__ = [
+    "SyntheticCzi",
+    "SyntheticMirax",
+    "SyntheticSlide",
+    "make_synthetic_czi",
+    "make_synthetic_mirax",
+    "make_synthetic_slide",
+]
