@@ -18,8 +18,6 @@ from service.testing import SyntheticCzi, make_synthetic_czi
 from ._fakes import FakeEncoder
 from .conftest import FAST
 
-pytest.importorskip("pylibCZIrw", reason="pylibczirw (the dev extra) writes the CZI slides")
-
 
 @pytest.fixture(scope="module")
 def synthetic_czi(tmp_path_factory: pytest.TempPathFactory) -> SyntheticCzi:
