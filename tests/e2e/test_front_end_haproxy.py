@@ -50,7 +50,7 @@ def test_the_contract_holds_behind_haproxy(small_repo: Path, tmp_path: Path) -> 
         large = httpx.post(
             f"{base}/v1/predict",
             content=slide_crop_jpeg(size=1500),
-            headers={"content-type": "image/jpeg"},
+            headers={"content-type": "image/jpeg", "x-request-timeout": "120"},
             timeout=120,
         )
         assert large.status_code == 200, large.text
