@@ -134,6 +134,14 @@ class ServerSettings(_Settings):
         "wheel, installed with ray[serve]) and embedded Ray: a cluster joined with --address sets "
         "RAY_SERVE_ENABLE_HA_PROXY on its own nodes.",
     )
+    topology: Literal["split", "colocated"] = Field(
+        default="split",
+        description="Where backbones run. `split`: one Ray Serve deployment per model, which the ingress "
+        "calls over Ray (each model scales and takes its CPUs/GPUs on its own). `colocated`: every ingress "
+        "replica holds every model and runs a request where it decoded it, with no hop between processes; "
+        "the ingress then asks Ray for the models' CPUs (summed) and GPUs (the most any model asks: they "
+        "share the replica's device). On the 2-core host it serves a fifth more images/s (docs/performance.md).",
+    )
     runtime: Literal["auto", "onnxruntime", "tensorrt", "torch"] = Field(
         default="auto", description="Runtime preference for backbones."
     )

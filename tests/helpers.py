@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import io
+import socket
 import subprocess
+import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import pytest
 import yaml
 from PIL import Image
@@ -102,6 +106,26 @@ def slide_crop_jpeg(x: int = 800, y: int = 1200, size: int = 224) -> bytes:
     buf = io.BytesIO()
     region.save(buf, "JPEG", quality=90)
     return buf.getvalue()
+
+
+def descendants(pid: int) -> list[psutil.Process]:
+    """Every process under ``pid`` now (empty once it is gone)."""
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def assert_nothing_left(children: list[psutil.Process], ports: Iterable[int]) -> None:
+    """After ``tessera serve`` stopped: none of ``children`` still runs and every port binds again."""
+    time.sleep(1.0)
+    leftovers = [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not leftovers, f"processes left behind: {[p.name() for p in leftovers]}"
+    for port in ports:
+        with socket.socket() as sock:
+            # SO_REUSEADDR ignores connections in TIME_WAIT; a port still listening fails to bind.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", port))
 
 
 def start_tessera_serve(

@@ -10,7 +10,7 @@ REST (``GET /v2/models[/{m}[/versions/{v}]]/stats``) answers ``StatisticsRespons
 The counts are those of one ingress replica (the process that answers): with several ingress
 replicas each reports what it served. ``inference_count`` counts images; ``execution_count``
 counts backbone executions, one per ``infer_batch`` chunk and ``1/batch_size`` per image that
-shared a ``@serve.batch`` batch (rounded), since the ingress sees each image's batch size but
+shared a ``DynamicBatcher`` batch (rounded), since the ingress sees each image's batch size but
 not which other requests shared it. ``batch_stats`` is keyed by the batch size the backbone ran.
 ``fail`` counts requests that failed once valid (deadline, overload, backbone errors); a malformed
 request, or one for an unloaded model, never reaches the model and is not counted.

@@ -3,7 +3,8 @@
 Both servers run as subprocesses of this benchmark, one after the other, on one model repository:
 
 * **Tessera**: ``tessera serve`` on loopback ports (Ray Serve's proxies, the ingress, the backbone's
-  ``@serve.batch``), as a user runs it;
+  ``DynamicBatcher``), as a user runs it; each ``--tessera-variant`` runs it again with other
+  settings (e.g. ``TESSERA_TOPOLOGY=colocated``, the backbones in the ingress replica);
 * **Triton**: Triton Inference Server started through ``nvidia-pytriton`` (the ``peer`` extra), one
   model bound per Tessera model, whose inference function runs the *same* runtime ``Backend`` Tessera
   loads (``load_backend``: the same ONNX file, ONNX Runtime session options, intra-op threads and

@@ -641,7 +641,7 @@ def _section_peer(result: PeerResult) -> list[str]:
             ],
             table,
         )
-    return out + _notes([*result.summary.remarks, *result.summary.notes])
+    return out + _peer_variants(result) + _notes([*result.summary.remarks, *result.summary.notes])
 
 
 def _peer_note(row: PeerRow) -> str:
@@ -649,11 +649,13 @@ def _peer_note(row: PeerRow) -> str:
 
 
 def _peer_variants(result: PeerResult) -> list[str]:
-    """Each Tessera variant against plain Tessera of the same run (a lever's before/after)."""
+    """Each Tessera variant against plain Tessera of the same run (a lever's before/after), and
+    against Triton when Triton ran too."""
     clients = result.clients
     by: dict[tuple[str, str, str, int | None], PeerRow] = {
         (r.server, r.role, r.protocol, r.clients): r for r in result.rows
     }
+    peers = ["tessera", *(["triton"] if "triton" in result.servers else [])]
 
     def value(server: str, role: str, protocol: str, n: int | None, key: str) -> float | None:
         row = by.get((server, role, protocol, n))
@@ -662,33 +664,33 @@ def _peer_variants(result: PeerResult) -> list[str]:
     def ratio(a: float | None, b: float | None) -> str:
         return f"{a / b:.2f}x" if a is not None and b else "-"
 
+    def delta(a: float | None, b: float | None) -> str:
+        return "-" if a is None or b is None else f"{a - b:+.1f}"
+
     table = []
     for server in [s for s in result.servers if s.startswith("tessera:")]:
         for protocol in ("grpc", "rest"):
-            p50, base = value(server, "model", protocol, 1, "p50_ms"), value("tessera", "model", protocol, 1, "p50_ms")
-            table.append(
-                [
-                    server,
-                    protocol,
-                    ratio(
-                        value(server, "model", protocol, clients, "img_per_s"),
-                        value("tessera", "model", protocol, clients, "img_per_s"),
-                    ),
-                    "-" if p50 is None or base is None else f"{p50 - base:+.1f}",
-                    ratio(
-                        value(server, "noop", protocol, clients, "img_per_s"),
-                        value("tessera", "noop", protocol, clients, "img_per_s"),
-                    ),
-                ]
-            )
+            row: list[object] = [server, protocol]
+            for role, n, key, compare in (
+                ("model", clients, "img_per_s", ratio),
+                ("model", 1, "p50_ms", delta),
+                ("noop", clients, "img_per_s", ratio),
+            ):
+                mine = value(server, role, protocol, n, key)
+                row += [compare(mine, value(peer, role, protocol, n, key)) for peer in peers]
+            table.append(row)
     if not table:
         return []
+    against = " and against Triton" if len(peers) > 1 else ""
+    headers = ["variant", "protocol"]
+    for what in ("img/s", "p50 1 client, ms", "no-op req/s"):
+        headers += [f"{what} vs {peer.capitalize()}" for peer in peers]
     return [
         "",
-        f"Each variant against plain Tessera in the same run ({_given(clients)} clients for img/s and the no-op "
-        "ceiling):",
+        f"Each variant against plain Tessera{against} in the same run ({_given(clients)} clients for img/s "
+        "and the no-op ceiling):",
         "",
-        *_table(["variant", "protocol", "img/s", "p50 1 client, ms", "no-op req/s"], table),
+        *_table(headers, table),
     ]
 
 

@@ -89,6 +89,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         grpc_port=args.grpc_port,
         metrics_port=args.metrics_port,
         front_end=args.front_end,
+        topology=args.topology,
         model_control_mode=args.model_control_mode,
         **({"build_missing": True} if args.build else {}),
     )
@@ -225,6 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="what listens on the ports: Ray Serve's proxies (ray, default) or HAProxy in front of the "
         "ingress replicas (haproxy: about 2x the no-op requests/s here)",
+    )
+    p.add_argument(
+        "--topology",
+        choices=["split", "colocated"],
+        default=None,
+        help="where backbones run: a Ray Serve deployment per model (split, default) or inside every "
+        "ingress replica, with no hop between processes (colocated: a fifth more images/s here)",
     )
     p.add_argument(
         "--model-control-mode",

@@ -10,7 +10,7 @@ from ray.serve import Application
 
 from service.models import ModelRepository
 from service.serve.backbone import Backbone
-from service.serve.config import APP_NAME, backbone_deployment_name, deployment_options
+from service.serve.config import APP_NAME, INGRESS, backbone_deployment_name, deployment_options
 from service.serve.ingress import Ingress
 from service.serve.models import ModelStates
 from service.serve.slides import SlideJobs
@@ -40,23 +40,29 @@ def build_app(settings: ServerSettings) -> Application:
     states = ModelStates.options(name="ModelStates", **options["ModelStates"]).bind(  # type: ignore[attr-defined]
         settings.model_dump(mode="json")
     )
-    handles: dict[str, Any] = {}
-    for name in repo.configs():
-        deployment = backbone_deployment_name(name)
-        handles[name] = Backbone.options(name=deployment, **options[deployment]).bind(  # type: ignore[attr-defined]
-            settings.model_repo,
-            name,
-            settings.runtime,
-            settings.providers,
-            settings.intra_op_threads,
-            settings.ort_spin,
-            settings.trt_cache_dir,
-            states,
-        )
+    # topology split: a deployment per backbone, which the ingress and the slide jobs call; colocated:
+    # none, the ingress replicas hold the backbones (and run the slide jobs' batches).
+    handles: dict[str, Any] | None = None
+    if settings.topology == "split":
+        handles = {
+            name: Backbone.options(  # type: ignore[attr-defined]
+                name=backbone_deployment_name(name), **options[backbone_deployment_name(name)]
+            ).bind(
+                settings.model_repo,
+                name,
+                settings.runtime,
+                settings.providers,
+                settings.intra_op_threads,
+                settings.ort_spin,
+                settings.trt_cache_dir,
+                states,
+            )
+            for name in repo.configs()
+        }
     slide_jobs = SlideJobs.options(name="SlideJobs", **options["SlideJobs"]).bind(  # type: ignore[attr-defined]
         settings.model_dump(mode="json"), handles
     )
-    return Ingress.options(**options["Ingress"]).bind(  # type: ignore[attr-defined]
+    return Ingress.options(name=INGRESS, **options[INGRESS]).bind(  # type: ignore[attr-defined]
         settings.model_dump(mode="json"), handles, slide_jobs, states
     )
 

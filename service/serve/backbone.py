@@ -1,4 +1,5 @@
-"""One Ray Serve deployment per backbone: dynamic batching over one runtime ``Backend``."""
+"""A model's backbone: dynamic batching over one runtime ``Backend`` (``BackboneHost``), held by a
+``Backbone`` deployment replica or, colocated, by an ingress replica."""
 
 from __future__ import annotations
 
@@ -20,22 +21,27 @@ from service.runtime.loader import RuntimePreference
 from service.serve.metrics import BackboneMetrics
 from service.serve.models import replica_id
 
-__all__ = ["Backbone"]
+__all__ = ["Backbone", "BackboneHost"]
 
 log = logging.getLogger(__name__)
 
 
-@serve.deployment(graceful_shutdown_wait_loop_s=0.5, graceful_shutdown_timeout_s=30)
-class Backbone:
-    """One replica of a model's backbone.
+class BackboneHost:
+    """What one process holds of a model's backbone: its runtime session and its ``DynamicBatcher``.
 
-    A model that is built when the replica starts is loaded before the replica takes traffic (a
+    A ``Backbone`` replica holds one (``topology: split``); an ingress replica holds one per model
+    (``topology: colocated``), so that a request runs where it was decoded, with no hop between
+    processes. Either way:
+
+    A model that is built when the host starts is loaded before the replica takes traffic (a
     runtime that cannot run fails the replica with the reason). With ``states`` (the
-    ``ModelStates`` deployment) the replica then follows the service's decision every second:
+    ``ModelStates`` deployment) the host then follows the service's decision every second:
     it loads a model built while the service runs (``tessera serve --build``, a load that
     builds), and on unload it finishes its batches in flight and releases the session and its
     memory (the process stays, holding nothing, until the model is loaded again). It reports
     what it holds (``loading``, ``ready``, ``failed`` with the reason, ``unloaded``).
+
+    Built on the replica's event loop (Ray Serve runs constructors there).
     """
 
     def __init__(
@@ -175,8 +181,37 @@ class Backbone:
             **backend.describe(),
         }
 
-    async def __call__(self, pixels: np.ndarray) -> dict[str, Any]:
-        return await self.infer(pixels)
-
     def describe(self) -> dict[str, object]:
         return {**self._require_backend().describe(), "model": self.cfg.name, "version": self.cfg.version}
+
+
+@serve.deployment(graceful_shutdown_wait_loop_s=0.5, graceful_shutdown_timeout_s=30)
+class Backbone:
+    """One replica of a model's backbone (``topology: split``): a ``BackboneHost`` behind a handle."""
+
+    def __init__(
+        self,
+        model_repo: str,
+        model: str,
+        runtime: RuntimePreference = "auto",
+        providers: str = "auto",
+        intra_op_threads: int = 0,
+        ort_spin: bool = False,
+        trt_cache_dir: str = ".tessera/trt-cache",
+        states: DeploymentHandle | None = None,
+    ):
+        self.host = BackboneHost(
+            model_repo, model, runtime, providers, intra_op_threads, ort_spin, trt_cache_dir, states
+        )
+
+    async def infer(self, pixels: np.ndarray) -> dict[str, Any]:
+        return await self.host.infer(pixels)
+
+    async def infer_batch(self, pixels: np.ndarray) -> dict[str, Any]:
+        return await self.host.infer_batch(pixels)
+
+    async def __call__(self, pixels: np.ndarray) -> dict[str, Any]:
+        return await self.host.infer(pixels)
+
+    def describe(self) -> dict[str, object]:
+        return self.host.describe()

@@ -7,9 +7,11 @@ from typing import Any
 from service.models import ModelRepository
 from service.settings import ServerSettings
 
-__all__ = ["APP_NAME", "backbone_deployment_name", "deployment_options", "serve_config"]
+__all__ = ["APP_NAME", "INGRESS", "backbone_deployment_name", "deployment_options", "serve_config"]
 
 APP_NAME = "tessera"
+#: The ingress deployment's name (a colocated ingress also runs the slide jobs' batches).
+INGRESS = "Ingress"
 #: A light deployment: the ingress and the slide-job manager do no inference themselves.
 _LIGHT = {"num_cpus": 0.1}
 
@@ -21,15 +23,22 @@ def backbone_deployment_name(model: str) -> str:
 def deployment_options(settings: ServerSettings, repo: ModelRepository) -> dict[str, dict[str, Any]]:
     """Ray Serve's options for every deployment, by deployment name: the one source of what
     ``tessera serve`` deploys (``build_app``) and what KubeRay's ``serveConfigV2`` declares."""
+    configs = repo.configs()
+    ingress_resources: dict[str, float] = dict(_LIGHT)
+    if settings.topology == "colocated":  # the ingress replica runs every model: it asks for their resources
+        ingress_resources = {
+            "num_cpus": max(_LIGHT["num_cpus"], sum(cfg.batching.num_cpus for cfg in configs.values())),
+            "num_gpus": max((cfg.batching.num_gpus for cfg in configs.values()), default=0.0),
+        }
     options: dict[str, dict[str, Any]] = {
-        "Ingress": {
+        INGRESS: {
             "num_replicas": settings.ingress_replicas,
             "max_ongoing_requests": settings.ingress_max_ongoing_requests,
             "max_queued_requests": settings.ingress_max_queued_requests,
-            "ray_actor_options": dict(_LIGHT),
+            "ray_actor_options": ingress_resources,
         }
     }
-    for name, cfg in repo.configs().items():
+    for name, cfg in configs.items() if settings.topology == "split" else ():
         b = cfg.batching
         options[backbone_deployment_name(name)] = {
             "num_replicas": b.num_replicas,

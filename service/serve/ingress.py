@@ -20,11 +20,12 @@ from service.errors import NotFound, Overloaded
 from service.imaging import DecodeLimits
 from service.models import ModelRepository
 from service.routing.factory import make_router
+from service.serve.backbone import BackboneHost
 from service.serve.metrics import RayTelemetry
 from service.serve.models import HandleModelStates
 from service.settings import ServerSettings
 
-__all__ = ["HandleClient", "Ingress"]
+__all__ = ["HandleClient", "HostClient", "Ingress"]
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +60,32 @@ class HandleClient:
             ) from None
 
 
+class HostClient:
+    """``BackboneClient`` over the backbones this ingress replica holds itself (``topology: colocated``)."""
+
+    def __init__(self, hosts: dict[str, BackboneHost]):
+        self.hosts = hosts
+
+    def host(self, model: str) -> BackboneHost:
+        host = self.hosts.get(model)
+        if host is None:
+            raise NotFound(f"model {model!r} is not deployed", param="model")
+        return host
+
+    async def infer(self, model: str, pixels: np.ndarray) -> dict[str, Any]:
+        return await self.host(model).infer(pixels)
+
+    async def infer_batch(self, model: str, pixels: np.ndarray) -> list[dict[str, Any]]:
+        return split_batch_reply(await self.host(model).infer_batch(pixels))
+
+
 @serve.deployment(graceful_shutdown_wait_loop_s=0.5, graceful_shutdown_timeout_s=30)
 @serve.ingress()
 class Ingress(GrpcIngressMixin):
     def __init__(
         self,
         settings: dict[str, Any],
-        backbones: dict[str, DeploymentHandle],
+        backbones: dict[str, DeploymentHandle] | None,
         slide_jobs: DeploymentHandle | None = None,
         states: DeploymentHandle | None = None,
     ):
@@ -81,10 +101,28 @@ class Ingress(GrpcIngressMixin):
 
         self.slides = HandleSlideService(slide_jobs) if slide_jobs is not None else None
         telemetry = RayTelemetry()
+        self.hosts: HostClient | None = None
+        if backbones is None:  # topology colocated: every model runs here, where its requests are decoded
+            s = self.settings
+            self.hosts = HostClient(
+                {
+                    name: BackboneHost(
+                        s.model_repo,
+                        name,
+                        s.runtime,
+                        s.providers,
+                        s.intra_op_threads,
+                        s.ort_spin,
+                        s.trt_cache_dir,
+                        states,
+                    )
+                    for name in repo.names()
+                }
+            )
         self.core = ServingCore(
             repo,
             make_router(repo, self.settings),
-            HandleClient(backbones, telemetry),
+            self.hosts if self.hosts is not None else HandleClient(backbones or {}, telemetry),
             limits=limits,
             max_pending=self.settings.max_pending_predictions,
             timeout_s=self.settings.request_timeout_s,
@@ -109,6 +147,12 @@ class Ingress(GrpcIngressMixin):
 
     async def inflight(self) -> int:
         return self.core.inflight
+
+    async def infer_batch(self, model: str, pixels: np.ndarray) -> dict[str, Any]:
+        """A slide job's batch on a backbone this replica holds (``topology: colocated``)."""
+        if self.hosts is None:
+            raise NotFound("this ingress holds no backbone (topology split): call the backbone deployment")
+        return await self.hosts.host(model).infer_batch(pixels)
 
     def __serve_build_asgi_app__(self) -> Any:
         """Ray Serve calls this after ``__init__``: the REST app of this replica, over its core."""

@@ -237,9 +237,10 @@ def drain(timeout_s: float = 60.0) -> int:
     from ray import serve
 
     from service.serve.app import APP_NAME
+    from service.serve.config import INGRESS
 
     try:
-        handle = serve.get_deployment_handle("Ingress", app_name=APP_NAME)
+        handle = serve.get_deployment_handle(INGRESS, app_name=APP_NAME)
         remaining = int(handle.begin_drain.remote().result(timeout_s=10))
     except Exception as exc:  # no app deployed (start failed): nothing to drain
         log.warning("drain skipped: %s", exc)

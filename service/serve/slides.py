@@ -16,6 +16,7 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 from service.api.slides_service import RESULT_CHUNK, LocalSlideService
 from service.errors import NotFound
 from service.models import ModelConfig, ModelRepository
+from service.serve.config import APP_NAME, INGRESS
 from service.serve.metrics import _keys
 from service.settings import ServerSettings
 from service.slides.encoder import TileEncoder
@@ -28,10 +29,14 @@ log = logging.getLogger(__name__)
 
 
 class HandleEncoder:
-    """A ``TileEncoder`` whose batches run on a backbone deployment (called from a job thread)."""
+    """A ``TileEncoder`` whose batches run on a backbone deployment (called from a job thread).
 
-    def __init__(self, handle: DeploymentHandle, cfg: ModelConfig):
+    With ``by_model`` the handle is the colocated ingress's, whose ``infer_batch`` names the model.
+    """
+
+    def __init__(self, handle: DeploymentHandle, cfg: ModelConfig, *, by_model: bool = False):
         self.handle = handle
+        self.by_model = by_model
         self.tile_size = cfg.input.native_size
         self.max_batch_size = cfg.batching.max_batch_size
         self.mean = cfg.input.mean
@@ -48,6 +53,8 @@ class HandleEncoder:
     def encode_async(self, pixels: np.ndarray) -> _PendingEmbedding:
         """Send a batch without waiting: Ray Serve routes each call to a replica with room, so a
         job with several batches in flight uses every replica of its backbone."""
+        if self.by_model:
+            return _PendingEmbedding(self.handle.infer_batch.remote(self.name, pixels))
         return _PendingEmbedding(self.handle.infer_batch.remote(pixels))
 
 
@@ -64,22 +71,27 @@ class _PendingEmbedding:
 
 @serve.deployment(num_replicas=1, max_ongoing_requests=64, graceful_shutdown_timeout_s=30)
 class SlideJobs:
-    def __init__(self, settings: dict[str, Any], backbones: dict[str, DeploymentHandle]):
+    def __init__(self, settings: dict[str, Any], backbones: dict[str, DeploymentHandle] | None):
+        """``backbones``: the backbone deployments (``topology: split``), or None when the ingress
+        replicas hold the backbones (``colocated``): batches then go to the ingress, by model."""
         self.settings = ServerSettings.model_validate(settings)
         repo = ModelRepository(self.settings.model_repo)
+        names = list(backbones) if backbones is not None else repo.names()
         self._tiles = metrics.Counter("tessera_slide_tiles", "Slide tiles embedded.", tag_keys=_keys("model"))
         self._jobs = metrics.Gauge("tessera_slide_jobs", "Slide jobs by state.", tag_keys=_keys("state"))
 
         def encoder_factory(model: str | None) -> TileEncoder:
             name = model or self.settings.slide_model
-            if name not in backbones:
+            if name not in names:
                 raise NotFound(f"no backbone deployed for model {name!r}", param="model")
+            if backbones is None:  # looked up when a job starts: the ingress deploys after this replica
+                return HandleEncoder(serve.get_deployment_handle(INGRESS, APP_NAME), repo.config(name), by_model=True)
             return HandleEncoder(backbones[name], repo.config(name))
 
         def check_model(model: str | None) -> None:
             name = model or self.settings.slide_model
-            if name not in backbones:
-                raise NotFound(f"unknown model {name!r}; deployed: {', '.join(backbones)}", param="model")
+            if name not in names:
+                raise NotFound(f"unknown model {name!r}; deployed: {', '.join(names)}", param="model")
 
         self.manager = JobManager(
             self.settings.job_dir,

@@ -5,7 +5,6 @@ replica's own servers; the contract holds through it (REST, OIP over gRPC and RE
 from __future__ import annotations
 
 import signal
-import socket
 import time
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import numpy as np
 import psutil
 import pytest
 
-from tests.helpers import slide_crop_jpeg, start_tessera_serve
+from tests.helpers import assert_nothing_left, slide_crop_jpeg, start_tessera_serve
 
 pytestmark = pytest.mark.e2e
 
@@ -87,10 +86,4 @@ def test_the_contract_holds_behind_haproxy(small_repo: Path, tmp_path: Path) -> 
     finally:
         if proc.poll() is None:
             proc.kill()
-    time.sleep(1.0)
-    leftovers = [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-    assert not leftovers, f"processes left behind: {[p.name() for p in leftovers]}"
-    for port in (ports["http"], ports["grpc"]):
-        with socket.socket() as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(("127.0.0.1", port))
+    assert_nothing_left(children, (ports["http"], ports["grpc"]))

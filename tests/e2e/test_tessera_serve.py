@@ -3,30 +3,21 @@
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import threading
 import time
 from pathlib import Path
 
 import httpx
-import psutil
 import pytest
 
-from tests.helpers import slide_crop_jpeg, start_tessera_serve
+from tests.helpers import assert_nothing_left, descendants, slide_crop_jpeg, start_tessera_serve
 
 pytestmark = pytest.mark.e2e
 
 
 def _start(small_repo: Path, tmp_path: Path) -> tuple[subprocess.Popen[str], dict[str, int], str]:
     return start_tessera_serve(env={"TESSERA_MODEL_REPO": str(small_repo)}, cwd=tmp_path)
-
-
-def _descendants(pid: int) -> list[psutil.Process]:
-    try:
-        return psutil.Process(pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return []
 
 
 def test_serve_predict_and_drain_on_sigterm(small_repo: Path, tmp_path: Path, cmu_slide: Path) -> None:
@@ -51,7 +42,7 @@ def test_serve_predict_and_drain_on_sigterm(small_repo: Path, tmp_path: Path, cm
             time.sleep(0.5)
         assert "tessera_requests_total" in metrics and "ray_tessera_" not in metrics
 
-        children = _descendants(proc.pid)
+        children = descendants(proc.pid)
         assert children, "Ray should have started worker processes"
 
         # A request in flight when SIGTERM arrives must still be answered (drain), then exit 0.
@@ -72,11 +63,4 @@ def test_serve_predict_and_drain_on_sigterm(small_repo: Path, tmp_path: Path, cm
     finally:
         if proc.poll() is None:
             proc.kill()
-    time.sleep(1.0)
-    leftovers = [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-    assert not leftovers, f"processes left behind: {[p.name() for p in leftovers]}"
-    for port in ports.values():
-        with socket.socket() as sock:
-            # SO_REUSEADDR ignores connections in TIME_WAIT; a port still listening fails to bind.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(("127.0.0.1", port))
+    assert_nothing_left(children, ports.values())

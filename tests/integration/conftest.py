@@ -26,6 +26,9 @@ def slide_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def serve_settings(small_repo: Path, slide_root: Path, tmp_path_factory: pytest.TempPathFactory):
+    """``TESSERA_TEST_TOPOLOGY=colocated`` runs the tier with the backbones in the ingress."""
+    import os
+
     from service.settings import ServerSettings
 
     return ServerSettings(
@@ -37,6 +40,7 @@ def serve_settings(small_repo: Path, slide_root: Path, tmp_path_factory: pytest.
         slide_root=str(slide_root),
         job_dir=str(tmp_path_factory.mktemp("jobs")),
         model_control_mode="explicit",  # Triton's repository load/unload (test_triton_tooling.py)
+        topology=os.environ.get("TESSERA_TEST_TOPOLOGY", "split"),
     )
 
 

@@ -385,6 +385,33 @@ def test_report_of_a_lever_run_compares_variants_with_plain_tessera(tmp_path: Pa
     assert goal.status.startswith("not measured")  # a lever run is not the comparison
 
 
+def test_report_of_a_lever_run_with_triton_compares_variants_with_both(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    results.mkdir()
+    rows = _rows(tessera=20.0, triton=27.0)
+    rows += [
+        {**r, "server": "tessera:fast", "img_per_s": 2 * r["img_per_s"], "p50_ms": 40.0}
+        for r in rows
+        if r["server"] == "tessera"
+    ]
+    payload = {
+        "benchmark": "peer_fast",
+        "host": {"host": "ci-box", "cpu": "Test CPU", "cores": 2, "gpu": None, "date": "2026-12-03T10:00:00+00:00"},
+        "model": "vit_small",
+        "clients": 16,
+        "servers": ["tessera", "tessera:fast", "triton"],
+        "variants": {"tessera:fast": {"TESSERA_TOPOLOGY": "colocated"}},
+        "rows": rows,
+        "summary": peer.summarize(rows, 16),
+    }
+    (results / "ci-box-2026-12-03-peer_fast.json").write_text(json.dumps(payload))
+    text = write_report(results, tmp_path / "performance.md", tmp_path / "img").read_text()
+    assert "Each variant against plain Tessera and against Triton" in text
+    # img/s 40 against 20 and 27; p50 40 ms against 52 and 51; no-op 800 against 400 and 540
+    assert "| tessera:fast | grpc | 2.00x | 1.48x | -12.0 | -11.0 | 2.00x | 1.48x |" in text
+    assert "Tessera against Triton" in text  # plain Tessera's own comparison is still there
+
+
 def test_a_remark_is_shown_but_does_not_make_the_run_suspect(tmp_path: Path) -> None:
     results = tmp_path / "results"
     results.mkdir()

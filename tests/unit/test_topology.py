@@ -1,0 +1,88 @@
+"""``topology``: backbones in their own deployments (split) or held by the ingress replicas (colocated)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from service.errors import NotFound
+from service.models import ModelRepository
+from service.serve.config import INGRESS, deployment_options, serve_config
+from service.settings import ServerSettings
+from tests.helpers import make_small_repo
+
+
+@pytest.fixture
+def two_models(tmp_path: Path) -> Path:
+    root = make_small_repo(tmp_path / "repo", ["vit_small", "swin_tiny"])
+    for name, cpus, gpus in (("vit_small", 0.5, 0.25), ("swin_tiny", 1.0, 0.5)):
+        path = root / name / "config.yaml"
+        config = yaml.safe_load(path.read_text())
+        config.setdefault("batching", {}).update(num_cpus=cpus, num_gpus=gpus)
+        path.write_text(yaml.safe_dump(config))
+    return root
+
+
+def test_split_deploys_a_backbone_per_model_beside_a_light_ingress(two_models: Path) -> None:
+    options = deployment_options(ServerSettings(model_repo=str(two_models)), ModelRepository(two_models))
+    assert {"backbone_vit_small", "backbone_swin_tiny"} <= set(options)
+    assert options[INGRESS]["ray_actor_options"] == {"num_cpus": 0.1}
+    assert options["backbone_swin_tiny"]["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 0.5}
+
+
+def test_colocated_ingress_asks_for_the_models_resources_and_no_backbone_deploys(two_models: Path) -> None:
+    settings = ServerSettings(model_repo=str(two_models), topology="colocated")
+    options = deployment_options(settings, ModelRepository(two_models))
+    assert not [name for name in options if name.startswith("backbone_")]
+    # CPUs add up (every model's batches run in the replica); the models share the replica's GPU.
+    assert options[INGRESS]["ray_actor_options"] == {"num_cpus": 1.5, "num_gpus": 0.5}
+    config = serve_config(settings)
+    app = config["applications"][0]
+    assert app["args"]["topology"] == "colocated"
+    assert [d["name"] for d in app["deployments"]] == [INGRESS, "SlideJobs", "ModelStates"]
+
+
+def test_topology_from_the_environment_and_the_command_line(
+    two_models: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from service.cli.main import main
+
+    monkeypatch.setenv("TESSERA_TOPOLOGY", "colocated")
+    assert ServerSettings.from_env().topology == "colocated"
+    monkeypatch.delenv("TESSERA_TOPOLOGY")
+    assert main(["--model-repo", str(two_models), "serve", "--topology", "colocated", "--print-config"]) == 0
+    deployments = [d["name"] for d in json.loads(capsys.readouterr().out)["applications"][0]["deployments"]]
+    assert deployments == [INGRESS, "SlideJobs", "ModelStates"]
+    with pytest.raises(SystemExit):
+        main(["serve", "--topology", "sideways"])
+    with pytest.raises(ValueError, match="topology"):
+        ServerSettings(topology="sideways")  # type: ignore[arg-type]
+
+
+def test_a_backbone_host_batches_single_images_and_runs_ready_batches(small_repo: Path) -> None:
+    """What a colocated ingress holds (and a Backbone replica wraps), run outside Ray."""
+    from service.serve.backbone import BackboneHost
+    from service.serve.ingress import HostClient
+
+    async def scenario() -> None:
+        host = BackboneHost(str(small_repo), "vit_small", intra_op_threads=1)
+        assert host.state == "ready" and host.backend is not None
+        client = HostClient({"vit_small": host})
+        rng = np.random.default_rng(0)
+        images = rng.standard_normal((3, 3, 224, 224)).astype(np.float32)
+        singles = await asyncio.gather(*(client.infer("vit_small", image) for image in images))
+        batch = await client.infer_batch("vit_small", images)
+        assert [r["batch_size"] for r in batch] == [3, 3, 3]
+        assert max(r["batch_size"] for r in singles) > 1  # queued together, run together
+        for one, row in zip(singles, batch, strict=True):
+            np.testing.assert_allclose(one["outputs"]["embedding"], row["outputs"]["embedding"], atol=1e-4)
+        with pytest.raises(NotFound, match="nat_tiny"):
+            await client.infer("nat_tiny", images[0])
+        host.backend.close()
+
+    asyncio.run(scenario())
