@@ -177,6 +177,8 @@ class PeerOptions:
     ready_timeout_s: float = 300.0
     workdir: str = ".tessera/peer"
     notes: tuple[str, ...] = ()
+    #: every server measured this many times in turn (the host drifts over a run); rows are medians
+    rounds: int = 1
     #: extra Tessera runs, each right after the plain one: (name, environment it adds), e.g.
     #: ``("throughput", (("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1"),))``; rows name them ``tessera:<name>``
     variants: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
@@ -188,6 +190,8 @@ class PeerOptions:
             raise ValueError(f"--duration must be in (0, 600] s, got {self.duration_s}")
         if not 0 <= self.warmup_s <= 120:
             raise ValueError(f"--warmup must be in [0, 120] s, got {self.warmup_s}")
+        if not 1 <= self.rounds <= 10:
+            raise ValueError(f"--rounds must be 1..10, got {self.rounds}")
         if not 0 < self.raw_duration_s <= 600:
             raise ValueError(f"--raw-duration must be in (0, 600] s, got {self.raw_duration_s}")
         if not self.servers or set(self.servers) - set(SERVERS) or len(set(self.servers)) != len(self.servers):
@@ -575,6 +579,36 @@ def summarize(rows: list[dict[str, Any]], clients: int, protocols: Sequence[str]
     return summary
 
 
+def merge_rounds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per point (server, role, model, protocol, clients): the median over the rounds that
+    measured it (img/s and latencies), counts summed, and each round's img/s and p50 kept beside."""
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        key = (row["server"], row["role"], row["model"], row["protocol"], row["clients"])
+        groups.setdefault(key, []).append(row)
+    merged = []
+    for group in groups.values():
+        if len(group) == 1:
+            merged.append({k: v for k, v in group[0].items() if k != "round"})
+            continue
+        out = {k: group[0][k] for k in ("server", "role", "model", "protocol", "clients")}
+        for key in ("img_per_s", "p50_ms", "p95_ms", "p99_ms"):
+            values = [float(r[key]) for r in group if r.get(key) is not None]
+            out[key] = round(float(np.median(values)), 3) if values else None
+        for key in ("requests_ok", "shed", "errors"):
+            values = [int(r[key]) for r in group if r.get(key) is not None]
+            out[key] = sum(values) if values else None
+        errors = [r["first_error"] for r in group if r.get("first_error")]
+        if errors:
+            out["first_error"] = errors[0]
+        if all(r.get("skipped") for r in group):
+            out["skipped"] = group[0]["skipped"]
+        out["img_per_s_rounds"] = [r.get("img_per_s") for r in group]
+        out["p50_ms_rounds"] = [r.get("p50_ms") for r in group]
+        merged.append(out)
+    return merged
+
+
 def point_row(server: str, role: str, model: str, protocol: str, clients: int, stats: dict[str, Any]) -> dict[str, Any]:
     """One measured point: which server, model, protocol and clients, and the load's statistics."""
     keep = ("img_per_s", "requests_ok", "p50_ms", "p95_ms", "p99_ms", "shed", "errors", "first_error", "skipped")
@@ -691,20 +725,25 @@ def _measure_servers(
         stub_dir = Path(tmp)
         pixels_path = stub_dir / "pixels.npy"
         np.save(pixels_path, single)
-        for server, extra_env in options.runs():
+        for server, extra_env, round_ in (
+            (server, env, r) for r in range(1, options.rounds + 1) for server, env in options.runs()
+        ):
+            if options.rounds > 1 and server == options.runs()[0][0]:
+                print(f"round {round_} of {options.rounds}", flush=True)
             ports = Ports.free()
             command = (
                 triton_command(repo_path, [m for m, _ in models], ports, stub_python)
                 if server == "triton"
                 else tessera_command(repo_path, ports)
             )
-            log_path = workdir / f"{server.replace(':', '-')}.log"
+            suffix = f"-round{round_}" if options.rounds > 1 else ""
+            log_path = workdir / f"{server.replace(':', '-')}{suffix}.log"
             env = {**_server_env(server.split(":")[0], stub_dir), **extra_env}
             print(f"starting {server} {extra_env or ''} (log {log_path}) ...", flush=True)
             ready_s, measured = _measure_server(server, command, env, log_path, models, ports, pixels_path, options)
-            rows += measured
+            rows += [{**row, "round": round_} for row in measured]
             if ready_s is not None:
-                ready[server] = ready_s
+                ready.setdefault(server, ready_s)
     return rows, ready
 
 
@@ -727,7 +766,8 @@ def run(options: PeerOptions) -> dict[str, Any]:
     raw_before = measure_raw(backend, raw_batch, options.raw_duration_s)
     print(f"  raw before: {raw_before['img_per_s']:.1f} img/s", flush=True)
 
-    rows, ready = _measure_servers(options, workdir, repo_path, single)
+    round_rows, ready = _measure_servers(options, workdir, repo_path, single)
+    rows = merge_rounds(round_rows)
 
     raw_after = measure_raw(backend, raw_batch, options.raw_duration_s)
     print(f"  raw after:  {raw_after['img_per_s']:.1f} img/s", flush=True)
@@ -750,6 +790,7 @@ def run(options: PeerOptions) -> dict[str, Any]:
         "clients": options.clients,
         "duration_s": options.duration_s,
         "warmup_s": options.warmup_s,
+        "rounds": options.rounds,
         "servers": [server for server, _ in options.runs()],
         "variants": {f"tessera:{name}": dict(env) for name, env in options.variants},
         "server_ready_s": ready,
@@ -763,6 +804,7 @@ def run(options: PeerOptions) -> dict[str, Any]:
             "img_per_s": round((raw_before["img_per_s"] + raw_after["img_per_s"]) / 2, 3),
         },
         "rows": rows,
+        "round_rows": round_rows if options.rounds > 1 else [],
         "summary": summary,
     }
     print(f"wrote {write_result(name, result)}")
@@ -802,6 +844,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=16, help="closed-loop clients for throughput (1..256)")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds measured per point")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load before each point's window")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure every server this many times in turn and report each point's median (a drifting host)",
+    )
     parser.add_argument("--raw-duration", type=float, default=10.0, help="seconds of raw inference, before and after")
     parser.add_argument("--server", action="append", help=f"servers, in order (default {','.join(SERVERS)})")
     parser.add_argument("--protocol", action="append", help=f"protocols (default {','.join(PROTOCOLS)})")
@@ -843,6 +891,7 @@ def main(argv: list[str] | None = None) -> int:
             duration_s=args.duration,
             warmup_s=args.warmup,
             raw_duration_s=args.raw_duration,
+            rounds=args.rounds,
             servers=_csv(args.server, SERVERS),
             protocols=_csv(args.protocol, PROTOCOLS),
             noop=not args.no_noop,

@@ -594,7 +594,13 @@ def _section_peer(result: PeerResult) -> list[str]:
         "on both; one FP32 image per request from `tritonclient` (gRPC, and REST with binary tensors) in a "
         f"separate process, closed loop, {_given(result.clients)} clients and 1 client, "
         f"{_given(result.duration_s)} s per point after {_given(result.warmup_s)} s of warm-up, the servers one "
-        f"after the other ({', '.join(result.servers)}). The no-op model ({result.noop_model or '-'}, one "
+        f"after the other ({', '.join(result.servers)})"
+        + (
+            f", {result.rounds} rounds in turn, each point the median of its rounds (each round's img/s in the note)"
+            if result.rounds > 1
+            else ""
+        )
+        + f". The no-op model ({result.noop_model or '-'}, one "
         "16-wide block, served the same way on both) measures the front end's ceiling in requests/s. Raw ONNX "
         f"Runtime at batch {_given(result.max_batch_size)}, no server: {_given(raw.img_per_s)} img/s (before "
         f"{_given(raw.before.img_per_s)}, after {_given(raw.after.img_per_s)}).",
@@ -645,7 +651,11 @@ def _section_peer(result: PeerResult) -> list[str]:
 
 
 def _peer_note(row: PeerRow) -> str:
-    return row.skipped or row.first_error or ""
+    note = row.skipped or row.first_error or ""
+    if row.img_per_s_rounds and len(row.img_per_s_rounds) > 1:
+        each = ", ".join(_cell(v) for v in row.img_per_s_rounds)
+        note = f"rounds: {each} img/s" + (f"; {note}" if note else "")
+    return note
 
 
 def _peer_variants(result: PeerResult) -> list[str]:

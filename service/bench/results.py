@@ -190,6 +190,11 @@ class PeerRow(_Model):
     errors: int | None = None
     first_error: str | None = None
     skipped: str | None = Field(default=None, description="Why the point was not measured.")
+    round: int | None = Field(default=None, description="Which round measured it (``round_rows``).")
+    img_per_s_rounds: list[float | None] | None = Field(
+        default=None, description="Each round's img/s, when the point is the median of several rounds."
+    )
+    p50_ms_rounds: list[float | None] | None = Field(default=None, description="Each round's p50, likewise.")
 
 
 class PeerProtocolSummary(_Model):
@@ -226,6 +231,7 @@ class PeerResult(BenchResult):
     clients: int | None = None
     duration_s: float | None = None
     warmup_s: float | None = None
+    rounds: int = Field(default=1, description="Times every server was measured in turn; rows are medians.")
     servers: list[str] = Field(default_factory=list)
     variants: dict[str, dict[str, str]] = Field(
         default_factory=dict, description="Tessera variants (``tessera:NAME``) and their environment."
@@ -237,6 +243,7 @@ class PeerResult(BenchResult):
     versions: dict[str, str] = Field(default_factory=dict)
     raw: RawBeforeAfter = Field(default_factory=RawBeforeAfter)
     rows: list[PeerRow] = Field(default_factory=list)
+    round_rows: list[PeerRow] = Field(default_factory=list, description="Every round's points, unmerged.")
     summary: PeerSummary = Field(default_factory=PeerSummary)
 
 

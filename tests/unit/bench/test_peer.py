@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from service.bench import command, peer
@@ -31,6 +32,8 @@ from service.models.config import ModelConfig
         ({"servers": ()}, "--server"),
         ({"protocols": ("http",)}, "--protocol"),
         ({"model": peer.NOOP_MODEL}, "no-op"),
+        ({"rounds": 0}, "--rounds"),
+        ({"rounds": 11}, "--rounds"),
     ],
 )
 def test_options_name_the_bad_value(change: dict[str, Any], message: str) -> None:
@@ -410,6 +413,61 @@ def test_report_of_a_lever_run_with_triton_compares_variants_with_both(tmp_path:
     # img/s 40 against 20 and 27; p50 40 ms against 52 and 51; no-op 800 against 400 and 540
     assert "| tessera:fast | grpc | 2.00x | 1.48x | -12.0 | -11.0 | 2.00x | 1.48x |" in text
     assert "Tessera against Triton" in text  # plain Tessera's own comparison is still there
+
+
+# -- rounds: every server measured several times in turn ------------------------------------------------------
+def test_rounds_run_every_server_in_turn_and_merge_to_medians(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from contextlib import contextmanager
+
+    started: list[str] = []
+    rates = iter([10.0, 30.0, 11.0, 20.0, 12.0, 25.0])  # tessera, triton, tessera, triton, ...
+
+    @contextmanager
+    def fake_server(command: list[str], *_: Any, **__: Any) -> Any:
+        started.append("triton" if "--triton-server" in command else "tessera")
+        yield 1.0
+
+    def fake_client(protocol: str, target: str, model: str, *_: Any) -> dict[str, Any]:
+        return {"img_per_s": next(rates), "p50_ms": 50.0, "errors": 0, "requests_ok": 100}
+
+    monkeypatch.setattr(peer, "server_process", fake_server)
+    monkeypatch.setattr(peer, "_client_subprocess", fake_client)
+    monkeypatch.setattr(peer, "write_stub_env", lambda path: path / "bin" / "python")
+    monkeypatch.setattr(peer, "install_triton", lambda path: None)
+    options = peer.PeerOptions(rounds=3, protocols=("grpc",), noop=False, clients=1, workdir=str(tmp_path)).validate()
+    round_rows, ready = peer._measure_servers(options, tmp_path, tmp_path / "repo", np.zeros((1, 3, 8, 8), "f4"))
+    assert started == ["tessera", "triton"] * 3
+    assert [r["round"] for r in round_rows] == [1, 1, 2, 2, 3, 3]
+    assert ready == {"tessera": 1.0, "triton": 1.0}
+    merged = {r["server"]: r for r in peer.merge_rounds(round_rows)}
+    assert merged["tessera"]["img_per_s"] == 11.0 and merged["triton"]["img_per_s"] == 25.0
+    assert merged["triton"]["img_per_s_rounds"] == [30.0, 20.0, 25.0]
+    assert merged["tessera"]["requests_ok"] == 300 and "round" not in merged["tessera"]
+
+
+def test_one_round_keeps_rows_as_measured() -> None:
+    rows = [{**r, "round": 1} for r in _rows()]
+    assert peer.merge_rounds(rows) == _rows()
+
+
+def test_report_shows_each_rounds_rate(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    results.mkdir()
+    rows = peer.merge_rounds([{**r, "round": n} for n in (1, 2) for r in _rows()])
+    payload = {
+        "benchmark": "peer",
+        "host": {"host": "ci-box", "cpu": "Test CPU", "cores": 2, "gpu": None, "date": "2026-12-03T10:00:00+00:00"},
+        "model": "vit_small",
+        "clients": 16,
+        "rounds": 2,
+        "servers": ["tessera", "triton"],
+        "rows": rows,
+        "summary": peer.summarize(rows, 16),
+    }
+    (results / "ci-box-2026-12-03-peer.json").write_text(json.dumps(payload))
+    text = write_report(results, tmp_path / "performance.md", tmp_path / "img").read_text()
+    assert "2 rounds in turn, each point the median of its rounds" in text
+    assert "rounds: 28, 28 img/s" in text
 
 
 def test_a_remark_is_shown_but_does_not_make_the_run_suspect(tmp_path: Path) -> None:
