@@ -112,6 +112,9 @@ def cluster_settings(model_repo: Path = DEFAULT_MODEL_REPO) -> Any:
         job_dir=JOB_DIR,
         intra_op_threads=2,
         ingress_replicas=2,
+        # a cluster scales each backbone on its own GPU workers and keeps a crashed model away from the
+        # ingress (docs/architecture.md, "Topology"), whatever a single host's default becomes
+        topology="split",
     )
 
 
