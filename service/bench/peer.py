@@ -592,12 +592,12 @@ def merge_rounds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             merged.append({k: v for k, v in group[0].items() if k != "round"})
             continue
         out = {k: group[0][k] for k in ("server", "role", "model", "protocol", "clients")}
-        for key in ("img_per_s", "p50_ms", "p95_ms", "p99_ms"):
-            values = [float(r[key]) for r in group if r.get(key) is not None]
-            out[key] = round(float(np.median(values)), 3) if values else None
-        for key in ("requests_ok", "shed", "errors"):
-            values = [int(r[key]) for r in group if r.get(key) is not None]
-            out[key] = sum(values) if values else None
+        for stat in ("img_per_s", "p50_ms", "p95_ms", "p99_ms"):
+            rates = [float(r[stat]) for r in group if r.get(stat) is not None]
+            out[stat] = round(float(np.median(rates)), 3) if rates else None
+        for count in ("requests_ok", "shed", "errors"):
+            counts = [int(r[count]) for r in group if r.get(count) is not None]
+            out[count] = sum(counts) if counts else None
         errors = [r["first_error"] for r in group if r.get("first_error")]
         if errors:
             out["first_error"] = errors[0]

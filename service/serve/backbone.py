@@ -104,12 +104,14 @@ class BackboneHost:
     async def _follow(self, states: DeploymentHandle) -> None:
         while True:
             try:
-                wanted, generation = await states.wanted.remote(self.model)
+                # one call a second: what this host holds, answered with whether it should hold it
+                wanted, generation = await states.report.remote(self.model, self._id, self.state, self.reason)
                 if wanted and self.backend is None and self._failed_generation != generation:
                     await self._load_now(states, generation)
+                    await states.report.remote(self.model, self._id, self.state, self.reason)
                 elif not wanted and self.backend is not None:
                     await self._release(states)
-                await states.report.remote(self.model, self._id, self.state, self.reason)
+                    await states.report.remote(self.model, self._id, self.state, self.reason)
             except Exception as exc:  # the states deployment restarting: keep serving what is held
                 log.warning("backbone %s: model states not reached: %s", self.model, exc)
             await asyncio.sleep(1.0)

@@ -10,6 +10,9 @@ from service.settings import ServerSettings
 __all__ = ["APP_NAME", "INGRESS", "backbone_deployment_name", "deployment_options", "serve_config"]
 
 APP_NAME = "tessera"
+#: Ray Serve writes a line per request (and per handle call) to the replica's log: the request path
+#: replicas leave that to Tessera's own JSON access log (``tessera.access``), one line per request.
+_NO_RAY_ACCESS_LOG = {"enable_access_log": False}
 #: The ingress deployment's name (a colocated ingress also runs the slide jobs' batches).
 INGRESS = "Ingress"
 #: A light deployment: the ingress and the slide-job manager do no inference themselves.
@@ -36,6 +39,7 @@ def deployment_options(settings: ServerSettings, repo: ModelRepository) -> dict[
             "max_ongoing_requests": settings.ingress_max_ongoing_requests,
             "max_queued_requests": settings.ingress_max_queued_requests,
             "ray_actor_options": ingress_resources,
+            "logging_config": dict(_NO_RAY_ACCESS_LOG),
         }
     }
     for name, cfg in configs.items() if settings.topology == "split" else ():
@@ -45,13 +49,14 @@ def deployment_options(settings: ServerSettings, repo: ModelRepository) -> dict[
             "max_ongoing_requests": b.max_ongoing_requests,
             "max_queued_requests": b.max_queued_requests,
             "ray_actor_options": {"num_cpus": b.num_cpus, "num_gpus": b.num_gpus},
+            "logging_config": dict(_NO_RAY_ACCESS_LOG),
         }
     options["SlideJobs"] = {"num_replicas": 1, "ray_actor_options": dict(_LIGHT)}
     # Every replica polls it each second: no CPU reserved, no access log line per poll.
     options["ModelStates"] = {
         "num_replicas": 1,
         "ray_actor_options": {"num_cpus": 0},
-        "logging_config": {"enable_access_log": False},
+        "logging_config": dict(_NO_RAY_ACCESS_LOG),
     }
     return options
 

@@ -2,8 +2,9 @@
 
 ``ModelStates`` is one small deployment that every replica asks:
 
-- backbone replicas report what they hold (``loading``, ``ready``, ``failed`` with the reason,
-  ``unloaded``) every second and ask whether they should hold their model (``wanted``);
+- backbone hosts (in backbone replicas, or in colocated ingress replicas) report what they hold
+  (``loading``, ``ready``, ``failed`` with the reason, ``unloaded``) every second, and the answer
+  says whether they should hold their model (``wanted``);
 - ingress replicas read the states (``ModelControl`` refreshes them twice a second) and send
   Triton's load and unload there, so that every ingress replica and every backbone replica
   follows one decision;
@@ -102,8 +103,10 @@ class ModelStates:
         entry = self.models[model]
         return entry.desired and self._built[model] and entry.build != "running", entry.generation
 
-    async def report(self, model: str, replica: str, state: str, reason: str = "") -> None:
+    async def report(self, model: str, replica: str, state: str, reason: str = "") -> tuple[bool, int]:
+        """A backbone host says what it holds; the answer is ``wanted``'s, so one call a second does both."""
         self.models[model].replicas[replica] = _Replica(state, reason, time.monotonic())
+        return await self.wanted(model)
 
     # -- Triton's model control ------------------------------------------------------------------
     async def load(self, model: str) -> None:

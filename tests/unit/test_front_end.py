@@ -44,3 +44,13 @@ def test_the_setting_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("TESSERA_FRONT_END", "nginx")
     with pytest.raises(Exception, match="TESSERA_FRONT_END"):
         ServerSettings.from_env()
+
+
+def test_embedded_ray_runs_the_serve_controller_loop_slower_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.serve.runner import embedded_env
+
+    monkeypatch.delenv("RAY_SERVE_CONTROL_LOOP_INTERVAL_S", raising=False)
+    assert embedded_env(None) == {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5"}
+    assert embedded_env("10.0.0.1:6379") == {}  # a joined cluster keeps its own
+    monkeypatch.setenv("RAY_SERVE_CONTROL_LOOP_INTERVAL_S", "0.2")
+    assert embedded_env(None) == {}  # the user's value wins

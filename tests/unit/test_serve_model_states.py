@@ -33,7 +33,7 @@ def test_backbone_reports_make_the_state(small_repo: Path) -> None:
     states = _states(small_repo)
     assert _run(states.states())["vit_small"].state == "loading"  # built, no replica has said anything
     assert _run(states.wanted("vit_small")) == (True, 0)
-    _run(states.report("vit_small", "r1", "ready"))
+    assert _run(states.report("vit_small", "r1", "ready")) == (True, 0)  # the report answers wanted
     _run(states.report("swin_tiny", "r2", "failed", "RuntimeUnavailable: CUDA asked, no GPU"))
     now = _run(states.states())
     assert now["vit_small"].state == "ready"
