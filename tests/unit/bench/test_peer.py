@@ -413,6 +413,10 @@ def test_report_of_a_lever_run_with_triton_compares_variants_with_both(tmp_path:
     # img/s 40 against 20 and 27; p50 40 ms against 52 and 51; no-op 800 against 400 and 540
     assert "| tessera:fast | grpc | 2.00x | 1.48x | -12.0 | -11.0 | 2.00x | 1.48x |" in text
     assert "Tessera against Triton" in text  # plain Tessera's own comparison is still there
+    goal = next(g for g in evaluate_goals(load_results(results)) if g.source == "peer")
+    # judged on plain Tessera of the newest run with Triton; the variant's own ratios named beside
+    assert goal.measured.startswith("`ci-box-2026-12-03-peer_fast.json`, plain `tessera serve`: gRPC: 0.74x img/s")
+    assert "tessera:fast: gRPC 1.48x, REST 1.48x img/s" in goal.measured and goal.status.startswith("not met")
 
 
 # -- rounds: every server measured several times in turn ------------------------------------------------------
