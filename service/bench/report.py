@@ -179,8 +179,9 @@ def _goal_peer(results: dict[str, BenchResult]) -> Goal:
     for server in [s for s in result.servers if s.startswith("tessera:")]:
         ratios = []
         for protocol in ("grpc", "rest"):
-            mine, triton = by.get((server, "model", protocol, result.clients)), by.get(
-                ("triton", "model", protocol, result.clients)
+            mine, triton = (
+                by.get((server, "model", protocol, result.clients)),
+                by.get(("triton", "model", protocol, result.clients)),
             )
             if mine is not None and triton:
                 ratios.append(f"{'gRPC' if protocol == 'grpc' else 'REST'} {mine / triton:.2f}x")
