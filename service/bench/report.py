@@ -175,14 +175,14 @@ def _goal_peer(results: dict[str, BenchResult]) -> Goal:
         if s.noop_ratio is not None:
             part += f", no-op {s.noop_ratio:.2f}x"
         parts.append(part)
-    by = {(r.server, r.role, r.protocol, r.clients): r.img_per_s for r in result.rows}
+    by: dict[tuple[str, str, str, int | None], float | None] = {
+        (r.server, r.role, r.protocol, r.clients): r.img_per_s for r in result.rows
+    }
     for server in [s for s in result.servers if s.startswith("tessera:")]:
         ratios = []
         for protocol in ("grpc", "rest"):
-            mine, triton = (
-                by.get((server, "model", protocol, result.clients)),
-                by.get(("triton", "model", protocol, result.clients)),
-            )
+            mine = by.get((server, "model", protocol, result.clients))
+            triton = by.get(("triton", "model", protocol, result.clients))
             if mine is not None and triton:
                 ratios.append(f"{'gRPC' if protocol == 'grpc' else 'REST'} {mine / triton:.2f}x")
         if ratios:
