@@ -582,6 +582,16 @@ def summarize(rows: list[dict[str, Any]], clients: int, protocols: Sequence[str]
 def merge_rounds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per point (server, role, model, protocol, clients): the median over the rounds that
     measured it (img/s and latencies), counts summed, and each round's img/s and p50 kept beside."""
+    measured = {r["server"] for r in rows if r["protocol"] != "-"}
+    failed = {r["server"]: r["skipped"] for r in rows if r["protocol"] == "-" and r.get("skipped")}
+    # a server that did not start in one round but did in another: its points, with the failure said
+    rows = [
+        {**r, "first_error": r.get("first_error") or f"did not start in a round: {failed[r['server']]}"}
+        if r["server"] in failed and r["server"] in measured
+        else r
+        for r in rows
+        if not (r["protocol"] == "-" and r["server"] in measured)
+    ]
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for row in rows:
         key = (row["server"], row["role"], row["model"], row["protocol"], row["clients"])

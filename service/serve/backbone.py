@@ -54,7 +54,12 @@ class BackboneHost:
         ort_spin: bool = False,
         trt_cache_dir: str = ".tessera/trt-cache",
         states: DeploymentHandle | None = None,
+        *,
+        in_ingress: bool = False,
     ):
+        """``in_ingress``: the host shares its process with the ingress (topology colocated), so a
+        model that cannot load is that model's failure (its state says ``failed`` with the reason;
+        the other models serve), not the process's; and the process's memory is the ingress's to report."""
         self.repo = ModelRepository(model_repo)
         self.model = model
         self.cfg = self.repo.config(model)
@@ -76,7 +81,7 @@ class BackboneHost:
         # Ready-made batches (OIP tensors, slide tiles) take the same number of slots, so that many
         # callers at once do not oversubscribe the cores with concurrent runs.
         self._ready_batches = asyncio.Semaphore(batching.max_concurrent_batches)
-        self.metrics = BackboneMetrics(model)
+        self.metrics = BackboneMetrics(model, host_process=None if in_ingress else f"backbone_{model}")
         self.backend: Backend | None = None
         self.state, self.reason = "unloaded", "not built yet"
         self._busy = 0
@@ -84,8 +89,15 @@ class BackboneHost:
         if self.repo.manifest(model) is not None:
             # Raises RuntimeUnavailable (the replica fails to start, with the reason) when no runtime
             # the settings allow can run here: never a silent fallback from a GPU to the CPU.
-            self.backend = self._load()
-            self.state, self.reason = "ready", ""
+            try:
+                self.backend = self._load()
+                self.state, self.reason = "ready", ""
+            except Exception as exc:
+                if not in_ingress:
+                    raise
+                # the model says why in its state until a load request (a new generation) retries it
+                self.state, self.reason, self._failed_generation = "failed", f"{type(exc).__name__}: {exc}"[:500], 0
+                log.warning("backbone %s could not load: %s", model, self.reason)
         self._id = replica_id()
         self._states = states
         if states is not None:

@@ -115,6 +115,7 @@ class Ingress(GrpcIngressMixin):
                         s.ort_spin,
                         s.trt_cache_dir,
                         states,
+                        in_ingress=True,
                     )
                     for name in repo.names()
                 }

@@ -70,8 +70,12 @@ class RayTelemetry:
 
 
 class BackboneMetrics:
-    def __init__(self, model: str) -> None:
+    """A model's batch sizes and memory; ``host_process`` labels the process's resident memory (None:
+    another reporter owns it, as the ingress does for the models it holds)."""
+
+    def __init__(self, model: str, host_process: str | None = None) -> None:
         self.model = model
+        self.host_process = host_process
         self._batch = metrics.Histogram(
             "tessera_batch_size",
             "Images per backend call.",
@@ -91,4 +95,5 @@ class BackboneMetrics:
             self._memory.set(
                 memory["allocated_bytes"], tags={"model": self.model, "device": device, "kind": "allocated"}
             )
-        self._host.set(current_rss_bytes(), tags={"process": f"backbone_{self.model}"})
+        if self.host_process is not None:
+            self._host.set(current_rss_bytes(), tags={"process": self.host_process})

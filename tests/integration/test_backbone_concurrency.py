@@ -24,7 +24,7 @@ def test_a_small_image_finishes_while_a_large_one_runs(serve_url: str, serve_set
     if serve_settings.topology == "split":
         backbone = serve.get_deployment_handle(backbone_deployment_name("swin_tiny"), app_name=APP_NAME)
         run = lambda pixels: backbone.remote(pixels).result(timeout_s=300)  # noqa: E731
-    else:  # colocated: the ingress holds the backbone; a one-image batch takes the same slots
+    else:  # colocated: the ingress holds the backbone; its ready-batch slots (max_concurrent_batches too)
         ingress = serve.get_deployment_handle(INGRESS, app_name=APP_NAME)
 
         def run(pixels: np.ndarray) -> dict:

@@ -86,3 +86,21 @@ def test_a_backbone_host_batches_single_images_and_runs_ready_batches(small_repo
         host.backend.close()
 
     asyncio.run(scenario())
+
+
+def test_a_model_that_cannot_load_in_the_ingress_fails_alone(small_repo: Path) -> None:
+    """Colocated, a runtime that cannot run is that model's failed state (with the reason), not the
+    ingress replica's death; in its own Backbone replica it still fails the replica."""
+    from service.errors import RuntimeUnavailable
+    from service.serve.backbone import BackboneHost
+
+    async def scenario() -> None:
+        host = BackboneHost(str(small_repo), "vit_small", runtime="tensorrt", in_ingress=True)
+        assert host.backend is None and host.state == "failed"
+        assert host.reason.startswith("RuntimeUnavailable") and "cannot run on this host" in host.reason
+        with pytest.raises(Exception, match="failed"):
+            await host.infer(np.zeros((3, 224, 224), np.float32))
+        with pytest.raises(RuntimeUnavailable):
+            BackboneHost(str(small_repo), "vit_small", runtime="tensorrt")
+
+    asyncio.run(scenario())

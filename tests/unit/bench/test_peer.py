@@ -454,6 +454,18 @@ def test_one_round_keeps_rows_as_measured() -> None:
     assert peer.merge_rounds(rows) == _rows()
 
 
+def test_a_server_that_failed_one_round_keeps_its_other_rounds_and_says_so() -> None:
+    good = [{**r, "round": 2} for r in _rows() if r["server"] == "tessera"]
+    failed = {
+        **peer.point_row("tessera", "model", "vit_small", "-", 0, {"img_per_s": None, "skipped": "boom"}),
+        "round": 1,
+    }
+    merged = peer.merge_rounds([failed, *good])
+    assert all(r["protocol"] != "-" for r in merged) and len(merged) == len(good)
+    assert all(r["first_error"] == "did not start in a round: boom" for r in merged)
+    assert peer.merge_rounds([failed]) == [{k: v for k, v in failed.items() if k != "round"}]
+
+
 def test_report_shows_each_rounds_rate(tmp_path: Path) -> None:
     results = tmp_path / "results"
     results.mkdir()
