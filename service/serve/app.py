@@ -37,8 +37,9 @@ def build_app(settings: ServerSettings) -> Application:
     # Every configured model gets its backbone deployment; one not built yet holds nothing until
     # it is (its state says "building", or "unavailable: not built" without --build).
     options = deployment_options(settings, repo)
+    as_dict = settings.model_dump(mode="json")  # what every replica rebuilds its ServerSettings from
     states = ModelStates.options(name="ModelStates", **options["ModelStates"]).bind(  # type: ignore[attr-defined]
-        settings.model_dump(mode="json")
+        as_dict
     )
     # topology split: a deployment per backbone, which the ingress and the slide jobs call; colocated:
     # none, the ingress replicas hold the backbones (and run the slide jobs' batches).
@@ -47,23 +48,14 @@ def build_app(settings: ServerSettings) -> Application:
         handles = {
             name: Backbone.options(  # type: ignore[attr-defined]
                 name=backbone_deployment_name(name), **options[backbone_deployment_name(name)]
-            ).bind(
-                settings.model_repo,
-                name,
-                settings.runtime,
-                settings.providers,
-                settings.intra_op_threads,
-                settings.ort_spin,
-                settings.trt_cache_dir,
-                states,
-            )
+            ).bind(as_dict, name, states)
             for name in repo.configs()
         }
     slide_jobs = SlideJobs.options(name="SlideJobs", **options["SlideJobs"]).bind(  # type: ignore[attr-defined]
-        settings.model_dump(mode="json"), handles
+        as_dict, handles
     )
     return Ingress.options(name=INGRESS, **options[INGRESS]).bind(  # type: ignore[attr-defined]
-        settings.model_dump(mode="json"), handles, slide_jobs, states
+        as_dict, handles, slide_jobs, states
     )
 
 

@@ -20,6 +20,7 @@ from service.runtime.batching import DynamicBatcher, run_batch
 from service.runtime.loader import RuntimePreference
 from service.serve.metrics import BackboneMetrics
 from service.serve.models import replica_id
+from service.settings import ServerSettings
 
 __all__ = ["Backbone", "BackboneHost"]
 
@@ -102,6 +103,23 @@ class BackboneHost:
         self._states = states
         if states is not None:
             self._follower = asyncio.get_running_loop().create_task(self._follow(states))
+
+    @classmethod
+    def from_settings(
+        cls, settings: ServerSettings, model: str, states: DeploymentHandle | None = None, *, in_ingress: bool = False
+    ) -> BackboneHost:
+        """The host ``settings`` ask for (the one place their runtime options meet the constructor)."""
+        return cls(
+            settings.model_repo,
+            model,
+            settings.runtime,
+            settings.providers,
+            settings.intra_op_threads,
+            settings.ort_spin,
+            settings.trt_cache_dir,
+            states,
+            in_ingress=in_ingress,
+        )
 
     def _load(self) -> Backend:
         backend = load_backend(self.repo, self.model, **self._load_options)  # type: ignore[arg-type]
@@ -203,20 +221,8 @@ class BackboneHost:
 class Backbone:
     """One replica of a model's backbone (``topology: split``): a ``BackboneHost`` behind a handle."""
 
-    def __init__(
-        self,
-        model_repo: str,
-        model: str,
-        runtime: RuntimePreference = "auto",
-        providers: str = "auto",
-        intra_op_threads: int = 0,
-        ort_spin: bool = False,
-        trt_cache_dir: str = ".tessera/trt-cache",
-        states: DeploymentHandle | None = None,
-    ):
-        self.host = BackboneHost(
-            model_repo, model, runtime, providers, intra_op_threads, ort_spin, trt_cache_dir, states
-        )
+    def __init__(self, settings: dict[str, Any], model: str, states: DeploymentHandle | None = None):
+        self.host = BackboneHost.from_settings(ServerSettings.model_validate(settings), model, states)
 
     async def infer(self, pixels: np.ndarray) -> dict[str, Any]:
         return await self.host.infer(pixels)

@@ -103,20 +103,9 @@ class Ingress(GrpcIngressMixin):
         telemetry = RayTelemetry()
         self.hosts: HostClient | None = None
         if backbones is None:  # topology colocated: every model runs here, where its requests are decoded
-            s = self.settings
             self.hosts = HostClient(
                 {
-                    name: BackboneHost(
-                        s.model_repo,
-                        name,
-                        s.runtime,
-                        s.providers,
-                        s.intra_op_threads,
-                        s.ort_spin,
-                        s.trt_cache_dir,
-                        states,
-                        in_ingress=True,
-                    )
+                    name: BackboneHost.from_settings(self.settings, name, states, in_ingress=True)
                     for name in repo.names()
                 }
             )

@@ -100,7 +100,11 @@ def test_a_model_that_cannot_load_in_the_ingress_fails_alone(small_repo: Path) -
         assert host.reason.startswith("RuntimeUnavailable") and "cannot run on this host" in host.reason
         with pytest.raises(Exception, match="failed"):
             await host.infer(np.zeros((3, 224, 224), np.float32))
+        # what a Backbone replica builds from the service's settings: their runtime reaches the host
         with pytest.raises(RuntimeUnavailable):
-            BackboneHost(str(small_repo), "vit_small", runtime="tensorrt")
+            BackboneHost.from_settings(ServerSettings(model_repo=str(small_repo), runtime="tensorrt"), "vit_small")
+        settings = ServerSettings(model_repo=str(small_repo), runtime="tensorrt", intra_op_threads=1)
+        colocated = BackboneHost.from_settings(settings, "vit_small", in_ingress=True)
+        assert colocated.state == "failed" and colocated._load_options["intra_op_threads"] == 1
 
     asyncio.run(scenario())
