@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import defaultdict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -61,6 +61,11 @@ class DynamicBatcher(Generic[T, R]):
 
     ``run`` takes the items of one batch and returns one result per item, in order. A caller that
     stops waiting (its request cancelled) leaves its item out of the batch if it has not started.
+
+    With ``key`` (a ``BackboneHost`` gives the pixels' shape) a batch holds only items with the
+    oldest item's key; the others keep their places for the next free slot. A 224² tile that
+    queued beside a 2048² image then runs in its own batch, beside it when ``max_concurrent`` > 1,
+    instead of waiting out the large image's run in the same batch.
     """
 
     def __init__(
@@ -70,6 +75,7 @@ class DynamicBatcher(Generic[T, R]):
         max_batch_size: int,
         wait_s: float,
         max_concurrent: int = 1,
+        key: Callable[[T], Hashable] | None = None,
     ):
         if max_batch_size < 1 or max_concurrent < 1 or wait_s < 0:
             raise ValueError("max_batch_size and max_concurrent must be >= 1 and wait_s >= 0")
@@ -77,6 +83,7 @@ class DynamicBatcher(Generic[T, R]):
         self.max_batch_size = max_batch_size
         self.wait_s = wait_s
         self.max_concurrent = max_concurrent
+        self._key = key
         self._pending: deque[_Pending[T, R]] = deque()
         self._arrived: asyncio.Event | None = None
         self._dispatcher: asyncio.Task[None] | None = None
@@ -126,21 +133,39 @@ class DynamicBatcher(Generic[T, R]):
                 arrived.clear()
                 await arrived.wait()
                 self._drop_abandoned()
-            oldest = self._pending[0].queued_at
-            while len(self._pending) < self.max_batch_size:
-                remaining = oldest + self.wait_s - loop.time()
+            head = self._pending[0]
+            while self._mates(head) < self.max_batch_size:
+                remaining = head.queued_at + self.wait_s - loop.time()
                 if remaining <= 0:
                     break
                 arrived.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(arrived.wait(), remaining)
             batch: list[_Pending[T, R]] = []
-            while self._pending and len(batch) < self.max_batch_size:
+            others: deque[_Pending[T, R]] = deque()
+            # the oldest live item and the items that may share its batch, in order; the rest stay queued
+            while self._pending:
                 entry = self._pending.popleft()
-                if not entry.future.done():
+                if entry.future.done():
+                    continue
+                if not batch:
+                    head = entry
+                if len(batch) < self.max_batch_size and self._same(head, entry):
                     batch.append(entry)
+                else:
+                    others.append(entry)
+            self._pending = others
             if batch:
                 return batch
+
+    def _same(self, a: _Pending[T, R], b: _Pending[T, R]) -> bool:
+        return self._key is None or a is b or self._key(a.item) == self._key(b.item)
+
+    def _mates(self, head: _Pending[T, R]) -> int:
+        """Queued items that may share ``head``'s batch (``head`` included)."""
+        if self._key is None:
+            return len(self._pending)
+        return sum(1 for p in self._pending if self._same(head, p))
 
     def _drop_abandoned(self) -> None:
         while self._pending and self._pending[0].future.done():

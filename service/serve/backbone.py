@@ -78,6 +78,7 @@ class BackboneHost:
             max_batch_size=batching.max_batch_size,
             wait_s=batching.batch_wait_timeout_s,
             max_concurrent=batching.max_concurrent_batches,
+            key=lambda pixels: pixels.shape,  # a batch holds one shape: a small image never waits out a large one's run
         )
         # Ready-made batches (OIP tensors, slide tiles) take the same number of slots, so that many
         # callers at once do not oversubscribe the cores with concurrent runs.

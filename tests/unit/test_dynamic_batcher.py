@@ -78,6 +78,23 @@ def test_a_lone_item_waits_wait_s_for_company_then_runs() -> None:
     assert 0.19 <= elapsed < 5.0
 
 
+def test_with_a_key_a_batch_holds_one_key_and_the_others_run_beside_it() -> None:
+    """Images of two sizes queued together: each size is its own batch, in order of arrival, so the
+    small ones run beside the large one instead of waiting out its run in the same batch."""
+
+    async def scenario() -> tuple[list[int], Recorder]:
+        run = Recorder(seconds=0.1)
+        batcher = DynamicBatcher(run, max_batch_size=3, wait_s=0.01, max_concurrent=2, key=lambda item: item >= 100)
+        results = await asyncio.gather(*(batcher(i) for i in (100, 1, 101, 2, 3, 4, 102)))
+        return results, run
+
+    results, run = asyncio.run(scenario())
+    assert results == [i * 10 for i in (100, 1, 101, 2, 3, 4, 102)]
+    # the large ones (>= 100) first as the oldest, then the small ones up to max_batch_size, then the rest
+    assert run.batches == [[100, 101, 102], [1, 2, 3], [4]]
+    assert run.most_running == 2
+
+
 def test_max_concurrent_batches_run_side_by_side_and_no_more() -> None:
     async def scenario() -> Recorder:
         run = Recorder(seconds=0.1)
