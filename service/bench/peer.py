@@ -182,6 +182,9 @@ class PeerOptions:
     #: extra Tessera runs, each right after the plain one: (name, environment it adds), e.g.
     #: ``("throughput", (("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1"),))``; rows name them ``tessera:<name>``
     variants: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
+    #: extra Triton runs right after the plain one (one model instance), each with this many instances
+    #: sharing the backend with Tessera's CPU lanes (``TESSERA_CPU_LANES``); rows name them ``triton:x<N>``
+    triton_instances: tuple[int, ...] = ()
 
     def validate(self) -> PeerOptions:
         if not 1 <= self.clients <= 256:
@@ -200,6 +203,12 @@ class PeerOptions:
             raise ValueError(f"--protocol must be among {', '.join(PROTOCOLS)}, got {self.protocols}")
         if self.model == NOOP_MODEL:
             raise ValueError(f"{NOOP_MODEL!r} is the benchmark's own no-op model; name a model of the repository")
+        if self.triton_instances and "triton" not in self.servers:
+            raise ValueError("--triton-instances needs the triton server")
+        if any(not 2 <= n <= 8 for n in self.triton_instances) or len(set(self.triton_instances)) != len(
+            self.triton_instances
+        ):
+            raise ValueError(f"--triton-instances must be distinct, 2..8, got {self.triton_instances}")
         names = [name for name, _ in self.variants]
         if self.variants and "tessera" not in self.servers:
             raise ValueError("--tessera-variant needs the tessera server")
@@ -218,6 +227,8 @@ class PeerOptions:
             out.append((server, {}))
             if server == "tessera":
                 out += [(f"tessera:{name}", dict(env)) for name, env in self.variants]
+            if server == "triton":
+                out += [(f"triton:x{n}", {}) for n in self.triton_instances]
         return out
 
 
@@ -319,7 +330,9 @@ def tessera_command(repo: Path, ports: Ports) -> list[str]:
     ]
 
 
-def triton_command(repo: Path, models: Sequence[str], ports: Ports, python: str | Path | None = None) -> list[str]:
+def triton_command(
+    repo: Path, models: Sequence[str], ports: Ports, python: str | Path | None = None, instances: int = 1
+) -> list[str]:
     return [
         str(python or sys.executable),
         "-m",
@@ -330,6 +343,8 @@ def triton_command(repo: Path, models: Sequence[str], ports: Ports, python: str 
         *(a for m in models for a in ("--serve-model", m)),
         "--ports",
         f"{ports.http},{ports.grpc},{ports.metrics}",
+        "--triton-instances",
+        str(instances),
     ]
 
 
@@ -373,9 +388,11 @@ def server_process(command: list[str], env: dict[str, str], log_path: Path, read
         log.close()
 
 
-def serve_triton(repo_path: str, models: Sequence[str], ports: Ports) -> int:
+def serve_triton(repo_path: str, models: Sequence[str], ports: Ports, instances: int = 1) -> int:
     """The Triton side (run in its own process): each model behind Triton's dynamic batcher, its
-    inference function the runtime ``Backend`` Tessera's replica would load with these settings."""
+    inference function the runtime ``Backend`` Tessera's replica would load with these settings.
+    With ``instances`` > 1 that many model instances share the backend, loaded with Tessera's CPU
+    lanes, so Triton runs batches side by side as Tessera does under load."""
     from pytriton.decorators import batch
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
     from pytriton.triton import Triton, TritonConfig
@@ -408,6 +425,7 @@ def serve_triton(repo_path: str, models: Sequence[str], ports: Ports) -> int:
                 intra_op_threads=settings.intra_op_threads,
                 spin=settings.ort_spin,
                 cache_dir=settings.trt_cache_dir,
+                lanes=settings.cpu_lanes if instances > 1 else 1,
             )
             side = cfg.input.native_size
             sample = backend.infer(np.zeros((1, 3, side, side), dtype=np.float32)).outputs  # warm-up, as Tessera
@@ -417,7 +435,7 @@ def serve_triton(repo_path: str, models: Sequence[str], ports: Ports) -> int:
 
             triton.bind(
                 model_name=name,
-                infer_func=batch(infer),
+                infer_func=[batch(infer) for _ in range(instances)],
                 inputs=[Tensor(name="pixels", dtype=np.float32, shape=(3, -1, -1))],
                 outputs=[Tensor(name=k, dtype=np.float32, shape=tuple(v.shape[1:])) for k, v in sample.items()],
                 config=ModelConfig(
@@ -741,14 +759,15 @@ def _measure_servers(
             if options.rounds > 1 and server == options.runs()[0][0]:
                 print(f"round {round_} of {options.rounds}", flush=True)
             ports = Ports.free()
+            kind, _, label = server.partition(":")
             command = (
-                triton_command(repo_path, [m for m, _ in models], ports, stub_python)
-                if server == "triton"
+                triton_command(repo_path, [m for m, _ in models], ports, stub_python, int(label[1:] or 1))
+                if kind == "triton"
                 else tessera_command(repo_path, ports)
             )
             suffix = f"-round{round_}" if options.rounds > 1 else ""
             log_path = workdir / f"{server.replace(':', '-')}{suffix}.log"
-            env = {**_server_env(server.split(":")[0], stub_dir), **extra_env}
+            env = {**_server_env(kind, stub_dir), **extra_env}
             print(f"starting {server} {extra_env or ''} (log {log_path}) ...", flush=True)
             ready_s, measured = _measure_server(server, command, env, log_path, models, ports, pixels_path, options)
             rows += [{**row, "round": round_} for row in measured]
@@ -803,6 +822,8 @@ def run(options: PeerOptions) -> dict[str, Any]:
         "rounds": options.rounds,
         "servers": [server for server, _ in options.runs()],
         "variants": {f"tessera:{name}": dict(env) for name, env in options.variants},
+        "triton_instances": {f"triton:x{n}": n for n in options.triton_instances},
+        "cpu_lanes": settings.cpu_lanes,
         "server_ready_s": ready,
         "backend": backend.describe(),
         "intra_op_threads": settings.intra_op_threads,
@@ -874,6 +895,15 @@ def main(argv: list[str] | None = None) -> int:
         help="also run Tessera with these RAY_*/TESSERA_* variables, right after the plain run (a lever to compare)",
     )
     parser.add_argument(
+        "--triton-instances",
+        action="append",
+        type=int,
+        default=[],
+        metavar="N",
+        help="also run Triton with N model instances sharing the backend (with Tessera's CPU lanes), after the "
+        "plain one-instance run; internal to the Triton server process otherwise",
+    )
+    parser.add_argument(
         "--note", action="append", default=[], help="a note on the run for the report (e.g. the host was shared)"
     )
     # internal: the Triton server and the load clients, each run in their own process
@@ -886,7 +916,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.triton_server:
         http, grpc, metrics = (int(p) for p in args.ports.split(","))
-        return serve_triton(args.model_repo, args.serve_model or [], Ports(http, grpc, metrics))
+        instances = args.triton_instances[-1] if args.triton_instances else 1
+        return serve_triton(args.model_repo, args.serve_model or [], Ports(http, grpc, metrics), instances)
     if args.client:
         stats = client_load(
             args.client, args.target, args.model, np.load(args.pixels), args.clients, args.duration, args.warmup
@@ -909,6 +940,7 @@ def main(argv: list[str] | None = None) -> int:
             workdir=args.workdir,
             notes=tuple(args.note),
             variants=tuple(parse_variant(v) for v in args.tessera_variant),
+            triton_instances=tuple(args.triton_instances),
         ).validate()
     except ValueError as exc:
         parser.error(str(exc))

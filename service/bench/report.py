@@ -609,7 +609,17 @@ def _section_peer(result: PeerResult) -> list[str]:
     out = [
         f"Tessera (`tessera serve`) and Triton ({versions}; the model's inference function runs the same "
         f"ONNX Runtime backend Tessera loads: {runtime}, intra-op threads "
-        f"{_given(result.intra_op_threads)} (0 = all cores), spinning {'on' if result.ort_spin else 'off'}) "
+        f"{_given(result.intra_op_threads)} (0 = all cores), spinning {'on' if result.ort_spin else 'off'}"
+        + (f", Tessera's CPU lanes {result.cpu_lanes}" if result.cpu_lanes is not None else "")
+        + (
+            "; "
+            + ", ".join(
+                f"`{k}` runs {n} model instances sharing the backend" for k, n in result.triton_instances.items()
+            )
+            if result.triton_instances
+            else ""
+        )
+        + ") "
         f"serve model {result.model} at {_given(result.size)}², dynamic batching up to "
         f"{_given(result.max_batch_size)} with {_cell(1e3 * (result.batch_wait_timeout_s or 0.0))} ms wait "
         "on both; one FP32 image per request from `tritonclient` (gRPC, and REST with binary tensors) in a "
@@ -686,7 +696,7 @@ def _peer_variants(result: PeerResult) -> list[str]:
     by: dict[tuple[str, str, str, int | None], PeerRow] = {
         (r.server, r.role, r.protocol, r.clients): r for r in result.rows
     }
-    peers = ["tessera", *(["triton"] if "triton" in result.servers else [])]
+    peers = ["tessera", *[s for s in result.servers if s == "triton" or s.startswith("triton:")]]
 
     def value(server: str, role: str, protocol: str, n: int | None, key: str) -> float | None:
         row = by.get((server, role, protocol, n))

@@ -236,9 +236,13 @@ class PeerResult(BenchResult):
     variants: dict[str, dict[str, str]] = Field(
         default_factory=dict, description="Tessera variants (``tessera:NAME``) and their environment."
     )
+    triton_instances: dict[str, int] = Field(
+        default_factory=dict, description="Triton runs (``triton:xN``) with N model instances sharing the backend."
+    )
     server_ready_s: dict[str, float] = Field(default_factory=dict)
     backend: dict[str, Any] = Field(default_factory=dict)
     intra_op_threads: int | None = None
+    cpu_lanes: int | None = None
     ort_spin: bool | None = None
     versions: dict[str, str] = Field(default_factory=dict)
     raw: RawBeforeAfter = Field(default_factory=RawBeforeAfter)

@@ -41,6 +41,8 @@ class Backend(ABC):
     output_names: tuple[str, ...] = ("embedding", "logits")
     #: faster runtimes the loader tried first and why each could not run: [(label, reason)]
     load_notes: list[tuple[str, str]] = []  # set per instance by the loader
+    #: batches worth running at once (``OrtBackend``'s CPU lanes); callers allow at least this many
+    lanes: int = 1
 
     @abstractmethod
     def _run(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
@@ -56,6 +58,10 @@ class Backend(ABC):
         return InferenceResult(
             outputs=outputs, latency_ms=latency_ms, memory=self.memory(), batch_size=int(pixels.shape[0])
         )
+
+    def warm_up(self, pixels: np.ndarray) -> None:
+        """Run ``pixels`` once on everything that will run batches (the first run at a shape allocates)."""
+        self.infer(pixels)
 
     def memory(self) -> MemoryReport:
         """Peak and current memory of what runs the model (the host process on CPU)."""

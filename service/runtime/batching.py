@@ -15,6 +15,9 @@ from service.runtime.base import Backend
 
 __all__ = ["DynamicBatcher", "run_batch"]
 
+#: Weight of the newest gap between arrivals in their moving average (``DynamicBatcher.company_likely``).
+GAP_WEIGHT = 0.3
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -62,6 +65,12 @@ class DynamicBatcher(Generic[T, R]):
     ``run`` takes the items of one batch and returns one result per item, in order. A caller that
     stops waiting (its request cancelled) leaves its item out of the batch if it has not started.
 
+    A lone item waits for company only when company is likely: while requests have been arriving
+    less than ``wait_s`` apart (a moving average of the gaps between arrivals; before the second
+    arrival it is assumed). One closed-loop caller, whose next request comes only after this one's
+    answer, no longer pays ``wait_s`` on every request, which Triton's batcher (a fixed
+    ``max_queue_delay``) does; under load the gaps are short and batches fill as before.
+
     With ``key`` (a ``BackboneHost`` gives the pixels' shape) a batch holds only items with the
     oldest item's key; the others keep their places for the next free slot. A 224² tile that
     queued beside a 2048² image then runs in its own batch, beside it when ``max_concurrent`` > 1,
@@ -84,6 +93,8 @@ class DynamicBatcher(Generic[T, R]):
         self.wait_s = wait_s
         self.max_concurrent = max_concurrent
         self._key = key
+        self._last_arrival: float | None = None
+        self._gap_s: float | None = None  # moving average of the gaps between arrivals
         self._pending: deque[_Pending[T, R]] = deque()
         self._arrived: asyncio.Event | None = None
         self._dispatcher: asyncio.Task[None] | None = None
@@ -105,7 +116,12 @@ class DynamicBatcher(Generic[T, R]):
             self._arrived = asyncio.Event()
             self._dispatcher = loop.create_task(self._dispatch())
         future: asyncio.Future[R] = loop.create_future()
-        self._pending.append(_Pending(item, future, loop.time()))
+        now = loop.time()
+        if self._last_arrival is not None:
+            gap = now - self._last_arrival
+            self._gap_s = gap if self._gap_s is None else (1 - GAP_WEIGHT) * self._gap_s + GAP_WEIGHT * gap
+        self._last_arrival = now
+        self._pending.append(_Pending(item, future, now))
         assert self._arrived is not None
         self._arrived.set()
         return await future
@@ -134,7 +150,7 @@ class DynamicBatcher(Generic[T, R]):
                 await arrived.wait()
                 self._drop_abandoned()
             head = self._pending[0]
-            while self._mates(head) < self.max_batch_size:
+            while self._mates(head) < self.max_batch_size and self.company_likely:
                 remaining = head.queued_at + self.wait_s - loop.time()
                 if remaining <= 0:
                     break
@@ -157,6 +173,11 @@ class DynamicBatcher(Generic[T, R]):
             self._pending = others
             if batch:
                 return batch
+
+    @property
+    def company_likely(self) -> bool:
+        """Whether another item is likely within ``wait_s``: the recent gaps between arrivals are shorter."""
+        return self._gap_s is None or self._gap_s < self.wait_s
 
     def _same(self, a: _Pending[T, R], b: _Pending[T, R]) -> bool:
         return self._key is None or a is b or self._key(a.item) == self._key(b.item)

@@ -48,6 +48,7 @@ def candidates(
     spin: bool = False,
     gpus: int | None = None,
     cache_dir: str | Path = ".tessera/trt-cache",
+    lanes: int = 1,
 ) -> list[Candidate]:
     """The runtimes to try for ``model``, fastest first (nothing is loaded here)."""
     from service.runtime.devices import gpu_count, unusable_gpu_reason
@@ -79,6 +80,7 @@ def candidates(
                 spin=spin,
                 cache_dir=cache_dir,
                 profiles=[{k: list(v) for k, v in p.items()} for p in profiles],
+                lanes=lanes,
             )
             backend.check_placement(cfg.input.native_size)  # CUDA provider: heavy ops left on the CPU, said
             return backend
@@ -150,6 +152,7 @@ def load_backend(
     spin: bool = False,
     gpus: int | None = None,
     cache_dir: str | Path = ".tessera/trt-cache",
+    lanes: int = 1,
 ) -> Backend:
     """Load ``model`` on the first candidate runtime that runs here (see the module docstring)."""
     tried: list[tuple[str, str]] = []
@@ -162,6 +165,7 @@ def load_backend(
         spin=spin,
         gpus=gpus,
         cache_dir=cache_dir,
+        lanes=lanes,
     ):
         try:
             backend = candidate.load()

@@ -12,6 +12,8 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
+import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,11 @@ class ProviderUnavailable(RuntimeUnavailable):
 
 
 @functools.cache
+def cpu_cores() -> int:
+    """The cores this process may run on (its affinity mask, not the host's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def import_onnxruntime() -> Any:
     """``onnxruntime``, with the CUDA/cuDNN libraries pip installed preloaded (GPU builds only).
 
@@ -223,17 +230,26 @@ class OrtBackend(Backend):
         device_id: int = 0,
         cache_dir: str | Path = ".tessera/trt-cache",
         profiles: Sequence[dict[str, Sequence[int]]] = (),
+        lanes: int = 1,
     ):
+        """``lanes`` > 1 on the CPU: a second session with ``1/lanes`` of the threads runs the batches
+        that start while another is running (see ``_session_for``); a batch that runs alone keeps
+        every thread. Ignored on a GPU."""
         ort = import_onnxruntime()
-        opts = ort.SessionOptions()
-        # The artifact was optimised at build time; ENABLE_ALL adds the provider-specific fusions.
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.intra_op_num_threads = intra_op_threads
-        # A spinning pool keeps its cores busy between ops: fastest alone, but on a host whose cores
-        # several replicas share it slows every neighbour (measured: docs/performance.md).
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-        opts.add_session_config_entry("session.inter_op.allow_spinning", "1" if spin else "0")
-        opts.log_severity_level = 3
+
+        def options(threads: int) -> Any:
+            opts = ort.SessionOptions()
+            # The artifact was optimised at build time; ENABLE_ALL adds the provider-specific fusions.
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            opts.intra_op_num_threads = threads
+            # A spinning pool keeps its cores busy between ops: fastest alone, but on a host whose cores
+            # several replicas share it slows every neighbour (measured: docs/performance.md).
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+            opts.add_session_config_entry("session.inter_op.allow_spinning", "1" if spin else "0")
+            opts.log_severity_level = 3
+            return opts
+
+        opts = options(intra_op_threads)
         requested = list(providers or choose_providers())
         if "TensorrtExecutionProvider" in requested:
             Path(cache_dir).mkdir(parents=True, exist_ok=True)
@@ -264,7 +280,39 @@ class OrtBackend(Backend):
         self._max_batch: dict[int, int] = {}
         if "TensorrtExecutionProvider" in self.providers:
             self._max_batch = {int(p["max"][2]): int(p["max"][0]) for p in profiles}
-        log.info("onnxruntime session for %s on %s", model_path, self.providers)
+        # CPU lanes: the second session holds its own copy of the weights.
+        threads = intra_op_threads or cpu_cores()
+        lanes = max(1, min(lanes, threads)) if self.device == "cpu" else 1
+        self._narrow: Any = None
+        if lanes > 1:
+            self._narrow = ort.InferenceSession(
+                str(model_path), sess_options=options(max(1, threads // lanes)), providers=["CPUExecutionProvider"]
+            )
+        self.lanes = lanes
+        self._lane_lock = threading.Lock()
+        self._running = 0
+        #: batches run by the session with every thread and by the narrow one
+        self.lane_runs = {"wide": 0, "narrow": 0}
+        log.info("onnxruntime session for %s on %s (%d lane(s))", model_path, self.providers, lanes)
+
+    def _session_for(self) -> Any:
+        """The session for a batch about to start: every thread when none other runs, else a narrow one.
+
+        On a CPU, N single-threaded runs at once get through more images than one N-thread run (ViT-S,
+        2 cores: 1.2x; docs/performance.md), but one run alone on one thread takes twice as long. So a
+        lone batch (one client, light load) keeps every core; under load, batches run side by side
+        on the narrow session, which ``max_concurrent_batches`` >= ``lanes`` lets the batcher start.
+        """
+        with self._lane_lock:
+            wide = self._narrow is None or self._running == 0
+            self._running += 1
+            self.lane_runs["wide" if wide else "narrow"] += 1
+        return self.session if wide else self._narrow
+
+    def warm_up(self, pixels: np.ndarray) -> None:
+        self.infer(pixels)
+        if self._narrow is not None:
+            self._narrow.run(list(self.output_names), {self.input_name: pixels})
 
     def _run(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         top = self._max_batch.get(int(pixels.shape[2]), len(pixels))
@@ -274,7 +322,12 @@ class OrtBackend(Backend):
         return {name: np.concatenate([p[name] for p in parts]) for name in self.output_names}
 
     def _run_one(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
-        values = self.session.run(list(self.output_names), {self.input_name: pixels})
+        session = self._session_for()
+        try:
+            values = session.run(list(self.output_names), {self.input_name: pixels})
+        finally:
+            with self._lane_lock:
+                self._running -= 1
         return {name: np.asarray(v, dtype=np.float32) for name, v in zip(self.output_names, values, strict=True)}
 
     def check_placement(self, side: int) -> list[str]:

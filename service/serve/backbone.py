@@ -57,6 +57,7 @@ class BackboneHost:
         states: DeploymentHandle | None = None,
         *,
         in_ingress: bool = False,
+        cpu_lanes: int = 1,
     ):
         """``in_ingress``: the host shares its process with the ingress (topology colocated), so a
         model that cannot load is that model's failure (its state says ``failed`` with the reason;
@@ -70,19 +71,8 @@ class BackboneHost:
             "intra_op_threads": intra_op_threads,
             "spin": ort_spin,
             "cache_dir": trt_cache_dir,
+            "lanes": cpu_lanes,
         }
-        # Single images wait here to share a batch (size, wait and concurrent batches from config.yaml).
-        batching = self.cfg.batching
-        self._batcher: DynamicBatcher[np.ndarray, dict[str, Any]] = DynamicBatcher(
-            self._run_items,
-            max_batch_size=batching.max_batch_size,
-            wait_s=batching.batch_wait_timeout_s,
-            max_concurrent=batching.max_concurrent_batches,
-            key=lambda pixels: pixels.shape,  # a batch holds one shape: a small image never waits out a large one's run
-        )
-        # Ready-made batches (OIP tensors, slide tiles) take the same number of slots, so that many
-        # callers at once do not oversubscribe the cores with concurrent runs.
-        self._ready_batches = asyncio.Semaphore(batching.max_concurrent_batches)
         self.metrics = BackboneMetrics(model, host_process=None if in_ingress else f"backbone_{model}")
         self.backend: Backend | None = None
         self.state, self.reason = "unloaded", "not built yet"
@@ -100,10 +90,31 @@ class BackboneHost:
                 # the model says why in its state until a load request (a new generation) retries it
                 self.state, self.reason, self._failed_generation = "failed", f"{type(exc).__name__}: {exc}"[:500], 0
                 log.warning("backbone %s could not load: %s", model, self.reason)
+        self._slots(self.backend)
         self._id = replica_id()
         self._states = states
         if states is not None:
             self._follower = asyncio.get_running_loop().create_task(self._follow(states))
+
+    def _slots(self, backend: Backend | None) -> None:
+        """The batcher and the ready-batch slots for ``backend``: as many batches at once as the model's
+        ``max_concurrent_batches`` or the backend's CPU lanes, whichever is more."""
+        batching = self.cfg.batching
+        slots = max(batching.max_concurrent_batches, backend.lanes if backend is not None else 1)
+        if getattr(self, "_batcher", None) is not None and self._batcher.max_concurrent == slots:
+            return
+        # Single images wait here to share a batch (size and wait from config.yaml). A batcher this
+        # replaces finishes what it holds on the new backend.
+        self._batcher: DynamicBatcher[np.ndarray, dict[str, Any]] = DynamicBatcher(
+            self._run_items,
+            max_batch_size=batching.max_batch_size,
+            wait_s=batching.batch_wait_timeout_s,
+            max_concurrent=slots,
+            key=lambda pixels: pixels.shape,  # a batch holds one shape: a small image never waits out a large one's run
+        )
+        # Ready-made batches (OIP tensors, slide tiles) take the same number of slots, so that many
+        # callers at once do not oversubscribe the cores with concurrent runs.
+        self._ready_batches = asyncio.Semaphore(slots)
 
     @classmethod
     def from_settings(
@@ -120,6 +131,7 @@ class BackboneHost:
             settings.trt_cache_dir,
             states,
             in_ingress=in_ingress,
+            cpu_lanes=settings.cpu_lanes,
         )
 
     def _load(self) -> Backend:
@@ -128,7 +140,7 @@ class BackboneHost:
         # so a GPU replica runs every bucket before it takes traffic; a CPU replica the native size.
         on_cpu = backend.device == "cpu"
         for side in [self.cfg.input.native_size] if on_cpu else self.cfg.input.buckets:
-            backend.infer(np.zeros((1, 3, side, side), dtype=np.float32))
+            backend.warm_up(np.zeros((1, 3, side, side), dtype=np.float32))
         log.info("backbone %s ready on %s", self.model, backend.describe())
         return backend
 
@@ -153,6 +165,7 @@ class BackboneHost:
         try:
             self.repo = ModelRepository(self.repo.root)  # the manifest written since this replica started
             self.backend = await asyncio.to_thread(self._load)
+            self._slots(self.backend)
             self.state, self.reason, self._failed_generation = "ready", "", None
         except Exception as exc:  # RuntimeUnavailable and friends: said in the state, not retried until a load
             self.state, self.reason, self._failed_generation = (

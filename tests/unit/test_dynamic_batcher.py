@@ -78,6 +78,35 @@ def test_a_lone_item_waits_wait_s_for_company_then_runs() -> None:
     assert 0.19 <= elapsed < 5.0
 
 
+def test_a_caller_alone_does_not_wait_for_company_that_never_comes() -> None:
+    """One closed-loop caller: its next item comes only after this one's answer, so after the first
+    (no gaps seen yet: it waits) items run at once. Items arriving closer than wait_s still wait."""
+
+    async def scenario() -> tuple[list[float], list[float], Recorder]:
+        run = Recorder(seconds=0.0)
+        batcher = DynamicBatcher(run, max_batch_size=8, wait_s=0.3)
+        alone = []
+        for i in range(4):
+            start = time.perf_counter()
+            await batcher(i)
+            alone.append(time.perf_counter() - start)
+            await asyncio.sleep(0.35)  # the caller's own time between requests: longer than wait_s
+        assert not batcher.company_likely
+        crowd = []
+        for _ in range(3):  # a burst: gaps far below wait_s, so the batcher waits for the rest again
+            tasks = [asyncio.create_task(batcher(10 + i)) for i in range(2)]
+            start = time.perf_counter()
+            await asyncio.gather(*tasks)
+            crowd.append(time.perf_counter() - start)
+        return alone, crowd, run
+
+    alone, crowd, run = asyncio.run(scenario())
+    assert alone[0] >= 0.29  # nothing known yet: the first item waits
+    assert max(alone[1:]) < 0.2  # not the 0.3 s wait
+    assert run.batches[:4] == [[0], [1], [2], [3]]
+    assert max(crowd[1:]) >= 0.29 and run.batches[-1] == [10, 11]  # waited, then ran together
+
+
 def test_with_a_key_a_batch_holds_one_key_and_the_others_run_beside_it() -> None:
     """Images of two sizes queued together: each size is its own batch, in order of arrival, so the
     small ones run beside the large one instead of waiting out its run in the same batch."""

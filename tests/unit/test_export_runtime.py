@@ -162,6 +162,27 @@ def test_ort_spinning_follows_the_setting(small_repo: Path, spin: bool) -> None:
         assert options.get_session_config_entry(key) == ("1" if spin else "0")
 
 
+def test_cpu_lanes_run_a_batch_that_starts_beside_another_on_the_narrow_session(small_repo: Path) -> None:
+    """Two lanes on two threads: a batch alone runs on the session with both threads; one that starts
+    while another runs takes the one-thread session, which gives the same answer."""
+    repo = ModelRepository(small_repo)
+    backend = load_backend(repo, "vit_small", providers="cpu", intra_op_threads=2, lanes=2)
+    assert backend.lanes == 2
+    narrow = backend._narrow  # type: ignore[attr-defined]
+    assert narrow.get_session_options().intra_op_num_threads == 1
+    assert backend.session.get_session_options().intra_op_num_threads == 2  # type: ignore[attr-defined]
+    pixels = np.random.default_rng(0).standard_normal((2, 3, 224, 224)).astype(np.float32)
+    alone = backend.infer(pixels).outputs["embedding"]
+    assert backend.lane_runs == {"wide": 1, "narrow": 0}  # type: ignore[attr-defined]
+    assert backend._session_for() is backend.session  # type: ignore[attr-defined]  # a batch is running
+    beside = backend.infer(pixels).outputs["embedding"]
+    assert backend.lane_runs == {"wide": 2, "narrow": 1}  # type: ignore[attr-defined]
+    np.testing.assert_allclose(beside, alone, rtol=1e-4, atol=1e-4)
+    # one lane, or one thread to share: one session
+    assert load_backend(repo, "vit_small", providers="cpu", intra_op_threads=2, lanes=1).lanes == 1
+    assert load_backend(repo, "vit_small", providers="cpu", intra_op_threads=1, lanes=2).lanes == 1
+
+
 def test_a_non_finite_output_fails_the_parity_check(tmp_path: Path) -> None:
     """max(0.0, nan) is 0.0 in Python: a NaN output (an fp16 overflow) must not pass as exact."""
     import onnx as onnx_lib

@@ -103,6 +103,11 @@ def test_a_model_that_cannot_load_in_the_ingress_fails_alone(small_repo: Path) -
         # what a Backbone replica builds from the service's settings: their runtime reaches the host
         with pytest.raises(RuntimeUnavailable):
             BackboneHost.from_settings(ServerSettings(model_repo=str(small_repo), runtime="tensorrt"), "vit_small")
+        # on the CPU the host lets as many batches run at once as the backend has lanes
+        laned = BackboneHost.from_settings(ServerSettings(model_repo=str(small_repo), intra_op_threads=2), "vit_small")
+        assert laned.backend is not None and laned.backend.lanes == 2 and laned._batcher.max_concurrent == 2
+        one = ServerSettings(model_repo=str(small_repo), intra_op_threads=2, cpu_lanes=1)
+        assert BackboneHost.from_settings(one, "vit_small")._batcher.max_concurrent == 1
         settings = ServerSettings(model_repo=str(small_repo), runtime="tensorrt", intra_op_threads=1)
         colocated = BackboneHost.from_settings(settings, "vit_small", in_ingress=True)
         assert colocated.state == "failed" and colocated._load_options["intra_op_threads"] == 1

@@ -195,6 +195,19 @@ def test_server_commands(tmp_path: Path) -> None:
     assert triton[1:4] == ["-m", "service.bench.peer", "--triton-server"]
     assert [triton[i + 1] for i, a in enumerate(triton) if a == "--serve-model"] == ["vit_small", peer.NOOP_MODEL]
     assert triton[triton.index("--ports") + 1] == "8100,9100,8180"
+    assert triton[triton.index("--triton-instances") + 1] == "1"
+    two = peer.triton_command(tmp_path, ["vit_small"], ports, instances=2)
+    assert two[two.index("--triton-instances") + 1] == "2"
+
+
+def test_triton_instances_run_after_plain_triton_and_are_validated() -> None:
+    options = peer.PeerOptions(triton_instances=(2,)).validate()
+    assert options.runs() == [("tessera", {}), ("triton", {}), ("triton:x2", {})]
+    for bad, message in (((1,), "2..8"), ((2, 2), "distinct"), ((9,), "2..8")):
+        with pytest.raises(ValueError, match=message):
+            peer.PeerOptions(triton_instances=bad).validate()
+    with pytest.raises(ValueError, match="needs the triton server"):
+        peer.PeerOptions(triton_instances=(2,), servers=("tessera",)).validate()
 
 
 # -- result shaping ------------------------------------------------------------------------------------------
@@ -413,6 +426,13 @@ def test_report_of_a_lever_run_with_triton_compares_variants_with_both(tmp_path:
     # img/s 40 against 20 and 27; p50 40 ms against 52 and 51; no-op 800 against 400 and 540
     assert "| tessera:fast | grpc | 2.00x | 1.48x | -12.0 | -11.0 | 2.00x | 1.48x |" in text
     assert "Tessera against Triton" in text  # plain Tessera's own comparison is still there
+    # a Triton run with two model instances is one more peer for every variant
+    rows += [{**r, "server": "triton:x2", "img_per_s": 2 * r["img_per_s"]} for r in rows if r["server"] == "triton"]
+    payload.update(rows=rows, servers=[*payload["servers"], "triton:x2"], triton_instances={"triton:x2": 2})
+    (results / "ci-box-2026-12-03-peer_fast.json").write_text(json.dumps(payload))
+    text = write_report(results, tmp_path / "performance.md", tmp_path / "img").read_text()
+    assert "| tessera:fast | grpc | 2.00x | 1.48x | 0.74x | -12.0 | -11.0 | -11.0 | 2.00x | 1.48x | 0.74x |" in text
+    assert "`triton:x2` runs 2 model instances sharing the backend" in text
     goal = next(g for g in evaluate_goals(load_results(results)) if g.source == "peer")
     # judged on plain Tessera of the newest run with Triton; the variant's own ratios named beside
     assert goal.measured.startswith("`ci-box-2026-12-03-peer_fast.json`, plain `tessera serve`: gRPC: 0.74x img/s")
