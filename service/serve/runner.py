@@ -72,6 +72,10 @@ EMBEDDED_ENV = {
     # host (two 15 s windows each, /proc), CPU the model gets back; the controller only decides slower
     # (replica health, scaling), never the requests, which do not pass through it.
     "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
+    # Every replica and every handle's router hands its cached Serve metrics to Ray's metric API every
+    # 0.1 s by default, each a wake-up of its process; Ray's agent collects them once a second
+    # (METRICS_REPORT_INTERVAL_MS), so handing them over faster than that shows nothing sooner.
+    "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000",
 }
 
 

@@ -50,7 +50,11 @@ def test_embedded_ray_runs_the_serve_controller_loop_slower_unless_told(monkeypa
     from service.serve.runner import embedded_env
 
     monkeypatch.delenv("RAY_SERVE_CONTROL_LOOP_INTERVAL_S", raising=False)
-    assert embedded_env(None) == {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5"}
+    monkeypatch.delenv("RAY_SERVE_METRICS_EXPORT_INTERVAL_MS", raising=False)
+    assert embedded_env(None) == {
+        "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
+        "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000",
+    }
     assert embedded_env("10.0.0.1:6379") == {}  # a joined cluster keeps its own
     monkeypatch.setenv("RAY_SERVE_CONTROL_LOOP_INTERVAL_S", "0.2")
-    assert embedded_env(None) == {}  # the user's value wins
+    assert embedded_env(None) == {"RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000"}  # the user's value wins
