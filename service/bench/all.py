@@ -20,7 +20,7 @@ from typing import Any
 
 __all__ = ["STEPS", "main", "run"]
 
-STEPS = ("ort_vs_torch", "attention", "service", "slide", "router", "report")
+STEPS = ("ort_vs_torch", "lanes", "attention", "service", "slide", "router", "report")
 
 
 def _steps(repo: str, quick: bool, report_out: str, img_dir: str) -> dict[str, Callable[[], Any]]:
@@ -28,6 +28,11 @@ def _steps(repo: str, quick: bool, report_out: str, img_dir: str) -> dict[str, C
         from service.bench import ort_vs_torch as bench
 
         return bench.run(repo, batch=8, rounds=3 if quick else 7)
+
+    def lanes() -> Any:
+        from service.bench import lanes as bench
+
+        return bench.run(repo, rounds=2 if quick else 3, duration_s=3.0 if quick else 8.0)
 
     def attention() -> Any:
         from service.bench import attention_scaling as bench
@@ -68,6 +73,7 @@ def _steps(repo: str, quick: bool, report_out: str, img_dir: str) -> dict[str, C
 
     return {
         "ort_vs_torch": ort_vs_torch,
+        "lanes": lanes,
         "attention": attention,
         "service": service,
         "slide": slide,

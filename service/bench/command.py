@@ -32,6 +32,7 @@ BENCHMARKS: dict[str, tuple[str, bool]] = {
     "gpu": ("service.bench.gpu", False),
     "service": ("service.bench.service_vs_raw", True),
     "peer": ("service.bench.peer", True),
+    "lanes": ("service.bench.lanes", True),
     "slide": ("service.bench.slide_vs_raw", True),
     "router": ("service.bench.router", True),
     "latency": ("service.bench.latency", True),
@@ -40,7 +41,7 @@ BENCHMARKS: dict[str, tuple[str, bool]] = {
 
 
 def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """``tessera bench {all,ort-vs-torch,attention,fusion,gpu,service,peer,slide,router,latency,report} [options]``."""
+    """``tessera bench {all,ort-vs-torch,attention,fusion,gpu,service,peer,lanes,slide,router,latency,report} [options]``."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "bench",
         help="benchmarks (ratios in one run): results in bench/results/, report in docs/performance.md",

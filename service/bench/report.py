@@ -32,6 +32,7 @@ from service.bench.results import (
     FirstRunResult,
     FusionResult,
     GpuResult,
+    LanesResult,
     LatencyResult,
     LoadFacts,
     LoadtestResult,
@@ -54,7 +55,7 @@ __all__ = ["Goal", "evaluate_goals", "load_results", "main", "make_plots", "rend
 MET, NOT_MET = "met", "not met"
 NO_GPU = "not measured: no GPU on this host"
 #: Order of the benchmark sections; others follow alphabetically.
-KNOWN = ("ort_vs_torch", "service_vs_raw", "peer", "slide_vs_raw", "attention_scaling", "router", "loadtest")
+KNOWN = ("ort_vs_torch", "service_vs_raw", "peer", "cpu_lanes", "slide_vs_raw", "attention_scaling", "router", "loadtest")
 #: An N² attention-score term makes bytes per pixel grow with the token count: 16x from 512² to 2048².
 N2_MEMORY_RATIO_LIMIT = 2.0
 
@@ -538,6 +539,29 @@ def _mib(value: Any) -> float | None:
     return None if number is None else round(number / 2**20, 1)
 
 
+def _section_lanes(result: LanesResult) -> list[str]:
+    lone = result.lone_image
+    out = [
+        f"{result.model} at {_given(result.size)}², batch {_given(result.batch)}, ONNX Runtime on the CPU "
+        f"(intra-op threads {_given(result.intra_op_threads)}, 0 = all cores): one session with every thread, "
+        f"one batch at a time, against the backend as a replica loads it with {_given(result.lanes)} lanes, "
+        f"that many batches at a time; {len(result.rows)} interleaved rounds of {_given(result.duration_s)} s, "
+        f"medians. Goal: {result.goal}.",
+        "",
+    ]
+    out += _table(
+        ["round", "one lane img/s", "lanes img/s"],
+        [[r.round, r.one_lane_img_per_s, r.lanes_img_per_s] for r in result.rows],
+    )
+    out += [
+        "",
+        f"Median: {_cell(result.lanes_img_per_s)} against {_cell(result.one_lane_img_per_s)} img/s "
+        f"({_cell(result.ratio)}x). One image alone: {_cell(lone.get('lanes_ms'))} ms with lanes, "
+        f"{_cell(lone.get('one_lane_ms'))} ms with one session (a batch alone runs on the session with every thread).",
+    ]
+    return out
+
+
 def _section_ort(result: OrtVsTorchResult) -> list[str]:
     out = [f"Interleaved rounds ({result.rounds or '?'}), median of each; goal: {result.goal}.", ""]
     out += _table(
@@ -877,6 +901,7 @@ _SECTIONS: dict[str, tuple[str, Callable[[Any], list[str]], list[str]]] = {
     "ort_vs_torch": ("ONNX Runtime vs PyTorch eager", _section_ort, ["throughput_ort_vs_torch"]),
     "service_vs_raw": ("Service vs raw backend", _section_service, ["throughput_service"]),
     "peer": ("Service vs Triton (same ONNX file, same host)", _section_peer, []),
+    "cpu_lanes": ("CPU lanes: batches side by side", _section_lanes, []),
     "first_run": ("First run (`make serve` from a clean clone)", _section_first_run, []),
     "slide_vs_raw": ("Slide pipeline vs raw backend", _section_slide, ["throughput_slide"]),
     "attention_scaling": (

@@ -489,7 +489,30 @@ class GpuResult(BenchResult):
     summary: dict[str, Any] | list[dict[str, Any]] = Field(default_factory=dict)
 
 
+# -- cpu_lanes (service/bench/lanes.py): one session against side-by-side batches ----------------------
+class LanesRow(_Model):
+    round: int
+    one_lane_img_per_s: float | None = None
+    lanes_img_per_s: float | None = None
+
+
+class LanesResult(BenchResult):
+    model: str = ""
+    size: int | None = None
+    batch: int | None = None
+    lanes: int | None = None
+    intra_op_threads: int | None = None
+    ort_spin: bool | None = None
+    duration_s: float | None = None
+    rows: list[LanesRow] = Field(default_factory=list)
+    one_lane_img_per_s: float | None = None
+    lanes_img_per_s: float | None = None
+    ratio: float | None = None
+    lone_image: dict[str, float] = Field(default_factory=dict, description="one image alone: ms on each")
+
+
 _MODELS: dict[str, type[BenchResult]] = {
+    "cpu_lanes": LanesResult,
     "ort_vs_torch": OrtVsTorchResult,
     "service_vs_raw": ServiceVsRawResult,
     "slide_vs_raw": SlideVsRawResult,

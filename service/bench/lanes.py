@@ -1,0 +1,127 @@
+"""CPU lanes: one ONNX Runtime session with every thread against ``lanes`` batches side by side.
+
+The same model, batch and host, in one run; rounds interleave the two set-ups so that drift on a
+noisy machine hits both alike:
+
+- ``one lane``: the backend loaded with ``lanes=1`` (one session, every thread), one batch at a time;
+- ``lanes``: the backend as a replica loads it (``TESSERA_CPU_LANES``), ``lanes`` callers at once,
+  so that under load batches run on the narrow session side by side (``OrtBackend._session_for``).
+
+Also the latency of one image alone on each (the laned backend runs it on the wide session, so it
+should match). Results: ``bench/results/<host>-<date>-cpu_lanes.json``; the report's "CPU lanes".
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from service.bench._common import write_result
+from service.models import ModelRepository
+
+__all__ = ["run", "throughput"]
+
+
+def throughput(backend: Any, batch: np.ndarray, callers: int, duration_s: float) -> float:
+    """Images per second of ``callers`` threads each looping ``backend.infer(batch)`` for ``duration_s``."""
+    done = [0] * callers
+    end = time.perf_counter() + duration_s
+
+    def loop(index: int) -> None:
+        while time.perf_counter() < end:
+            backend.infer(batch)
+            done[index] += batch.shape[0]
+
+    threads = [threading.Thread(target=loop, args=(i,), name=f"tessera-lane-{i}") for i in range(callers)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(done) / (time.perf_counter() - start)
+
+
+def lone_ms(backend: Any, image: np.ndarray, runs: int) -> float:
+    """Median milliseconds of one image alone, ``runs`` times."""
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        backend.infer(image)
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def run(
+    repo_path: str = "model_repo",
+    model: str = "vit_small",
+    batch: int | None = None,
+    rounds: int = 3,
+    duration_s: float = 8.0,
+) -> dict[str, Any]:
+    from service.runtime import load_backend
+    from service.settings import ServerSettings
+
+    settings = ServerSettings.from_env()
+    repo = ModelRepository(repo_path)
+    cfg = repo.config(model)
+    size = cfg.input.native_size
+    batch = batch or cfg.batching.max_batch_size
+    common = {"prefer": "onnxruntime", "providers": "cpu", "intra_op_threads": settings.intra_op_threads}
+    common["spin"] = settings.ort_spin
+    one = load_backend(repo, model, lanes=1, **common)  # type: ignore[arg-type]
+    laned = load_backend(repo, model, lanes=settings.cpu_lanes, **common)  # type: ignore[arg-type]
+    rng = np.random.default_rng(0)
+    pixels = rng.standard_normal((batch, 3, size, size)).astype(np.float32)
+    image = pixels[:1].copy()
+    laned.warm_up(pixels)
+    one.warm_up(pixels)
+    rows = []
+    for index in range(rounds):
+        single = throughput(one, pixels, 1, duration_s)
+        side_by_side = throughput(laned, pixels, laned.lanes, duration_s)
+        rows.append({"round": index + 1, "one_lane_img_per_s": round(single, 3), "lanes_img_per_s": round(side_by_side, 3)})
+        print(f"round {index + 1}: one lane {single:.2f} img/s, {laned.lanes} lanes {side_by_side:.2f} img/s", flush=True)
+    lone = {"one_lane_ms": round(lone_ms(one, image, 15), 2), "lanes_ms": round(lone_ms(laned, image, 15), 2)}
+    one_rate = statistics.median(r["one_lane_img_per_s"] for r in rows)
+    lanes_rate = statistics.median(r["lanes_img_per_s"] for r in rows)
+    result = {
+        "benchmark": "cpu_lanes",
+        "goal": "lanes serve more images/s than one session under load, at the same single-image latency",
+        "model": model,
+        "size": size,
+        "batch": batch,
+        "lanes": laned.lanes,
+        "intra_op_threads": settings.intra_op_threads,
+        "ort_spin": settings.ort_spin,
+        "duration_s": duration_s,
+        "rows": rows,
+        "one_lane_img_per_s": round(one_rate, 3),
+        "lanes_img_per_s": round(lanes_rate, 3),
+        "ratio": round(lanes_rate / one_rate, 3) if one_rate else None,
+        "lone_image": lone,
+    }
+    print(
+        f"{model} batch {batch}: {laned.lanes} lanes {lanes_rate:.2f} img/s against one lane {one_rate:.2f} "
+        f"({result['ratio']}x); one image alone {lone['lanes_ms']} ms against {lone['one_lane_ms']} ms"
+    )
+    print(f"wrote {write_result('cpu_lanes', result)}")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tessera bench lanes", description=__doc__)
+    parser.add_argument("--model-repo", default="model_repo")
+    parser.add_argument("--model", default="vit_small")
+    parser.add_argument("--batch", type=int, default=None, help="images per batch (default: the model's max)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per set-up per round")
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or args.duration <= 0:
+        parser.error("--rounds must be >= 1 and --duration > 0")
+    run(args.model_repo, args.model, args.batch, args.rounds, args.duration)
+    return 0
