@@ -150,14 +150,13 @@ class ServerSettings(_Settings):
     )
     intra_op_threads: int = Field(default=0, ge=0, le=256, description="ORT threads per replica; 0 = all cores.")
     cpu_lanes: int = Field(
-        default=2,
-        ge=1,
-        le=16,
-        description="On a CPU, batches a model runs side by side under load: a second ONNX Runtime session "
-        "with 1/lanes of the threads runs the batches that start while another runs, and a batch alone "
-        "keeps every thread. 2 serves 1.2x the images/s of one session on the 2-core host at the same "
-        "single-image latency (docs/performance.md); the second session holds its own copy of the "
-        "weights. 1 = one session.",
+        default=0,
+        ge=0,
+        le=256,
+        description="On a CPU, batches a model runs side by side under load, each on one thread of a second "
+        "ONNX Runtime session (it holds its own copy of the weights); a batch alone keeps every thread. "
+        "0 = one per core (the intra-op threads); 1 = one session, one batch at a time (a large model on a "
+        "small host). Measured by `tessera bench lanes` (docs/architecture.md, CPU lanes).",
     )
     trt_cache_dir: str = Field(
         default=".tessera/trt-cache",

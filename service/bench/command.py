@@ -41,7 +41,7 @@ BENCHMARKS: dict[str, tuple[str, bool]] = {
 
 
 def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """``tessera bench {all,ort-vs-torch,attention,fusion,gpu,service,peer,lanes,slide,router,latency,report} [options]``."""
+    """``tessera bench NAME [options]`` for every name in ``BENCHMARKS``."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "bench",
         help="benchmarks (ratios in one run): results in bench/results/, report in docs/performance.md",

@@ -4,8 +4,8 @@ The same model, batch and host, in one run; rounds interleave the two set-ups so
 noisy machine hits both alike:
 
 - ``one lane``: the backend loaded with ``lanes=1`` (one session, every thread), one batch at a time;
-- ``lanes``: the backend as a replica loads it (``TESSERA_CPU_LANES``), ``lanes`` callers at once,
-  so that under load batches run on the narrow session side by side (``OrtBackend._session_for``).
+- ``lanes``: the backend as a replica loads it (``TESSERA_CPU_LANES``), one caller per lane, so
+  that batches run side by side on one thread each (``OrtBackend._session_for``).
 
 Also the latency of one image alone on each (the laned backend runs it on the wide session, so it
 should match). Results: ``bench/results/<host>-<date>-cpu_lanes.json``; the report's "CPU lanes".
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import threading
 import time
 from typing import Any
 
@@ -24,26 +23,7 @@ import numpy as np
 from service.bench._common import write_result
 from service.models import ModelRepository
 
-__all__ = ["run", "throughput"]
-
-
-def throughput(backend: Any, batch: np.ndarray, callers: int, duration_s: float) -> float:
-    """Images per second of ``callers`` threads each looping ``backend.infer(batch)`` for ``duration_s``."""
-    done = [0] * callers
-    end = time.perf_counter() + duration_s
-
-    def loop(index: int) -> None:
-        while time.perf_counter() < end:
-            backend.infer(batch)
-            done[index] += batch.shape[0]
-
-    threads = [threading.Thread(target=loop, args=(i,), name=f"tessera-lane-{i}") for i in range(callers)]
-    start = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return sum(done) / (time.perf_counter() - start)
+__all__ = ["main", "run"]
 
 
 def lone_ms(backend: Any, image: np.ndarray, runs: int) -> float:
@@ -63,6 +43,7 @@ def run(
     rounds: int = 3,
     duration_s: float = 8.0,
 ) -> dict[str, Any]:
+    from service.bench.service_vs_raw import measure_raw
     from service.runtime import load_backend
     from service.settings import ServerSettings
 
@@ -71,10 +52,17 @@ def run(
     cfg = repo.config(model)
     size = cfg.input.native_size
     batch = batch or cfg.batching.max_batch_size
-    common = {"prefer": "onnxruntime", "providers": "cpu", "intra_op_threads": settings.intra_op_threads}
-    common["spin"] = settings.ort_spin
-    one = load_backend(repo, model, lanes=1, **common)  # type: ignore[arg-type]
-    laned = load_backend(repo, model, lanes=settings.cpu_lanes, **common)  # type: ignore[arg-type]
+    threads, spin = settings.intra_op_threads, settings.ort_spin
+    one = load_backend(repo, model, prefer="onnxruntime", providers="cpu", intra_op_threads=threads, spin=spin, lanes=1)
+    laned = load_backend(
+        repo,
+        model,
+        prefer="onnxruntime",
+        providers="cpu",
+        intra_op_threads=threads,
+        spin=spin,
+        lanes=settings.cpu_lanes,
+    )
     rng = np.random.default_rng(0)
     pixels = rng.standard_normal((batch, 3, size, size)).astype(np.float32)
     image = pixels[:1].copy()
@@ -82,10 +70,14 @@ def run(
     one.warm_up(pixels)
     rows = []
     for index in range(rounds):
-        single = throughput(one, pixels, 1, duration_s)
-        side_by_side = throughput(laned, pixels, laned.lanes, duration_s)
-        rows.append({"round": index + 1, "one_lane_img_per_s": round(single, 3), "lanes_img_per_s": round(side_by_side, 3)})
-        print(f"round {index + 1}: one lane {single:.2f} img/s, {laned.lanes} lanes {side_by_side:.2f} img/s", flush=True)
+        single = measure_raw(one, pixels, duration_s, warmup=0)["img_per_s"]
+        side_by_side = measure_raw(laned, pixels, duration_s, warmup=0)["img_per_s"]  # one caller per lane
+        rows.append(
+            {"round": index + 1, "one_lane_img_per_s": round(single, 3), "lanes_img_per_s": round(side_by_side, 3)}
+        )
+        print(
+            f"round {index + 1}: one lane {single:.2f} img/s, {laned.lanes} lanes {side_by_side:.2f} img/s", flush=True
+        )
     lone = {"one_lane_ms": round(lone_ms(one, image, 15), 2), "lanes_ms": round(lone_ms(laned, image, 15), 2)}
     one_rate = statistics.median(r["one_lane_img_per_s"] for r in rows)
     lanes_rate = statistics.median(r["lanes_img_per_s"] for r in rows)

@@ -428,7 +428,9 @@ def serve_triton(repo_path: str, models: Sequence[str], ports: Ports, instances:
                 lanes=settings.cpu_lanes if instances > 1 else 1,
             )
             side = cfg.input.native_size
-            sample = backend.infer(np.zeros((1, 3, side, side), dtype=np.float32)).outputs  # warm-up, as Tessera
+            zeros = np.zeros((1, 3, side, side), dtype=np.float32)
+            backend.warm_up(zeros)  # as Tessera's replica, every session
+            sample = backend.infer(zeros).outputs
 
             def infer(pixels: np.ndarray, _backend: Any = backend) -> dict[str, np.ndarray]:
                 return dict(_backend.infer(pixels).outputs)

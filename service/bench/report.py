@@ -55,7 +55,16 @@ __all__ = ["Goal", "evaluate_goals", "load_results", "main", "make_plots", "rend
 MET, NOT_MET = "met", "not met"
 NO_GPU = "not measured: no GPU on this host"
 #: Order of the benchmark sections; others follow alphabetically.
-KNOWN = ("ort_vs_torch", "service_vs_raw", "peer", "cpu_lanes", "slide_vs_raw", "attention_scaling", "router", "loadtest")
+KNOWN = (
+    "ort_vs_torch",
+    "service_vs_raw",
+    "peer",
+    "cpu_lanes",
+    "slide_vs_raw",
+    "attention_scaling",
+    "router",
+    "loadtest",
+)
 #: An N² attention-score term makes bytes per pixel grow with the token count: 16x from 512² to 2048².
 N2_MEMORY_RATIO_LIMIT = 2.0
 

@@ -90,6 +90,7 @@ class RawRun(_Model):
 
     batch_size: int | None = None
     batches: int | None = None
+    callers: int | None = Field(default=None, description="Batches run at once (the backend's CPU lanes).")
     img_per_s: float | None = None
     median_batch_ms: float | None = None
     seconds: float | None = None

@@ -166,27 +166,33 @@ def quiet_host_notes(raw_before: float, raw_after: float, ratios: list[float]) -
     return notes
 
 
-def measure_raw(backend: Any, batch: np.ndarray, duration_s: float, warmup: int = 2) -> dict[str, Any]:
-    """Images per second of ``backend.infer(batch)`` looped in a worker thread for ``duration_s``."""
+def measure_raw(
+    backend: Any, batch: np.ndarray, duration_s: float, warmup: int = 2, callers: int | None = None
+) -> dict[str, Any]:
+    """Images per second of ``backend.infer(batch)`` looped for ``duration_s`` by ``callers`` worker
+    threads at once (default: the backend's CPU lanes, as many batches as a replica runs at once
+    under load; each runs at least once)."""
+    callers = callers or int(getattr(backend, "lanes", 1))
+    for _ in range(warmup):
+        backend.infer(batch)
+    start = time.perf_counter()
 
-    def loop() -> tuple[int, float, list[float]]:
-        for _ in range(warmup):
-            backend.infer(batch)
-        images, times = 0, []
-        start = time.perf_counter()
-        while time.perf_counter() - start < duration_s:
+    def loop() -> list[float]:
+        times: list[float] = []
+        while not times or time.perf_counter() - start < duration_s:
             t = time.perf_counter()
             backend.infer(batch)
             times.append(time.perf_counter() - t)
-            images += batch.shape[0]
-        return images, time.perf_counter() - start, times
+        return times
 
-    with ThreadPoolExecutor(1, thread_name_prefix="tessera-raw") as pool:
-        images, elapsed, times = pool.submit(loop).result()
+    with ThreadPoolExecutor(callers, thread_name_prefix="tessera-raw") as pool:
+        times = [t for each in pool.map(lambda _: loop(), range(callers)) for t in each]
+    elapsed = time.perf_counter() - start
     return {
-        "img_per_s": round(images / elapsed, 3),
+        "img_per_s": round(len(times) * batch.shape[0] / elapsed, 3),
         "batches": len(times),
         "batch_size": int(batch.shape[0]),
+        "callers": callers,
         "median_batch_ms": round(statistics.median(times) * 1e3, 2),
         "seconds": round(elapsed, 2),
     }
@@ -388,7 +394,8 @@ def _prepare_inputs(cfg: Any, oip_batch: int) -> _Inputs:
 
 
 def load_raw_backend(repo: Any, model: str, settings: Any) -> Any:
-    """The raw backend exactly as the service's replica loads it (runtime, providers, threads, spinning)."""
+    """The raw backend exactly as the service's replica loads it (runtime, providers, threads, spinning,
+    CPU lanes: ``measure_raw`` runs as many batches at once as it has lanes)."""
     from service.runtime import load_backend
 
     return load_backend(
@@ -398,6 +405,7 @@ def load_raw_backend(repo: Any, model: str, settings: Any) -> Any:
         providers=settings.providers,
         intra_op_threads=settings.intra_op_threads,
         spin=settings.ort_spin,
+        lanes=settings.cpu_lanes,
     )
 
 

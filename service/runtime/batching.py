@@ -15,8 +15,8 @@ from service.runtime.base import Backend
 
 __all__ = ["DynamicBatcher", "run_batch"]
 
-#: Weight of the newest gap between arrivals in their moving average (``DynamicBatcher.company_likely``).
-GAP_WEIGHT = 0.3
+#: Gaps between arrivals ``DynamicBatcher.company_likely`` looks back on.
+GAP_HISTORY = 8
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -65,11 +65,12 @@ class DynamicBatcher(Generic[T, R]):
     ``run`` takes the items of one batch and returns one result per item, in order. A caller that
     stops waiting (its request cancelled) leaves its item out of the batch if it has not started.
 
-    A lone item waits for company only when company is likely: while requests have been arriving
-    less than ``wait_s`` apart (a moving average of the gaps between arrivals; before the second
-    arrival it is assumed). One closed-loop caller, whose next request comes only after this one's
-    answer, no longer pays ``wait_s`` on every request, which Triton's batcher (a fixed
-    ``max_queue_delay``) does; under load the gaps are short and batches fill as before.
+    A lone item waits for company only when company is likely: when at least half of the last
+    ``GAP_HISTORY`` gaps between arrivals were shorter than ``wait_s`` (before the second arrival it
+    is assumed). One closed-loop caller, whose next request comes only after this one's answer, no
+    longer pays ``wait_s`` on every request, which Triton's batcher (a fixed ``max_queue_delay``)
+    does; under load requests come in bursts (a batch's callers send their next requests together),
+    most gaps are short, and batches fill as before.
 
     With ``key`` (a ``BackboneHost`` gives the pixels' shape) a batch holds only items with the
     oldest item's key; the others keep their places for the next free slot. A 224² tile that
@@ -94,7 +95,7 @@ class DynamicBatcher(Generic[T, R]):
         self.max_concurrent = max_concurrent
         self._key = key
         self._last_arrival: float | None = None
-        self._gap_s: float | None = None  # moving average of the gaps between arrivals
+        self._short_gaps: deque[bool] = deque(maxlen=GAP_HISTORY)  # the last gaps: shorter than wait_s?
         self._pending: deque[_Pending[T, R]] = deque()
         self._arrived: asyncio.Event | None = None
         self._dispatcher: asyncio.Task[None] | None = None
@@ -118,10 +119,10 @@ class DynamicBatcher(Generic[T, R]):
         future: asyncio.Future[R] = loop.create_future()
         now = loop.time()
         if self._last_arrival is not None:
-            gap = now - self._last_arrival
-            self._gap_s = gap if self._gap_s is None else (1 - GAP_WEIGHT) * self._gap_s + GAP_WEIGHT * gap
+            self._short_gaps.append(now - self._last_arrival < self.wait_s)
         self._last_arrival = now
-        self._pending.append(_Pending(item, future, now))
+        # the key is taken here, so that one that raises fails its own caller, not the dispatcher
+        self._pending.append(_Pending(item, future, now, self._key(item) if self._key is not None else None))
         assert self._arrived is not None
         self._arrived.set()
         return await future
@@ -176,16 +177,15 @@ class DynamicBatcher(Generic[T, R]):
 
     @property
     def company_likely(self) -> bool:
-        """Whether another item is likely within ``wait_s``: the recent gaps between arrivals are shorter."""
-        return self._gap_s is None or self._gap_s < self.wait_s
+        """Whether another item is likely within ``wait_s``: most recent gaps between arrivals were shorter."""
+        return not self._short_gaps or 2 * sum(self._short_gaps) >= len(self._short_gaps)
 
-    def _same(self, a: _Pending[T, R], b: _Pending[T, R]) -> bool:
-        return self._key is None or a is b or self._key(a.item) == self._key(b.item)
+    @staticmethod
+    def _same(a: _Pending[T, R], b: _Pending[T, R]) -> bool:
+        return a is b or a.key == b.key
 
     def _mates(self, head: _Pending[T, R]) -> int:
         """Queued items that may share ``head``'s batch (``head`` included)."""
-        if self._key is None:
-            return len(self._pending)
         return sum(1 for p in self._pending if self._same(head, p))
 
     def _drop_abandoned(self) -> None:
@@ -213,3 +213,4 @@ class _Pending(Generic[T, R]):
     item: T
     future: asyncio.Future[R]
     queued_at: float
+    key: Hashable = None

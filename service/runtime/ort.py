@@ -50,12 +50,12 @@ class ProviderUnavailable(RuntimeUnavailable):
     """A GPU execution provider was asked for and did not load; the message says why."""
 
 
-@functools.cache
 def cpu_cores() -> int:
     """The cores this process may run on (its affinity mask, not the host's count)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+@functools.cache
 def import_onnxruntime() -> Any:
     """``onnxruntime``, with the CUDA/cuDNN libraries pip installed preloaded (GPU builds only).
 
@@ -232,9 +232,10 @@ class OrtBackend(Backend):
         profiles: Sequence[dict[str, Sequence[int]]] = (),
         lanes: int = 1,
     ):
-        """``lanes`` > 1 on the CPU: a second session with ``1/lanes`` of the threads runs the batches
-        that start while another is running (see ``_session_for``); a batch that runs alone keeps
-        every thread. Ignored on a GPU."""
+        """``lanes`` on the CPU: up to that many batches at once under load (0: one per core, the
+        threads ``intra_op_threads`` gives or this process's cores; never more). A batch that starts
+        while another runs runs single-threaded on a second session (see ``_session_for``); a batch
+        alone keeps every thread. 1, or a GPU: one session."""
         ort = import_onnxruntime()
 
         def options(threads: int) -> Any:
@@ -280,13 +281,14 @@ class OrtBackend(Backend):
         self._max_batch: dict[int, int] = {}
         if "TensorrtExecutionProvider" in self.providers:
             self._max_batch = {int(p["max"][2]): int(p["max"][0]) for p in profiles}
-        # CPU lanes: the second session holds its own copy of the weights.
+        # CPU lanes: one single-threaded session that every concurrent run shares, each Run on its
+        # caller's thread (a one-thread session has no pool to share); it holds its own copy of the weights.
         threads = intra_op_threads or cpu_cores()
-        lanes = max(1, min(lanes, threads)) if self.device == "cpu" else 1
+        lanes = min(lanes or threads, threads) if self.device == "cpu" else 1
         self._narrow: Any = None
         if lanes > 1:
             self._narrow = ort.InferenceSession(
-                str(model_path), sess_options=options(max(1, threads // lanes)), providers=["CPUExecutionProvider"]
+                str(model_path), sess_options=options(1), providers=["CPUExecutionProvider"]
             )
         self.lanes = lanes
         self._lane_lock = threading.Lock()
@@ -296,12 +298,14 @@ class OrtBackend(Backend):
         log.info("onnxruntime session for %s on %s (%d lane(s))", model_path, self.providers, lanes)
 
     def _session_for(self) -> Any:
-        """The session for a batch about to start: every thread when none other runs, else a narrow one.
+        """The session for a batch about to start: every thread when none other runs, else the
+        single-threaded one.
 
-        On a CPU, N single-threaded runs at once get through more images than one N-thread run (ViT-S,
-        2 cores: 1.2x; docs/performance.md), but one run alone on one thread takes twice as long. So a
-        lone batch (one client, light load) keeps every core; under load, batches run side by side
-        on the narrow session, which ``max_concurrent_batches`` >= ``lanes`` lets the batcher start.
+        On a CPU, N single-threaded runs at once get through more images than one N-thread run
+        (`tessera bench lanes`; docs/architecture.md, "CPU lanes"), but one image alone on one thread
+        takes about twice as long. So a lone batch (one client, light load) keeps every core; under
+        load, batches run side by side on one thread each, as many as the host lets the batcher
+        start (``BackboneHost``: ``lanes`` slots or ``max_concurrent_batches``, whichever is more).
         """
         with self._lane_lock:
             wide = self._narrow is None or self._running == 0

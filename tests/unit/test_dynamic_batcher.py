@@ -124,6 +124,24 @@ def test_with_a_key_a_batch_holds_one_key_and_the_others_run_beside_it() -> None
     assert run.most_running == 2
 
 
+def test_a_key_that_raises_fails_its_own_caller_only() -> None:
+    def key(item: int) -> int:
+        if item < 0:
+            raise ValueError("no key for a negative item")
+        return item % 2
+
+    async def scenario() -> tuple[list[object], Recorder]:
+        run = Recorder(seconds=0.0)
+        batcher = DynamicBatcher(run, max_batch_size=4, wait_s=0.01, key=key)
+        results = await asyncio.gather(batcher(2), batcher(-1), batcher(4), batcher(3), return_exceptions=True)
+        return results, run
+
+    results, run = asyncio.run(scenario())
+    assert results[0] == 20 and results[2] == 40 and results[3] == 30
+    assert isinstance(results[1], ValueError)
+    assert run.batches == [[2, 4], [3]]
+
+
 def test_max_concurrent_batches_run_side_by_side_and_no_more() -> None:
     async def scenario() -> Recorder:
         run = Recorder(seconds=0.1)

@@ -164,7 +164,7 @@ def test_ort_spinning_follows_the_setting(small_repo: Path, spin: bool) -> None:
 
 def test_cpu_lanes_run_a_batch_that_starts_beside_another_on_the_narrow_session(small_repo: Path) -> None:
     """Two lanes on two threads: a batch alone runs on the session with both threads; one that starts
-    while another runs takes the one-thread session, which gives the same answer."""
+    while another runs takes the single-threaded session, which gives the same answer."""
     repo = ModelRepository(small_repo)
     backend = load_backend(repo, "vit_small", providers="cpu", intra_op_threads=2, lanes=2)
     assert backend.lanes == 2
@@ -178,9 +178,11 @@ def test_cpu_lanes_run_a_batch_that_starts_beside_another_on_the_narrow_session(
     beside = backend.infer(pixels).outputs["embedding"]
     assert backend.lane_runs == {"wide": 2, "narrow": 1}  # type: ignore[attr-defined]
     np.testing.assert_allclose(beside, alone, rtol=1e-4, atol=1e-4)
-    # one lane, or one thread to share: one session
+    # one lane, or one thread to share: one session; 0 is one lane per thread, never more lanes than threads
     assert load_backend(repo, "vit_small", providers="cpu", intra_op_threads=2, lanes=1).lanes == 1
     assert load_backend(repo, "vit_small", providers="cpu", intra_op_threads=1, lanes=2).lanes == 1
+    assert load_backend(repo, "vit_small", providers="cpu", intra_op_threads=3, lanes=0).lanes == 3
+    assert load_backend(repo, "vit_small", providers="cpu", intra_op_threads=2, lanes=8).lanes == 2
 
 
 def test_a_non_finite_output_fails_the_parity_check(tmp_path: Path) -> None:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from service.bench import lanes
+from service.bench.all import STEPS
 from service.bench.command import BENCHMARKS
 from service.bench.report import write_report
 
@@ -17,6 +21,8 @@ def test_lanes_benchmark_writes_both_set_ups_and_the_report_shows_them(
 ) -> None:
     monkeypatch.setenv("TESSERA_BENCH_RESULTS", str(tmp_path / "results"))
     monkeypatch.setenv("TESSERA_INTRA_OP_THREADS", "2")
+    monkeypatch.setenv("TESSERA_CPU_LANES", "0")  # one lane per thread
+    monkeypatch.delenv("TESSERA_ORT_SPIN", raising=False)
     result = lanes.run(str(small_repo), "vit_small", batch=2, rounds=2, duration_s=0.5)
     assert result["lanes"] == 2 and len(result["rows"]) == 2
     assert all(r["one_lane_img_per_s"] > 0 and r["lanes_img_per_s"] > 0 for r in result["rows"])
@@ -29,22 +35,30 @@ def test_lanes_benchmark_writes_both_set_ups_and_the_report_shows_them(
     assert f"({result['ratio']}x)" in text or f"({result['ratio']:.2f}x)" in text
 
 
-def test_throughput_counts_every_callers_images() -> None:
-    class Counting:
+def test_measure_raw_runs_one_caller_per_lane_and_counts_every_batch() -> None:
+    from service.bench.service_vs_raw import measure_raw
+
+    class Sleepy:
+        lanes = 3
+
         def __init__(self) -> None:
-            self.calls = 0
+            self.threads: set[str] = set()
 
-        def infer(self, batch: object) -> None:
-            self.calls += 1
+        def infer(self, batch: np.ndarray) -> None:
+            self.threads.add(threading.current_thread().name)
+            time.sleep(0.01)
 
-    import numpy as np
-
-    backend = Counting()
-    rate = lanes.throughput(backend, np.zeros((4, 3, 2, 2), np.float32), 2, 0.05)
-    assert backend.calls > 0 and rate > 0
+    backend = Sleepy()
+    out = measure_raw(backend, np.zeros((4, 3, 2, 2), np.float32), 0.2, warmup=0)
+    assert out["callers"] == 3 and len(backend.threads) == 3  # the three lanes ran at once
+    assert out["img_per_s"] == pytest.approx(out["batches"] * 4 / out["seconds"], rel=0.05)
+    # three callers sleeping 10 ms a batch: about three times one caller's 100 batches/s
+    assert out["batches"] * 0.01 / out["seconds"] > 2.0
+    assert measure_raw(backend, np.zeros((4, 3, 2, 2), np.float32), 0.05, warmup=0, callers=1)["callers"] == 1
 
 
 def test_registered_as_a_benchmark() -> None:
     assert BENCHMARKS["lanes"] == ("service.bench.lanes", True)
     with pytest.raises(SystemExit):
         lanes.main(["--rounds", "0"])
+    assert "lanes" in STEPS
