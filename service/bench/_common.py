@@ -14,7 +14,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["host_facts", "median_time", "peak_and_median", "results_dir", "write_result"]
+__all__ = ["cpu_times", "host_facts", "median_time", "peak_and_median", "results_dir", "steal_note", "write_result"]
 
 
 def results_dir() -> Path:
@@ -56,6 +56,33 @@ def host_facts() -> dict[str, Any]:
         "versions": versions,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+
+
+def cpu_times(stat: str = "/proc/stat") -> list[int] | None:
+    """The host's CPU time counters (user, nice, system, idle, iowait, irq, softirq, steal, ...), or
+    None where there is no ``/proc/stat``."""
+    try:
+        with open(stat) as f:
+            first = f.readline().split()
+    except OSError:
+        return None
+    return [int(v) for v in first[1:]] if first and first[0] == "cpu" else None
+
+
+def steal_note(before: list[int] | None, after: list[int] | None, threshold: float = 0.02) -> list[str]:
+    """A note when the hypervisor took more than ``threshold`` of the CPU time between two
+    ``cpu_times`` readings (steal time): a virtual machine whose cores are shared runs every
+    server slower, and parallel runs wait for their descheduled thread."""
+    if before is None or after is None or len(before) < 8 or len(after) < 8:
+        return []
+    total = sum(after) - sum(before)
+    steal = after[7] - before[7]
+    if total <= 0 or steal / total <= threshold:
+        return []
+    return [
+        f"the hypervisor took {100 * steal / total:.1f}% of this host's CPU time during the run (steal, "
+        "/proc/stat): the machine's cores were shared, so compare servers only as ratios within the run"
+    ]
 
 
 def median_time(fn: Callable[[], object], *, repeats: int, warmup: int = 1) -> tuple[float, list[float]]:

@@ -1,8 +1,9 @@
 """Every benchmark that fits this host in under 15 minutes, then the report.
 
 Steps, each isolated (a failing step is recorded and the rest still run): ONNX Runtime vs
-PyTorch, CPU lanes against one session, attention scaling at reduced sizes, service vs raw, slide pipeline vs raw, the router
-benchmark when this checkout has ``service/bench/router.py``, then ``report`` (docs/performance.md).
+PyTorch, CPU lanes against one session, attention scaling at reduced sizes, service vs raw, slide
+pipeline vs raw, the router benchmark when this checkout has ``service/bench/router.py``, then
+``report`` (docs/performance.md).
 ``--quick`` runs each at a small scale that only proves the harness works (minutes, not numbers).
 """
 

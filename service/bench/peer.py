@@ -55,7 +55,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from service.bench._common import write_result
+from service.bench._common import cpu_times, steal_note, write_result
 from service.ports import free_port
 
 __all__ = [
@@ -793,7 +793,7 @@ def run(options: PeerOptions) -> dict[str, Any]:
     backend = load_raw_backend(repo, options.model, settings)
     raw_batch, single = _tiles(cfg)
     print(f"raw {options.model} ({backend.describe()}) batch {raw_batch.shape[0]} ...", flush=True)
-    load_before = os.getloadavg()[0]
+    load_before, times_before = os.getloadavg()[0], cpu_times()
     raw_before = measure_raw(backend, raw_batch, options.raw_duration_s)
     print(f"  raw before: {raw_before['img_per_s']:.1f} img/s", flush=True)
 
@@ -807,6 +807,7 @@ def run(options: PeerOptions) -> dict[str, Any]:
     summary["notes"] = [
         *quiet_host_notes(raw_before["img_per_s"], raw_after["img_per_s"], []),
         *busy_host_notes(load_before, os.getloadavg()[0], os.cpu_count() or 1),
+        *steal_note(times_before, cpu_times()),
     ]
     name = result_name(options)
     result = {

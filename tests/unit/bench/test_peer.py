@@ -299,6 +299,20 @@ def test_busy_host_note() -> None:
     assert "7.2 at the start and 3.0 at the end on 2 cores" in note
 
 
+def test_steal_note_from_the_hosts_cpu_times(tmp_path: Path) -> None:
+    from service.bench._common import cpu_times, steal_note
+
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 0 50 800 0 0 0 50 0 0\ncpu0 1 2 3\n")
+    before = cpu_times(str(stat))
+    assert before == [100, 0, 50, 800, 0, 0, 0, 50, 0, 0]
+    # 1000 ticks more, 250 of them stolen by the hypervisor
+    (note,) = steal_note(before, [400, 0, 100, 1200, 0, 0, 0, 300, 0, 0])
+    assert "took 25.0% of this host's CPU time" in note
+    assert steal_note(before, [500, 0, 100, 1300, 0, 0, 0, 51, 0, 0]) == []  # 0.1%: nothing to say
+    assert steal_note(None, before) == [] and cpu_times(str(tmp_path / "absent")) is None
+
+
 # -- levers: Tessera variants ------------------------------------------------------------------------------
 def test_variant_parsing_and_run_order() -> None:
     name, env = peer.parse_variant("throughput:RAY_SERVE_THROUGHPUT_OPTIMIZED=1, TESSERA_INGRESS_REPLICAS=2")
