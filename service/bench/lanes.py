@@ -14,26 +14,16 @@ should match). Results: ``bench/results/<host>-<date>-cpu_lanes.json``; the repo
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
-import time
 from typing import Any
 
 import numpy as np
 
-from service.bench._common import write_result
+from service.bench._common import median_time, write_result
 from service.models import ModelRepository
 
 __all__ = ["main", "run"]
-
-
-def lone_ms(backend: Any, image: np.ndarray, runs: int) -> float:
-    """Median milliseconds of one image alone, ``runs`` times."""
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        backend.infer(image)
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
 
 
 def run(
@@ -78,7 +68,10 @@ def run(
         print(
             f"round {index + 1}: one lane {single:.2f} img/s, {laned.lanes} lanes {side_by_side:.2f} img/s", flush=True
         )
-    lone = {"one_lane_ms": round(lone_ms(one, image, 15), 2), "lanes_ms": round(lone_ms(laned, image, 15), 2)}
+    lone = {}  # one image alone: median ms of 15 runs on each
+    for label, backend in (("one_lane", one), ("lanes", laned)):
+        seconds, _ = median_time(functools.partial(backend.infer, image), repeats=15, warmup=0)
+        lone[f"{label}_ms"] = round(seconds * 1e3, 2)
     one_rate = statistics.median(r["one_lane_img_per_s"] for r in rows)
     lanes_rate = statistics.median(r["lanes_img_per_s"] for r in rows)
     result = {
