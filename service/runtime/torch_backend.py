@@ -47,6 +47,11 @@ class TorchBackend(Backend):
         self._forward: Any = torch.compile(self.model, dynamic=True) if compile else self.model
         # CUDA work of concurrent batches is ordered on one stream; keep their host copies apart.
         self._lock = threading.Lock() if device.startswith("cuda") else None
+        # Pixels reach the GPU through one page-locked buffer (grown to the largest batch seen):
+        # a copy from pageable memory goes through the driver's small bounce buffers at a fraction
+        # of the bus's rate (ViT-B/16 at batch 256 on an H200: half the model's img/s, see
+        # docs/performance.md, "GPU: ViT-B/16 throughput").
+        self._staging: Any = None
 
     @classmethod
     def from_repository(cls, repo: ModelRepository, name: str, **kwargs: Any) -> TorchBackend:
@@ -64,9 +69,21 @@ class TorchBackend(Backend):
     def _forward_numpy(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         torch = self._torch
         with torch.inference_mode():
-            inp = torch.from_numpy(pixels).to(self.device, non_blocking=True).to(self.dtype)
-            embedding, logits = self._forward(inp)
+            embedding, logits = self._forward(self._to_device(pixels))
+            # .cpu() waits for the stream, so the staging buffer is free again when this returns
             return {"embedding": embedding.float().cpu().numpy(), "logits": logits.float().cpu().numpy()}
+
+    def _to_device(self, pixels: np.ndarray) -> Any:
+        torch = self._torch
+        host = torch.from_numpy(np.ascontiguousarray(pixels))
+        if self._lock is None:  # the CPU: nothing to copy
+            return host.to(self.dtype)
+        staging = self._staging
+        if staging is None or staging.dtype != host.dtype or staging.numel() < host.numel():
+            staging = self._staging = torch.empty(host.numel(), dtype=host.dtype, pin_memory=True)
+        staged = staging[: host.numel()].view(host.shape)
+        staged.copy_(host)
+        return staged.to(self.device, non_blocking=True).to(self.dtype)
 
     def memory(self) -> MemoryReport:
         if self.device.startswith("cuda"):
