@@ -243,6 +243,36 @@ def _tile_axis(
     return mask, queries, keys, out
 
 
+def _tiled_geometry(height: Any, width: Any, kernel_size: int, device: torch.device) -> tuple[Any, ...]:
+    """The tiling of an ``height x width`` map: ``mask (tiles, 1, tile*tile, halo*halo)`` (broadcast
+    over batch and heads), the flat query and key indices, and where each row and column's output
+    sits (see :func:`_tile_axis`), and the number of tiles down and across. Depends on the sizes
+    alone, not on the data."""
+    tile = TILE
+    halo = tile + kernel_size - 1
+    row_mask, row_q, row_k, row_out = _tile_axis(height, kernel_size, tile, device)
+    col_mask, col_q, col_k, col_out = _tile_axis(width, kernel_size, tile, device)
+    tiles_h, tiles_w = row_mask.shape[0], col_mask.shape[0]
+    tiles = tiles_h * tiles_w
+    mask = (row_mask[:, None, :, None, :, None] & col_mask[None, :, None, :, None, :]).reshape(
+        tiles, 1, tile * tile, halo * halo
+    )
+    q_index = (row_q[:, None, :, None] * width + col_q[None, :, None, :]).reshape(-1)
+    k_index = (row_k[:, None, :, None] * width + col_k[None, :, None, :]).reshape(-1)
+    return mask, q_index, k_index, row_out, col_out, tiles_h, tiles_w
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_tiled_geometry(height: int, width: int, kernel_size: int, device: torch.device) -> tuple[Any, ...]:
+    """:func:`_tiled_geometry` once per map size, for eager runs: every layer of a stage shares it,
+    and computing it is ~30 small kernels per layer, which on a GPU made a NAT-T forward
+    launch-bound (3,111 launches, 50 ms at 512² and at 2048² on an H200; docs/performance.md).
+    The tensors are ordinary ones even when first made under ``inference_mode``, so a later run
+    with autograd on can use them."""
+    with torch.inference_mode(False):
+        return _tiled_geometry(height, width, kernel_size, device)
+
+
 def _tiled_na(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int, scale: float) -> torch.Tensor:
     """NA as one fused attention over query tiles and their key halos, the neighbourhood as a mask.
 
@@ -253,16 +283,13 @@ def _tiled_na(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: in
     batch, height, width, heads, _ = q.shape
     tile = TILE
     halo = tile + kernel_size - 1
-    row_mask, row_q, row_k, row_out = _tile_axis(height, kernel_size, tile, q.device)
-    col_mask, col_q, col_k, col_out = _tile_axis(width, kernel_size, tile, q.device)
-    tiles_h, tiles_w = row_mask.shape[0], col_mask.shape[0]
+    traced = torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()
+    if traced or not (isinstance(height, int) and isinstance(width, int)):
+        geometry = _tiled_geometry(height, width, kernel_size, q.device)  # symbolic sizes: in the graph
+    else:
+        geometry = _cached_tiled_geometry(height, width, kernel_size, q.device)
+    mask, q_index, k_index, row_out, col_out, tiles_h, tiles_w = geometry
     tiles = tiles_h * tiles_w
-    # (tiles, 1, tile*tile, halo*halo), broadcast over the batch*heads axis.
-    mask = (row_mask[:, None, :, None, :, None] & col_mask[None, :, None, :, None, :]).reshape(
-        tiles, 1, tile * tile, halo * halo
-    )
-    q_index = (row_q[:, None, :, None] * width + col_q[None, :, None, :]).reshape(-1)
-    k_index = (row_k[:, None, :, None] * width + col_k[None, :, None, :]).reshape(-1)
 
     def gather(t: torch.Tensor, index: torch.Tensor, side: int) -> torch.Tensor:
         # (B, H, W, heads, d) -> (tiles, B * heads, side * side, d)

@@ -118,6 +118,28 @@ def test_tiled_kernel_memory_is_linear_in_pixels() -> None:
             assert len(set(seen.tolist())) == min(7, size) and int(seen.max()) < size
 
 
+def test_tiled_geometry_is_computed_once_per_map_size_and_works_with_autograd_after_inference_mode() -> None:
+    """Eager runs reuse one tiling per size (it was most of NAT's kernel launches on a GPU); the
+    cached tensors equal a fresh computation, and first made under ``inference_mode`` they still
+    serve a later run that records gradients."""
+    from service.models.layers.neighborhood import _cached_tiled_geometry, _tiled_geometry
+
+    _cached_tiled_geometry.cache_clear()
+    q, k, v = _qkv((1, 13, 21, 2, 8))
+    with torch.inference_mode():
+        first = neighborhood_attention(q, k, v, 7, backend="tiled")
+    again = neighborhood_attention(q, k, v, 7, backend="tiled")
+    info = _cached_tiled_geometry.cache_info()
+    assert (info.misses, info.hits) == (1, 1)
+    torch.testing.assert_close(first, again)
+    fresh = _tiled_geometry(13, 21, 7, torch.device("cpu"))
+    cached = _cached_tiled_geometry(13, 21, 7, torch.device("cpu"))
+    assert all(torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b for a, b in zip(fresh, cached, strict=True))
+    q.requires_grad_(True)
+    neighborhood_attention(q, k, v, 7, backend="tiled").sum().backward()
+    assert q.grad is not None and bool(q.grad.abs().sum() > 0)
+
+
 @pytest.mark.parametrize("rows_per_gather", [2, 3, 7])
 def test_gather_chunkings_agree(rows_per_gather: int) -> None:
     # Eager runs gather one window row at a time, traced graphs whole windows (7 rows): same function.
