@@ -36,6 +36,9 @@ _TINY: dict[str, dict[str, Any]] = {
 }
 
 
+SCALING_KERNELS: tuple[tuple[str, str | None], ...] = (("swin_tiny", None), ("nat_tiny", "tiled"), ("nat_tiny", "flex"))
+
+
 def _sync(device: str) -> None:
     import torch
 
@@ -100,7 +103,9 @@ def parity(device: str, precision: str, tiny: bool) -> dict[str, Any]:
     return {"rows": rows, "summary": {"worst_max_rel": max(r["max_rel"] for r in rows)}}
 
 
-def vit_b16(device: str, precision: str, batch: int, tiny: bool, rate: float, repeats: int) -> dict[str, Any]:
+def vit_b16(
+    device: str, precision: str, batch: int, tiny: bool, rate: float, repeats: int, compile: bool = False
+) -> dict[str, Any]:
     import numpy as np
     import torch
 
@@ -123,15 +128,50 @@ def vit_b16(device: str, precision: str, batch: int, tiny: bool, rate: float, re
     model_s = _median_s(model_only, device, repeats)
     host = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
     backend_s = _median_s(lambda: runner.infer(host), device, max(2, repeats // 2))
+
+    def pageable() -> object:  # the host path before the page-locked staging buffer, for comparison
+        with torch.inference_mode():
+            embedding, _ = runner.model(torch.from_numpy(host).to(device).to(runner.dtype))
+            return embedding.float().cpu()
+
+    pageable_s = _median_s(pageable, device, max(2, repeats // 2))
     ips = batch / model_s
+    rows = [
+        {"path": f"model on device ({precision} in, {precision} out)", "batch": batch, "img_per_s": ips},
+        {"path": "TorchBackend.infer (host fp32 in and out)", "batch": batch, "img_per_s": batch / backend_s},
+        {
+            "path": "the same from pageable host memory (before staging)",
+            "batch": batch,
+            "img_per_s": batch / pageable_s,
+        },
+    ]
+    if compile:
+        compiled = TorchBackend(EmbeddingModel(backbone.eval()), device=device, precision=precision, compile=True)
+
+        def compiled_only() -> object:
+            with torch.inference_mode():
+                return compiled._forward(on_device)
+
+        started = time.perf_counter()
+        compiled_only()  # the compilation, timed on its own
+        _sync(device)
+        compile_s = time.perf_counter() - started
+        compiled_ips = batch / _median_s(compiled_only, device, repeats)
+        rows.append(
+            {
+                "path": "model on device, torch.compile (TorchBackend(compile=True))",
+                "batch": batch,
+                "img_per_s": compiled_ips,
+                "compile_s": compile_s,
+                "vs_eager": compiled_ips / ips,
+            }
+        )
     return {
-        "rows": [
-            {"path": "model on device (fp16 in, fp16 out)", "batch": batch, "img_per_s": ips},
-            {"path": "TorchBackend.infer (host fp32 in and out)", "batch": batch, "img_per_s": batch / backend_s},
-        ],
+        "rows": rows,
         "summary": {
             "img_per_s": ips,
             "backend_img_per_s": batch / backend_s,
+            "pageable_img_per_s": batch / pageable_s,
             "flops_per_image": flops_per_image,
             "bf16_matmul_flops_per_s": rate,
             "fraction_of_matmul_rate": ips * flops_per_image / rate,
@@ -159,13 +199,22 @@ def _peak_bytes(device: str, fn: Callable[[], object]) -> int:
     return int(torch.cuda.max_memory_allocated() - before)
 
 
-def scaling(device: str, precision: str, sizes: list[int], tiny: bool, repeats: int) -> dict[str, Any]:
+def scaling(
+    device: str,
+    precision: str,
+    sizes: list[int],
+    tiny: bool,
+    repeats: int,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+    kernels: tuple[tuple[str, str | None], ...] = SCALING_KERNELS,
+) -> dict[str, Any]:
+    """``progress`` gets the result so far after each kernel (a slow compile cut short keeps the rest)."""
     import torch
 
     from service.runtime.torch_backend import TorchBackend
 
     rows, summary = [], []
-    for name, kernel in (("swin_tiny", None), ("nat_tiny", "tiled"), ("nat_tiny", "flex")):
+    for name, kernel in kernels:
         cfg, model = _model(name, tiny)
         if kernel is not None:
             model.backbone.set_attn_backend(kernel)
@@ -206,6 +255,8 @@ def scaling(device: str, precision: str, sizes: list[int], tiny: bool, repeats: 
                     f"memory_per_pixel_ratio_{top}_vs_{base}": points[top][1] / max(points[base][1], 1e-12),
                 }
             )
+        if progress is not None:
+            progress({"rows": rows, "summary": summary})
     return {"rows": rows, "summary": summary}
 
 
@@ -236,9 +287,22 @@ def tile_encoder(device: str, precision: str, batch: int, tiny: bool, repeats: i
     }
 
 
-def run(*, device: str, tiny: bool, out: Path | None = None) -> dict[str, Path]:
-    """Every part in turn; each writes its result as soon as it is done."""
+PARTS = ("throughput", "slide", "parity", "scaling")
+
+
+def run(
+    *,
+    device: str,
+    tiny: bool,
+    out: Path | None = None,
+    parts: tuple[str, ...] = PARTS,
+    compile: bool = False,
+    flex: bool = True,
+) -> dict[str, Path]:
+    """The parts in the order given; each writes its result as soon as it is done, and a part that
+    fails is reported (traceback printed) without stopping the others."""
     import os
+    import traceback
 
     from service.bench._common import write_result
 
@@ -254,13 +318,38 @@ def run(*, device: str, tiny: bool, out: Path | None = None) -> dict[str, Path]:
         result["device"] = device
         result["elapsed_s"] = round(time.perf_counter() - started, 1)
         written[name] = write_result(name, result)
-        print(f"{name}: {result.get('summary')} -> {written[name]}", flush=True)
 
-    save("gpu_parity", parity(device, precision, tiny))
-    rate = matmul_rate(device, 512 if tiny else 8192, repeats * 2)
-    save("gpu_throughput", vit_b16(device, precision, 4 if tiny else 256, tiny, rate, repeats))
-    save("gpu_scaling", scaling(device, precision, sizes, tiny, max(2, repeats // 2)))
-    save("gpu_slide", tile_encoder(device, precision, 4 if tiny else 256, tiny, repeats))
+    def throughput() -> dict[str, Any]:
+        rate = matmul_rate(device, 512 if tiny else 8192, repeats * 2)
+        return vit_b16(device, precision, 4 if tiny else 256, tiny, rate, repeats, compile=compile)
+
+    steps: dict[str, tuple[str, Callable[[], dict[str, Any]]]] = {
+        "throughput": ("gpu_throughput", throughput),
+        "slide": ("gpu_slide", lambda: tile_encoder(device, precision, 4 if tiny else 256, tiny, repeats)),
+        "parity": ("gpu_parity", lambda: parity(device, precision, tiny)),
+        "scaling": (
+            "gpu_scaling",
+            lambda: scaling(
+                device,
+                precision,
+                sizes,
+                tiny,
+                max(2, repeats // 2),
+                lambda part: save("gpu_scaling", dict(part)),
+                tuple(k for k in SCALING_KERNELS if flex or k[1] != "flex"),
+            ),
+        ),
+    }
+    for part in parts:
+        name, step = steps[part]
+        try:
+            result = step()
+        except Exception:
+            print(f"{name}: FAILED after {time.perf_counter() - started:.0f} s", flush=True)
+            traceback.print_exc()
+            continue
+        save(name, result)
+        print(f"{name}: {result.get('summary')} -> {written[name]}", flush=True)
     return written
 
 
@@ -269,6 +358,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda:0")
     parser.add_argument("--tiny", action="store_true", help="shallow models, small sizes (the harness check)")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default: bench/results)")
+    parser.add_argument(
+        "--parts", default=",".join(PARTS), help=f"comma-separated, in the order to run (default: {','.join(PARTS)})"
+    )
+    parser.add_argument("--compile", action="store_true", help="also time ViT-B/16 under torch.compile")
+    parser.add_argument(
+        "--no-flex", action="store_true", help="leave out NAT's flex-attention kernel (slow to compile)"
+    )
     args = parser.parse_args(argv)
     if args.device.startswith("cuda"):
         import torch
@@ -276,7 +372,11 @@ def main(argv: list[str] | None = None) -> int:
         if not torch.cuda.is_available():
             parser.error("no CUDA device visible: this benchmark is for a GPU host (--device cpu --tiny checks it)")
         torch.backends.cuda.matmul.allow_tf32 = True
-    run(device=args.device, tiny=args.tiny, out=args.out)
+    parts = tuple(p for p in args.parts.split(",") if p)
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        parser.error(f"unknown parts {sorted(unknown)}; choose from {', '.join(PARTS)}")
+    run(device=args.device, tiny=args.tiny, out=args.out, parts=parts, compile=args.compile, flex=not args.no_flex)
     return 0
 
 

@@ -307,14 +307,17 @@ def _goal_gpu(
     what: str,
     goal: str,
     names: tuple[str, ...],
-    judge: Callable[[GpuResult], tuple[str, bool]],
+    judge: Callable[[GpuResult], tuple[str, bool | str]],
 ) -> Goal:
+    """``judge`` gives what was measured and whether it meets the goal, or a status of its own
+    where the measurement covers only part of what the goal names."""
     gpus = _gpu_hosts(results)
     for name in names:
         result = results.get(name)
         if isinstance(result, GpuResult) and result.host.gpu:
             measured, ok = judge(result)
-            return Goal(what, goal, f"{measured} on {result.host.gpu}", MET if ok else NOT_MET, name)
+            status = ok if isinstance(ok, str) else MET if ok else NOT_MET
+            return Goal(what, goal, f"{measured} on {result.host.gpu}", status, name)
     if not gpus:
         return Goal(what, goal, "-", NO_GPU + " (TensorRT and onnxruntime-gpu unverified)", names[0])
     return Goal(
@@ -330,18 +333,27 @@ def _judge_vit_b(result: GpuResult) -> tuple[str, bool]:
     summary = _gpu_summary(result)
     fraction = _num(summary.get("fraction_of_matmul_rate"))
     ips = _num(summary.get("img_per_s"))
-    measured = f"{ips:.0f} img/s" if ips is not None else "-"
+    # service/bench/gpu.py runs PyTorch (the one GPU runtime a bare host has); say so, since the
+    # goal names the fastest backend and TensorRT may be faster
+    measured = f"PyTorch eager: {ips:.0f} img/s" if ips is not None else "-"
     if fraction is not None:
         measured += f", {_pct(fraction)} of the bf16 matmul rate"
         return measured, fraction >= 0.55
     return measured, ips is not None and ips >= 12500
 
 
-def _judge_gpu_slide(result: GpuResult) -> tuple[str, bool]:
+def _judge_gpu_slide(result: GpuResult) -> tuple[str, bool | str]:
+    """The bare GPU host runs the tile encoder alone (no slide reader there): that part can meet
+    the goal's budget, but the goal is end to end, so such a result is not called met."""
     summary = _gpu_summary(result)
     seconds = _num(summary.get("seconds"))
     tiles = summary.get("tiles", "?")
-    return (f"{seconds:.1f} s for {tiles} tiles" if seconds is not None else "-"), seconds is not None and seconds < 15
+    measured = f"{seconds:.1f} s for {tiles} tiles" if seconds is not None else "-"
+    fits = seconds is not None and seconds < 15
+    if "encoder only" in str(summary.get("scope", "")):
+        status = "encoder within budget; end to end not measured" if fits else NOT_MET
+        return f"{measured} (tile encoder only)", status
+    return measured, fits
 
 
 def describe_load(load: LoadFacts) -> str:
