@@ -116,6 +116,34 @@ def descendants(pid: int) -> list[psutil.Process]:
         return []
 
 
+def stop_process_tree(
+    proc: subprocess.Popen[str], children: Iterable[psutil.Process] = (), *, grace_s: float = 30.0
+) -> None:
+    """A test's ``finally`` for a ``tessera serve`` it started. When the test stopped the service
+    itself this does nothing (``assert_nothing_left`` then checks the stop). When the test failed
+    first, it stops the service (SIGTERM, then SIGKILL after ``grace_s``) and kills whatever of its process tree is
+    still there: Ray's processes and the HAProxy a replica spawned outlive a killed parent, and
+    would keep the next test's ports."""
+    if proc.poll() is not None:
+        return
+    tree = {p.pid: p for p in [*children, *descendants(proc.pid)]}
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+    alive = []
+    for child in tree.values():
+        try:
+            if child.is_running():
+                child.kill()
+                alive.append(child)
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=10)
+
+
 def assert_nothing_left(children: list[psutil.Process], ports: Iterable[int]) -> None:
     """After ``tessera serve`` stopped: none of ``children`` still runs and every port binds again."""
     time.sleep(1.0)

@@ -22,7 +22,7 @@ import numpy as np
 import psutil
 import pytest
 
-from tests.helpers import jpeg_bytes, make_vit_only_repo, start_tessera_serve
+from tests.helpers import jpeg_bytes, make_vit_only_repo, start_tessera_serve, stop_process_tree
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -53,12 +53,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     try:
         yield Server(f"http://127.0.0.1:{ports['http']}", f"127.0.0.1:{ports['grpc']}", proc)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process_tree(proc, grace_s=90)
 
 
 def _backbone_processes(server: Server) -> list[psutil.Process]:

@@ -13,7 +13,7 @@ import numpy as np
 import psutil
 import pytest
 
-from tests.helpers import assert_nothing_left, slide_crop_jpeg, start_tessera_serve
+from tests.helpers import assert_nothing_left, slide_crop_jpeg, start_tessera_serve, stop_process_tree
 
 pytestmark = pytest.mark.e2e
 
@@ -84,6 +84,5 @@ def test_the_contract_holds_behind_haproxy(small_repo: Path, tmp_path: Path) -> 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=120) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        stop_process_tree(proc, children)
     assert_nothing_left(children, (ports["http"], ports["grpc"]))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ import httpx
 import pytest
 import tritonclient.http as triton_http
 
-from tests.helpers import start_tessera_serve
+from tests.helpers import start_tessera_serve, stop_process_tree
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -31,11 +30,7 @@ def _unbuilt_copy(small_repo: Path, dest: Path, keep: tuple[str, ...] = ()) -> P
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=90)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop_process_tree(proc, grace_s=90)
 
 
 def _models(base: str) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import assert_nothing_left, descendants, slide_crop_jpeg, start_tessera_serve
+from tests.helpers import assert_nothing_left, descendants, slide_crop_jpeg, start_tessera_serve, stop_process_tree
 
 pytestmark = pytest.mark.e2e
 
@@ -61,6 +61,5 @@ def test_serve_predict_and_drain_on_sigterm(small_repo: Path, tmp_path: Path, cm
         assert proc.wait(timeout=90) == 0
         assert results == [200]
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        stop_process_tree(proc)
     assert_nothing_left(children, ports.values())

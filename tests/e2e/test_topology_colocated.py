@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.helpers import assert_nothing_left, descendants, slide_crop_jpeg, start_tessera_serve
+from tests.helpers import assert_nothing_left, descendants, slide_crop_jpeg, start_tessera_serve, stop_process_tree
 
 pytestmark = pytest.mark.e2e
 
@@ -93,6 +93,5 @@ def test_colocated_backbones_serve_the_contract(small_repo: Path, tmp_path: Path
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=120) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        stop_process_tree(proc, children)
     assert_nothing_left(children, (ports["http"], ports["grpc"]))

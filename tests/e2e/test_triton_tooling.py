@@ -13,7 +13,7 @@ import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 
 from service.api.oip import EXTENSIONS
-from tests.helpers import start_tessera_serve
+from tests.helpers import start_tessera_serve, stop_process_tree
 
 pytestmark = pytest.mark.e2e
 
@@ -68,5 +68,4 @@ def test_tritons_tools_against_tessera_serve(small_repo: Path, tmp_path: Path) -
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=90) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        stop_process_tree(proc)
