@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import os
 import re
@@ -52,6 +53,7 @@ from service.settings import LoadtestSettings, ServerSettings, load
 __all__ = [
     "LoadtestOptions",
     "ServiceProcess",
+    "end_process_group",
     "locust_command",
     "main",
     "options_from_args",
@@ -180,6 +182,39 @@ def options_from_args(args: argparse.Namespace) -> LoadtestOptions:
 
 
 # -- the service, started here -----------------------------------------------------------------------------
+def _running_in_group(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` still runs (zombies, which only wait to be reaped, do
+    not count). Read from /proc; where there is none, any member counts."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+def end_process_group(pgid: int, grace_s: float = 5.0) -> bool:
+    """Once a process that led its own session has exited: give the rest of its process group
+    ``grace_s`` to exit by itself, then SIGKILL what is left. Returns whether anything was left."""
+    deadline = time.monotonic() + grace_s
+    while _running_in_group(pgid):
+        if time.monotonic() >= deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+            return True
+        time.sleep(0.1)
+    return False
+
+
 class ServiceProcess:
     """``tessera serve`` on loopback as a subprocess on free ports (unless given): wait for its ready
     line, SIGTERM at the end. The one way the load test, the benchmarks and the end-to-end tests
@@ -220,6 +255,8 @@ class ServiceProcess:
         self.ready_line: str | None = None
         self.ready_s: float | None = None
         self.exit_code: int | None = None
+        #: whether stop() found processes of the service's group still running after it exited
+        self.left_behind = False
         self._proc: subprocess.Popen[str] | None = None
         self._log: IO[str] | None = None
         self._drain: threading.Thread | None = None
@@ -276,8 +313,16 @@ class ServiceProcess:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         started = time.monotonic()
+        # A session of its own: its process group then holds Ray's processes and HAProxy too, also
+        # once they outlive it, and stop() can end whatever it leaves (end_process_group).
         self._proc = subprocess.Popen(
-            self.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=self.cwd
+            self.command(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            cwd=self.cwd,
+            start_new_session=True,
         )
         stdout = self._proc.stdout
         if stdout is None:  # pragma: no cover - PIPE always gives one
@@ -310,7 +355,9 @@ class ServiceProcess:
         return f"see {self.log_path}" if self.log_path is not None else f"its output:\n{self.output()}"
 
     def stop(self, timeout_s: float = 90.0) -> int | None:
-        """SIGTERM (the service drains), then SIGKILL after ``timeout_s``; returns the exit status."""
+        """SIGTERM (the service drains), then SIGKILL after ``timeout_s``; then whatever is left of
+        its process group is ended (``left_behind`` says whether anything was). Returns the exit
+        status."""
         proc = self._proc
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -321,6 +368,7 @@ class ServiceProcess:
                 proc.wait(timeout=30)
         if proc is not None:
             self.exit_code = proc.returncode
+            self.left_behind = end_process_group(proc.pid) or self.left_behind
         if self._drain is not None:
             self._drain.join(timeout=5)
         if self._log is not None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import socket
 import subprocess
-import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -118,37 +117,41 @@ def descendants(pid: int) -> list[psutil.Process]:
 
 def stop_process_tree(
     proc: subprocess.Popen[str], children: Iterable[psutil.Process] = (), *, grace_s: float = 30.0
-) -> None:
-    """A test's ``finally`` for a ``tessera serve`` it started. When the test stopped the service
-    itself this does nothing (``assert_nothing_left`` then checks the stop). When the test failed
-    first, it stops the service (SIGTERM, then SIGKILL after ``grace_s``) and kills whatever of its process tree is
-    still there: Ray's processes and the HAProxy a replica spawned outlive a killed parent, and
-    would keep the next test's ports."""
-    if proc.poll() is not None:
-        return
-    tree = {p.pid: p for p in [*children, *descendants(proc.pid)]}
-    proc.terminate()
-    try:
-        proc.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
-    alive = []
-    for child in tree.values():
+) -> list[str]:
+    """The ``finally`` of a test that started ``tessera serve``: stops it if the test has not
+    (SIGTERM, SIGKILL after ``grace_s``), then gives what is left of its process tree 5 s to exit
+    and kills the rest: ``children`` (a snapshot taken while it ran) and its process group (it
+    leads a session of its own, so processes re-parented to init are found too). Ray's processes
+    and the HAProxy a replica spawns outlive a killed parent and would keep the next test's ports.
+
+    Returns what had to be killed; a test that stopped the service itself asserts it is empty
+    (:func:`assert_nothing_left`), so a leak still fails that test, and no later one."""
+    from loadtest.runner import end_process_group
+
+    if proc.poll() is None:
+        proc.terminate()
         try:
-            if child.is_running():
-                child.kill()
-                alive.append(child)
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+    _, alive = psutil.wait_procs(list(children), timeout=5)
+    left = []
+    for child in alive:
+        try:
+            left.append(child.name())
+            child.kill()
         except psutil.NoSuchProcess:
             pass
-    psutil.wait_procs(alive, timeout=10)
+    if end_process_group(proc.pid, grace_s=5):
+        left.append(f"process group {proc.pid}")
+    return left
 
 
-def assert_nothing_left(children: list[psutil.Process], ports: Iterable[int]) -> None:
-    """After ``tessera serve`` stopped: none of ``children`` still runs and every port binds again."""
-    time.sleep(1.0)
-    leftovers = [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-    assert not leftovers, f"processes left behind: {[p.name() for p in leftovers]}"
+def assert_nothing_left(left: list[str], ports: Iterable[int]) -> None:
+    """After ``tessera serve`` stopped: :func:`stop_process_tree` had nothing to kill, and every
+    port binds again."""
+    assert not left, f"processes left behind (killed): {left}"
     for port in ports:
         with socket.socket() as sock:
             # SO_REUSEADDR ignores connections in TIME_WAIT; a port still listening fails to bind.
@@ -169,10 +172,11 @@ def start_tessera_serve(
 
     ``args`` are more ``tessera serve`` flags (e.g. ``--model-control-mode=explicit``); ``output``
     collects every line it prints, before and after the ready line. The process is
-    :class:`loadtest.runner.ServiceProcess`, the one the load test starts.
+    :class:`loadtest.runner.ServiceProcess`, the one the load test starts, in a session of its own.
 
     Returns once the ready line is printed (its output is drained from then on); fails the test if
-    the process exits first or prints none within ``ready_timeout_s``. Stopping it is the caller's.
+    the process exits first or prints none within ``ready_timeout_s``. Stopping it is the caller's
+    (:func:`stop_process_tree` in a ``finally``).
     """
     from loadtest.runner import ServiceProcess
 

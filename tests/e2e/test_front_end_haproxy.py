@@ -84,5 +84,5 @@ def test_the_contract_holds_behind_haproxy(small_repo: Path, tmp_path: Path) -> 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=120) == 0
     finally:
-        stop_process_tree(proc, children)
-    assert_nothing_left(children, (ports["http"], ports["grpc"]))
+        left = stop_process_tree(proc, children)
+    assert_nothing_left(left, (ports["http"], ports["grpc"]))

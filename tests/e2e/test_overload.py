@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.helpers import jpeg_bytes, make_vit_only_repo, start_tessera_serve
+from tests.helpers import jpeg_bytes, make_vit_only_repo, start_tessera_serve, stop_process_tree
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -33,7 +33,11 @@ def tiny_queue_server(tmp_path_factory: pytest.TempPathFactory):
         yield ports
     finally:
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=90) == 0
+        try:
+            code = proc.wait(timeout=90)
+        finally:
+            stop_process_tree(proc)
+    assert code == 0
 
 
 def test_rest_overload_sheds_quickly_and_serves_correctly(tiny_queue_server: dict) -> None:

@@ -23,6 +23,7 @@ def _start(small_repo: Path, tmp_path: Path) -> tuple[subprocess.Popen[str], dic
 def test_serve_predict_and_drain_on_sigterm(small_repo: Path, tmp_path: Path, cmu_slide: Path) -> None:
     proc, ports, ready = _start(small_repo, tmp_path)
     base = f"http://127.0.0.1:{ports['http']}"
+    children = descendants(proc.pid)
     try:
         assert ready.startswith(f"ready: http://127.0.0.1:{ports['http']}")
         assert f"metrics http://127.0.0.1:{ports['metrics']}/metrics" in ready
@@ -42,7 +43,7 @@ def test_serve_predict_and_drain_on_sigterm(small_repo: Path, tmp_path: Path, cm
             time.sleep(0.5)
         assert "tessera_requests_total" in metrics and "ray_tessera_" not in metrics
 
-        children = descendants(proc.pid)
+        children = descendants(proc.pid)  # the replicas too, now that they answered
         assert children, "Ray should have started worker processes"
 
         # A request in flight when SIGTERM arrives must still be answered (drain), then exit 0.
@@ -61,5 +62,5 @@ def test_serve_predict_and_drain_on_sigterm(small_repo: Path, tmp_path: Path, cm
         assert proc.wait(timeout=90) == 0
         assert results == [200]
     finally:
-        stop_process_tree(proc)
-    assert_nothing_left(children, ports.values())
+        left = stop_process_tree(proc, children)
+    assert_nothing_left(left, ports.values())

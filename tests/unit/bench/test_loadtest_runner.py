@@ -191,3 +191,27 @@ def test_multipart_body_is_parsed_by_the_server_parser() -> None:
     )
     assert fields == {"mpp": b"0.5"}
     assert files == {"slide": b"II*\x00data"}
+
+
+def test_end_process_group_kills_what_outlives_the_session_leader() -> None:
+    """What ServiceProcess.stop relies on: the service leads its own session, so processes it left
+    behind (re-parented to init once it is gone) are still found by its process group and ended."""
+    import signal
+    import subprocess
+    import time
+
+    from loadtest.runner import end_process_group
+
+    leader = subprocess.Popen(["sh", "-c", "sleep 60 & sleep 60 & wait"], start_new_session=True)
+    time.sleep(0.3)
+    leader.send_signal(signal.SIGKILL)  # the two sleeps outlive it
+    leader.wait(timeout=10)
+    started = time.monotonic()
+    assert end_process_group(leader.pid, grace_s=0.5) is True
+    assert time.monotonic() - started < 5
+    time.sleep(0.3)
+    assert end_process_group(leader.pid, grace_s=0.5) is False  # nothing left in the group now
+
+    tidy = subprocess.Popen(["sh", "-c", "sleep 0.2 & wait"], start_new_session=True)
+    assert tidy.wait(timeout=10) == 0
+    assert end_process_group(tidy.pid, grace_s=2) is False  # its child exited with it: nothing to kill
