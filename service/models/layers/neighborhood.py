@@ -69,6 +69,13 @@ BACKENDS: tuple[str, ...] = ("auto", "natten", "flex", "gather", "tiled")
 # --------------------------------------------------------------------------- neighbourhood geometry
 
 
+def _is_traced() -> bool:
+    """Whether this forward is being traced into a graph (ONNX export, ``torch.export``,
+    ``torch.compile``, the JIT tracer) rather than run eagerly: traced graphs keep every
+    shape-dependent computation in the graph."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()
+
+
 def _window_starts(size: int, kernel_size: int, device: torch.device | None = None) -> torch.Tensor:
     """First key index of each query's window along one static axis (NAT's clamped definition)."""
     idx = torch.arange(size, device=device)
@@ -171,8 +178,7 @@ def _gather_na(
     batch, height, width, heads, _ = q.shape
     ks = kernel_size
     if rows_per_gather is None:
-        traced = torch.compiler.is_compiling() or torch.compiler.is_exporting()
-        rows_per_gather = ks if traced else 1
+        rows_per_gather = ks if _is_traced() else 1
     n = height * width
     rows, row_valid = _neighbour_index(height, ks, q.device)  # (H, k)
     cols, col_valid = _neighbour_index(width, ks, q.device)  # (W, k)
@@ -264,11 +270,11 @@ def _tiled_geometry(height: Any, width: Any, kernel_size: int, device: torch.dev
 
 @functools.lru_cache(maxsize=32)
 def _cached_tiled_geometry(height: int, width: int, kernel_size: int, device: torch.device) -> tuple[Any, ...]:
-    """:func:`_tiled_geometry` once per map size, for eager runs: every layer of a stage shares it,
-    and computing it is ~30 small kernels per layer, which on a GPU made a NAT-T forward
-    launch-bound (3,111 launches, 50 ms at 512² and at 2048² on an H200; docs/performance.md).
-    The tensors are ordinary ones even when first made under ``inference_mode``, so a later run
-    with autograd on can use them."""
+    """:func:`_tiled_geometry` once per map size, for eager runs: every layer of a stage shares it.
+    Computed per layer it was ~60 small kernels, and on a GPU a NAT-T forward was launch-bound:
+    3,111 launches whatever the size (bench/gpu/NOTES.md, an H200). The tensors are ordinary ones
+    even when first made under ``inference_mode``, so a later run with autograd on can use them.
+    They stay for the life of the process (32 sizes at most; about 80 MB for a 2048² image)."""
     with torch.inference_mode(False):
         return _tiled_geometry(height, width, kernel_size, device)
 
@@ -283,8 +289,7 @@ def _tiled_na(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: in
     batch, height, width, heads, _ = q.shape
     tile = TILE
     halo = tile + kernel_size - 1
-    traced = torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()
-    if traced or not (isinstance(height, int) and isinstance(width, int)):
+    if _is_traced() or not (isinstance(height, int) and isinstance(width, int)):
         geometry = _tiled_geometry(height, width, kernel_size, q.device)  # symbolic sizes: in the graph
     else:
         geometry = _cached_tiled_geometry(height, width, kernel_size, q.device)
