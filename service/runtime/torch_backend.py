@@ -47,10 +47,9 @@ class TorchBackend(Backend):
         self._forward: Any = torch.compile(self.model, dynamic=True) if compile else self.model
         # CUDA work of concurrent batches is ordered on one stream; keep their host copies apart.
         self._lock = threading.Lock() if device.startswith("cuda") else None
-        # Pixels reach the GPU through one page-locked buffer (grown to the largest batch seen):
-        # a copy from pageable memory goes through the driver's small bounce buffers at a fraction
-        # of the bus's rate (ViT-B/16 at batch 256 on an H200: half the model's img/s, see
-        # docs/performance.md, "GPU: ViT-B/16 throughput").
+        # Pixels reach the GPU through one page-locked buffer, grown to the largest batch seen and
+        # held until close(): a copy from pageable memory goes through the driver's bounce buffers
+        # at a fraction of the bus's rate (docs/performance.md, "GPU: ViT-B/16 throughput").
         self._staging: Any = None
 
     @classmethod
@@ -76,7 +75,7 @@ class TorchBackend(Backend):
     def _to_device(self, pixels: np.ndarray) -> Any:
         torch = self._torch
         host = torch.from_numpy(np.ascontiguousarray(pixels))
-        if self._lock is None:  # the CPU: nothing to copy
+        if not self.device.startswith("cuda"):  # nothing to copy
             return host.to(self.dtype)
         staging = self._staging
         if staging is None or staging.dtype != host.dtype or staging.numel() < host.numel():
@@ -84,6 +83,10 @@ class TorchBackend(Backend):
         staged = staging[: host.numel()].view(host.shape)
         staged.copy_(host)
         return staged.to(self.device, non_blocking=True).to(self.dtype)
+
+    def close(self) -> None:
+        """Let go of the page-locked staging buffer (a run in progress keeps its own reference)."""
+        self._staging = None
 
     def memory(self) -> MemoryReport:
         if self.device.startswith("cuda"):
