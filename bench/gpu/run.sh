@@ -5,11 +5,13 @@
 #   bash bench/gpu/fetch_wheels.sh     # once, where the package index is reachable
 #   bash bench/gpu/run.sh              # on the GPU host; results go to bench/results/
 #
-# Needs there: Python 3.12 and PyTorch with CUDA. Everything else it imports (timm too) comes from
-# bench/gpu/wheels/ (installed into a private folder, nothing system-wide). About a minute on an
+# Needs there: Python 3.12, PyTorch with CUDA, torchvision and timm's other dependencies. The rest
+# (timm itself too) comes from bench/gpu/wheels/ (installed without their dependencies into a
+# private folder, nothing system-wide). About a minute on an
 # H200 with --no-flex (NAT's flex kernel compiles for minutes). Then, where Tessera is installed:
 # `tessera bench report` puts the results in docs/performance.md with the GPU named.
-# bench/gpu/host_check.py (same environment) shows which runtime `runtime=auto` picks there and why.
+# `--host-check` runs bench/gpu/host_check.py instead (which runtime `runtime=auto` picks there,
+# and why), `--profile-nat` bench/gpu/profile_nat.py (NAT-T's kernel launches and time).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SITE=${TESSERA_GPU_SITE:-/tmp/tessera-gpu-site}
@@ -23,4 +25,8 @@ elif ! python3 -c "import pydantic, yaml" 2>/dev/null; then
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+case "${1:-}" in
+    --host-check) exec python3 bench/gpu/host_check.py ;;
+    --profile-nat) exec python3 bench/gpu/profile_nat.py ;;
+esac
 exec python3 -m service.bench.gpu --device cuda:0 "$@"

@@ -329,7 +329,7 @@ def _gpu_summary(result: GpuResult) -> dict[str, Any]:
     return result.summary if isinstance(result.summary, dict) else {}
 
 
-def _judge_vit_b(result: GpuResult) -> tuple[str, bool]:
+def _judge_vit_b(result: GpuResult) -> tuple[str, bool | str]:
     summary = _gpu_summary(result)
     fraction = _num(summary.get("fraction_of_matmul_rate"))
     ips = _num(summary.get("img_per_s"))
@@ -338,8 +338,8 @@ def _judge_vit_b(result: GpuResult) -> tuple[str, bool]:
     measured = f"PyTorch eager: {ips:.0f} img/s" if ips is not None else "-"
     if fraction is not None:
         measured += f", {_pct(fraction)} of the bf16 matmul rate"
-        return measured, fraction >= 0.55
-    return measured, ips is not None and ips >= 12500
+    met = fraction >= 0.55 if fraction is not None else ips is not None and ips >= 12500
+    return measured, MET if met else "not met with PyTorch eager; TensorRT unverified"
 
 
 def _judge_gpu_slide(result: GpuResult) -> tuple[str, bool | str]:
@@ -874,6 +874,12 @@ def _section_latency(result: LatencyResult) -> list[str]:
 
 def _section_gpu_scaling(result: GpuResult) -> list[str]:
     out = [f"PyTorch on `{result.device or '-'}`, batch 1, peak memory above the weights.", ""]
+    if result.complete is False:
+        ran = {f"{r.get('model')}:{r.get('kernel')}" for r in result.rows}
+        missing = [k for k in result.planned if k not in ran]
+        out[0] += f" **Partial**: stopped before {', '.join(missing) or 'the end'} ran."
+    elif result.planned:
+        out[0] += f" Kernels: {', '.join(result.planned)}."
     out += _section_generic(GpuResult(benchmark=result.benchmark, host=result.host, rows=result.rows))
     summary = [s for s in result.summary if isinstance(s, dict)] if isinstance(result.summary, list) else []
     if summary:

@@ -488,6 +488,9 @@ class GpuResult(BenchResult):
     elapsed_s: float | None = None
     rows: list[dict[str, Any]] = Field(default_factory=list)
     summary: dict[str, Any] | list[dict[str, Any]] = Field(default_factory=dict)
+    #: gpu_scaling: the kernels it set out to time (``model:kernel``), and whether all of them ran
+    planned: list[str] = Field(default_factory=list)
+    complete: bool | None = None
 
 
 # -- cpu_lanes (service/bench/lanes.py): one session against side-by-side batches ----------------------
