@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import __version__
 from service.api.auth import AUTHORIZATION, PUBLIC_HTTP_PATHS, app_auth, challenge_headers
@@ -75,59 +76,94 @@ def create_app() -> FastAPI:
 
 
 def _add_middlewares(app: FastAPI) -> None:
-    """The bearer-token check, inside the access log (which also refuses new work while draining)."""
+    """The bearer-token check, inside the access log (which also refuses new work while draining).
 
-    @app.middleware("http")  # registered first, so it runs inside the access log (refusals are logged)
-    async def require_token(request: Request, call_next: Any) -> Any:
-        """Bearer tokens, when configured (``service.api.auth``): checked before any body is read."""
-        auth = app_auth(request.app.state)
-        if auth.enabled and request.url.path not in PUBLIC_HTTP_PATHS:
-            try:
-                auth.check(request.headers.get(AUTHORIZATION))
-            except TesseraError as err:
-                response = _error_response(request, err)
-                response.headers.update(challenge_headers(err))
-                return response
-        return await call_next(request)
+    Both are plain ASGI middleware rather than ``@app.middleware("http")``: Starlette's
+    ``BaseHTTPMiddleware`` runs each request in a task group, re-streams the response and wraps
+    the body's receive, which a profile of the ingress under a no-op OIP REST load put at about a
+    tenth of the replica's CPU per request (docs/architecture.md, "Front end")."""
+    app.add_middleware(_TokenMiddleware)  # added first, so it runs inside the access log (refusals are logged)
+    app.add_middleware(_AccessLogMiddleware)
 
-    @app.middleware("http")
-    async def access_log(request: Request, call_next: Any) -> Any:
+
+class _TokenMiddleware:
+    """Bearer tokens, when configured (``service.api.auth``): checked before any body is read."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            request = Request(scope)
+            auth = app_auth(request.app.state)
+            if auth.enabled and request.url.path not in PUBLIC_HTTP_PATHS:
+                try:
+                    auth.check(request.headers.get(AUTHORIZATION))
+                except TesseraError as err:
+                    response = _error_response(request, err)
+                    response.headers.update(challenge_headers(err))
+                    await response(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+
+class _AccessLogMiddleware:
+    """Request ids (``x-request-id``, taken or made), the access log line, the request metrics, the
+    in-flight count the drain waits on, and 503 for new work while draining."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         request.state.request_id = request_id
         start = time.perf_counter()
+        path = request.url.path
         core = getattr(request.app.state, "core", None)
-        if core is not None and core.draining and request.url.path not in ("/v2/health/live", "/metrics"):
+        status = 500  # what the log says when the app raises before it answers
+        id_header = (b"x-request-id", request_id.encode("latin-1"))
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = [h for h in message.get("headers", []) if h[0].lower() != b"x-request-id"]
+                message = {**message, "headers": [*headers, id_header]}
+            await send(message)
+
+        if core is not None and core.draining and path not in ("/v2/health/live", "/metrics"):
             # Shutting down: finish what is in flight, refuse what is new (readiness says so too).
             response = _error_response(request, Overloaded("server is shutting down", retry_after_s=5.0))
-            response.headers["x-request-id"] = request_id
-            return response
+            await response(scope, receive, send_with_id)
+            return
         if core is not None:
             core.inflight += 1
         try:
-            response = await call_next(request)
+            await self.app(scope, receive, send_with_id)
         finally:
             if core is not None:
                 core.inflight -= 1
-        response.headers["x-request-id"] = request_id
         elapsed = time.perf_counter() - start
+        state = request.state
         log.info(
             "request",
             extra={
                 "request_id": request_id,
                 "method": request.method,
-                "path": request.url.path,
-                "status": response.status_code,
+                "path": path,
+                "status": status,
                 "duration_ms": round(elapsed * 1e3, 3),
-                "model": getattr(request.state, "model", None),
-                "route_reason": getattr(request.state, "route_reason", None),
+                "model": getattr(state, "model", None),
+                "route_reason": getattr(state, "route_reason", None),
             },
         )
         core = getattr(request.app.state, "core", None)
-        if core is not None and request.url.path.startswith(("/v1/predict", "/v2/models")):
-            core.telemetry.request(
-                request.url.path, getattr(request.state, "model", "") or "", response.status_code, elapsed
-            )
-        return response
+        if core is not None and path.startswith(("/v1/predict", "/v2/models")):
+            core.telemetry.request(path, getattr(state, "model", "") or "", status, elapsed)
 
 
 def _add_exception_handlers(app: FastAPI) -> None:

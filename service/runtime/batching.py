@@ -67,10 +67,13 @@ class DynamicBatcher(Generic[T, R]):
 
     A lone item waits for company only when company is likely: when at least half of the last
     ``GAP_HISTORY`` gaps between arrivals were shorter than ``wait_s`` (before the second arrival it
-    is assumed). One closed-loop caller, whose next request comes only after this one's answer, no
-    longer pays ``wait_s`` on every request, which Triton's batcher (a fixed ``max_queue_delay``)
-    does; under load requests come in bursts (a batch's callers send their next requests together),
-    most gaps are short, and batches fill as before.
+    is assumed). A gap does not count as short when its item found nothing queued or running and
+    the last batch held one item: that is one closed-loop caller, whose next request comes only
+    after this one's answer, however fast the answer was (counting its gaps, a replica answering it
+    in under ``wait_s`` made it wait every other request). So it does not pay ``wait_s``, which
+    Triton's batcher (a fixed ``max_queue_delay``) does. Under load requests come in bursts (a
+    batch's callers send their next requests together), most gaps are short, and batches fill as
+    before.
 
     With ``key`` (a ``BackboneHost`` gives the pixels' shape) a batch holds only items with the
     oldest item's key; the others keep their places for the next free slot. A 224² tile that
@@ -96,6 +99,7 @@ class DynamicBatcher(Generic[T, R]):
         self._key = key
         self._last_arrival: float | None = None
         self._short_gaps: deque[bool] = deque(maxlen=GAP_HISTORY)  # the last gaps: shorter than wait_s?
+        self._last_batch_size = 0
         self._pending: deque[_Pending[T, R]] = deque()
         self._arrived: asyncio.Event | None = None
         self._dispatcher: asyncio.Task[None] | None = None
@@ -119,7 +123,10 @@ class DynamicBatcher(Generic[T, R]):
         future: asyncio.Future[R] = loop.create_future()
         now = loop.time()
         if self._last_arrival is not None:
-            self._short_gaps.append(now - self._last_arrival < self.wait_s)
+            # A lone closed-loop caller: nothing queued or running and the last batch held one
+            # item. Its gaps are its own round trips, short or not, and no company comes meanwhile.
+            lone = not self._pending and not self._running and self._last_batch_size <= 1
+            self._short_gaps.append(now - self._last_arrival < self.wait_s and not lone)
         self._last_arrival = now
         # the key is taken here, so that one that raises fails its own caller, not the dispatcher
         self._pending.append(_Pending(item, future, now, self._key(item) if self._key is not None else None))
@@ -173,6 +180,7 @@ class DynamicBatcher(Generic[T, R]):
                     others.append(entry)
             self._pending = others
             if batch:
+                self._last_batch_size = len(batch)
                 return batch
 
     @property

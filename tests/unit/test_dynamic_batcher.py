@@ -202,3 +202,24 @@ def test_settings_out_of_range_are_refused(kwargs: dict[str, float]) -> None:
     options = {"max_batch_size": 4, "wait_s": 0.01, "max_concurrent": 1, **kwargs}
     with pytest.raises(ValueError):
         DynamicBatcher(Recorder(), **options)  # type: ignore[arg-type]
+
+
+def test_a_fast_lone_caller_never_waits_even_when_its_round_trips_are_shorter_than_wait_s() -> None:
+    """One closed-loop caller answered faster than ``wait_s``: its gaps are short, but each item
+    finds nothing queued or running after a batch of one, so none after the first waits."""
+
+    async def scenario() -> tuple[list[float], Recorder]:
+        run = Recorder(seconds=0.0)
+        batcher = DynamicBatcher(run, max_batch_size=8, wait_s=0.3)
+        took = []
+        for i in range(6):
+            start = time.perf_counter()
+            await batcher(i)
+            took.append(time.perf_counter() - start)
+            await asyncio.sleep(0.01)  # a round trip far under wait_s
+        return took, run
+
+    took, run = asyncio.run(scenario())
+    assert took[0] >= 0.29  # nothing known yet: the first item waits
+    assert max(took[1:]) < 0.2
+    assert run.batches == [[i] for i in range(6)]
