@@ -121,6 +121,8 @@ async def submit(
             payload = json.loads(body or b"null")
         except json.JSONDecodeError as exc:
             raise InvalidInput(f"body is not valid JSON: {exc.msg}", param="body") from None
+        except UnicodeDecodeError:  # bytes that are no Unicode text at all (found by the fuzz test)
+            raise InvalidInput("body is not valid JSON: not UTF-8, UTF-16 or UTF-32 text", param="body") from None
         except RecursionError:
             raise InvalidInput("the body's JSON is nested too deeply", param="body") from None
         if not isinstance(payload, dict) or not isinstance(payload.get("path"), str):

@@ -80,6 +80,9 @@ def test_bad_requests(client: TestClient) -> None:
     assert client.post("/v1/slides", json={"path": "a.svs", "colour": 1}).status_code == 400
     assert client.post("/v1/slides?mpp=-1", json={"path": "a.svs"}).status_code == 400
     assert client.post("/v1/slides", files={"other": ("a", b"x")}).status_code == 400
+    # bytes that are no text at all (the fuzz test found this one answering 500)
+    not_text = client.post("/v1/slides", content=b"\x80", headers={"content-type": "application/json"})
+    assert not_text.status_code == 400 and "not valid JSON" in not_text.text
     assert client.get("/v1/slides/0123456789abcdef0123456789abcdef").status_code == 404
     assert client.get("/v1/slides/not-an-id/heatmap.png").status_code == 404
 
