@@ -7,6 +7,9 @@ exactly one place (``service.api.errors``); nothing else decides a status code.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 __all__ = [
     "DeadlineExceeded",
     "Forbidden",
@@ -51,6 +54,16 @@ class InvalidInput(TesseraError):
     """The request is malformed: unreadable image, wrong tensor shape, bad option."""
 
     code, http_status, grpc_status = "invalid_argument", 400, "INVALID_ARGUMENT"
+
+    @classmethod
+    def from_validation(cls, errors: Sequence[Mapping[str, Any]], what: str, *, skip: int = 0) -> InvalidInput:
+        """The first of pydantic's ``exc.errors()`` as ``invalid <what> at <field>: <msg>``, the field
+        as ``param``; ``skip`` drops leading location parts that name no field (FastAPI's ``body``).
+        """
+        first = errors[0] if errors else {}
+        where = ".".join(str(p) for p in tuple(first.get("loc", ()))[skip:]) or None
+        message = first.get("msg", "validation failed")
+        return cls(f"invalid {what} at {where}: {message}" if where else f"invalid {what}: {message}", param=where)
 
 
 class Unauthenticated(TesseraError):

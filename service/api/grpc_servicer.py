@@ -508,9 +508,7 @@ def _predict_options(request: Any) -> PredictOptions:
             top_k=request.top_k if request.HasField("top_k") else 5,
         )
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ())) or "options"
-        raise InvalidInput(f"invalid option {where}: {first.get('msg')}", param=where) from None
+        raise InvalidInput.from_validation(exc.errors(), "option") from None
 
 
 def predict_reply(pb: ModuleType, answer: PredictResponse) -> Any:

@@ -7,7 +7,6 @@ call the same methods). Mounted by ``create_app()`` before the OIP router, so th
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Path, Request
@@ -16,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service.api.model_repository import RepositoryModel, TritonModelConfig
 from service.api.oip import OpenInference
-from service.api.rest_common import read_body_limited
+from service.api.rest_common import parse_json_body, read_body_limited
 from service.api.serving import ServingCore
 from service.api.statistics import StatisticsResponse
 from service.errors import InvalidInput
@@ -58,14 +57,11 @@ async def _body(request: Request, model: type[_Body]) -> _Body:
     raw = await read_body_limited(request, _MAX_CONTROL_BODY)
     if not raw.strip():
         return model()
+    payload = parse_json_body(raw)
     try:
-        return model.model_validate(json.loads(raw))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidInput(f"the request's JSON is not valid: {exc}", param="body") from None
+        return model.model_validate(payload)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ())) or "body"
-        raise InvalidInput(f"invalid request at {where}: {first.get('msg')}", param=where) from None
+        raise InvalidInput.from_validation(exc.errors(), "request") from None
 
 
 # -- statistics ----------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from service.api.oip import (
     OpenInference,
     RequestedOutput,
 )
-from service.api.rest_common import read_body_limited
+from service.api.rest_common import parse_json_body, read_body_limited
 from service.api.serving import ServingCore
 from service.errors import InvalidInput, UnsupportedMediaType
 
@@ -298,17 +298,12 @@ def parse_infer_body(body: bytes, header_length: str | None) -> tuple[InferReque
         header, binary = body[:split], memoryview(body)[split:]
     else:
         header, binary = body, memoryview(b"")
-    try:
-        payload = json.loads(header)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        hint = f" (binary tensors need the {HEADER_LENGTH} header)" if header_length is None else ""
-        raise InvalidInput(f"the request's JSON is not valid: {exc}{hint}", param="body") from None
+    hint = f" (binary tensors need the {HEADER_LENGTH} header)" if header_length is None else ""
+    payload = parse_json_body(header, hint=hint)
     try:
         parsed = InferRequestBody.model_validate(payload)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ())) or "body"
-        raise InvalidInput(f"invalid inference request at {where}: {first.get('msg')}", param=where) from None
+        raise InvalidInput.from_validation(exc.errors(), "inference request") from None
 
     inputs: list[InputTensor] = []
     offset = 0

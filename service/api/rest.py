@@ -192,10 +192,7 @@ def _add_exception_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
-        err = InvalidInput(f"invalid request: {first.get('msg', 'validation failed')}", param=param)
-        return _error_response(request, err)
+        return _error_response(request, InvalidInput.from_validation(exc.errors(), "request", skip=1))
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,7 +13,25 @@ from starlette.types import Message
 
 from service.errors import InvalidInput, PayloadTooLarge
 
-__all__ = ["read_body_limited", "replay_form", "spooled_form"]
+__all__ = ["parse_json_body", "read_body_limited", "replay_form", "spooled_form"]
+
+
+def parse_json_body(raw: bytes | memoryview, *, hint: str = "") -> Any:
+    """The JSON value in a request body; anything unparseable is a 400 naming why, never a 500.
+
+    ``json.loads`` raises ``UnicodeDecodeError`` for bytes that are no UTF-8/16/32 text (before any
+    ``JSONDecodeError``) and ``RecursionError`` for arrays nested past the interpreter's limit.
+    """
+    try:
+        return json.loads(bytes(raw))
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"the request's JSON is not valid: {exc}{hint}", param="body") from None
+    except UnicodeDecodeError:
+        raise InvalidInput(
+            f"the request's JSON is not valid: not UTF-8, UTF-16 or UTF-32 text{hint}", param="body"
+        ) from None
+    except RecursionError:
+        raise InvalidInput("the request's JSON is nested too deeply", param="body") from None
 
 
 async def read_body_limited(request: Request, limit: int) -> bytes:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from service.api.rest_common import read_body_limited, spooled_form
+from service.api.rest_common import parse_json_body, read_body_limited, spooled_form
 from service.api.slides_service import PARTIAL_FEATURES, SlideService
 from service.errors import InvalidInput, NotFound
 from service.slides.jobs import JobStatus
@@ -117,14 +116,7 @@ async def submit(
             status = await service.submit(None, slide.file, slide.filename, options, coords=coords)
     elif ctype.startswith("application/json"):
         body = await read_body_limited(request, _MAX_JSON_BYTES)
-        try:
-            payload = json.loads(body or b"null")
-        except json.JSONDecodeError as exc:
-            raise InvalidInput(f"body is not valid JSON: {exc.msg}", param="body") from None
-        except UnicodeDecodeError:  # bytes that are no Unicode text at all (found by the fuzz test)
-            raise InvalidInput("body is not valid JSON: not UTF-8, UTF-16 or UTF-32 text", param="body") from None
-        except RecursionError:
-            raise InvalidInput("the body's JSON is nested too deeply", param="body") from None
+        payload = parse_json_body(body or b"null")
         if not isinstance(payload, dict) or not isinstance(payload.get("path"), str):
             raise InvalidInput(
                 'send JSON {"path": "<slide inside the slide root>"} or a multipart upload', param="path"

@@ -668,6 +668,4 @@ def _validate_options(options: SlideOptions | Mapping[str, Any] | None) -> Slide
     try:
         return SlideOptions.model_validate(dict(options or {}))
     except ValidationError as exc:
-        first = exc.errors()[0]
-        param = ".".join(str(p) for p in first.get("loc", ())) or None
-        raise InvalidInput(f"invalid slide job options: {first.get('msg')} ({param})", param=param) from exc
+        raise InvalidInput.from_validation(exc.errors(), "slide job option") from exc

@@ -409,6 +409,28 @@ def body_cases() -> list[Case]:
             {"content-type": "application/json"},
             says=("json", "nested"),
         ),
+        # Triton's control extensions parse their optional JSON bodies with the same helper
+        Case(
+            "repository-load-deeply-nested-json",
+            f"/v2/repository/models/{MODEL}/load",
+            deep,
+            {"content-type": "application/json"},
+            says=("json", "nested"),
+        ),
+        Case(
+            "repository-index-not-text",
+            "/v2/repository/index",
+            b"\xff\xfe\x00\xd8\x00",
+            {"content-type": "application/json"},
+            says=("json", "utf-8"),
+        ),
+        Case(
+            "repository-index-wrong-field-type",
+            "/v2/repository/index",
+            b'{"ready": [1]}',
+            {"content-type": "application/json"},
+            says=("ready",),
+        ),
     ]
 
 
