@@ -16,14 +16,14 @@ from service.errors import InvalidInput, PayloadTooLarge
 __all__ = ["parse_json_body", "read_body_limited", "replay_form", "spooled_form"]
 
 
-def parse_json_body(raw: bytes | memoryview, *, hint: str = "") -> Any:
+def parse_json_body(raw: bytes, *, hint: str = "") -> Any:
     """The JSON value in a request body; anything unparseable is a 400 naming why, never a 500.
 
     ``json.loads`` raises ``UnicodeDecodeError`` for bytes that are no UTF-8/16/32 text (before any
     ``JSONDecodeError``) and ``RecursionError`` for arrays nested past the interpreter's limit.
     """
     try:
-        return json.loads(bytes(raw))
+        return json.loads(raw)
     except json.JSONDecodeError as exc:
         raise InvalidInput(f"the request's JSON is not valid: {exc}{hint}", param="body") from None
     except UnicodeDecodeError:
