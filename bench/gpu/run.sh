@@ -11,7 +11,8 @@
 # H200 with --no-flex (NAT's flex kernel compiles for minutes). Then, where Tessera is installed:
 # `tessera bench report` puts the results in docs/performance.md with the GPU named.
 # `--host-check` runs bench/gpu/host_check.py instead (which runtime `runtime=auto` picks there,
-# and why), `--profile-nat` bench/gpu/profile_nat.py (NAT-T's kernel launches and time).
+# and why), `--profile-nat` bench/gpu/profile_nat.py (NAT-T's kernel launches and time),
+# `--compile-modes` bench/gpu/compile_modes.py (ViT-B/16 under torch.compile's modes).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SITE=${TESSERA_GPU_SITE:-/tmp/tessera-gpu-site}
@@ -28,5 +29,6 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader ||
 case "${1:-}" in
     --host-check) exec python3 bench/gpu/host_check.py ;;
     --profile-nat) exec python3 bench/gpu/profile_nat.py ;;
+    --compile-modes) exec python3 bench/gpu/compile_modes.py ;;
 esac
 exec python3 -m service.bench.gpu --device cuda:0 "$@"
