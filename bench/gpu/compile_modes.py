@@ -27,15 +27,11 @@ MODES = (
 def main() -> int:
     import torch
 
-    from service.bench.gpu import _median_s, matmul_rate
-    from service.models._factory import EmbeddingModel, create_model, facts_from_model, use_fused_attention
-    from service.routing.cost import estimate_cost
+    from service.bench.gpu import matmul_rate, median_s, vit_b16_backbone
+    from service.models._factory import EmbeddingModel
 
     device, batch = "cuda:0", 256
-    torch.manual_seed(0)
-    backbone = create_model("vit_base_patch16_224")
-    use_fused_attention(backbone)
-    flops = 2e9 * estimate_cost(facts_from_model(backbone, "vit"), 224, 224).gmacs
+    backbone, flops = vit_b16_backbone()
     model = EmbeddingModel(backbone.eval()).to(device=device, dtype=torch.float16).eval()
     x = torch.randn(batch, 3, 224, 224, device=device, dtype=torch.float16)
     rate = matmul_rate(device, 8192, 20)
@@ -53,7 +49,7 @@ def main() -> int:
         step()
         torch.cuda.synchronize()
         first_s = time.perf_counter() - started
-        ips = batch / _median_s(step, device, 20)
+        ips = batch / median_s(step, device, 20)
         eager_ips = eager_ips or ips
         row = {
             "mode": name,

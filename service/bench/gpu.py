@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main", "run"]
+__all__ = ["main", "matmul_rate", "median_s", "run", "vit_b16_backbone"]
 
 ROOT = Path(__file__).resolve().parents[2]
 SLIDE_TILES = 15_000
@@ -46,7 +46,7 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _median_s(fn: Callable[[], object], device: str, repeats: int, warmup: int = 2) -> float:
+def median_s(fn: Callable[[], object], device: str, repeats: int, warmup: int = 2) -> float:
     for _ in range(warmup):
         fn()
     _sync(device)
@@ -79,7 +79,7 @@ def matmul_rate(device: str, n: int, repeats: int) -> float:
 
     a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
     b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    seconds = _median_s(lambda: a @ b, device, repeats)
+    seconds = median_s(lambda: a @ b, device, repeats)
     return 2 * n**3 / seconds
 
 
@@ -103,21 +103,30 @@ def parity(device: str, precision: str, tiny: bool) -> dict[str, Any]:
     return {"rows": rows, "summary": {"worst_max_rel": max(r["max_rel"] for r in rows)}}
 
 
+def vit_b16_backbone(tiny: bool = False) -> tuple[Any, float]:
+    """timm's ViT-B/16 (seeded random init, every block on fused attention; one block with
+    ``tiny``) and its model FLOPs per 224² image from the cost model."""
+    import torch
+
+    from service.models._factory import create_model, facts_from_model, use_fused_attention
+    from service.routing.cost import estimate_cost
+
+    torch.manual_seed(0)
+    backbone = create_model("vit_base_patch16_224", **({"depth": 1} if tiny else {}))
+    use_fused_attention(backbone)
+    return backbone, 2e9 * estimate_cost(facts_from_model(backbone, "vit"), 224, 224).gmacs
+
+
 def vit_b16(
     device: str, precision: str, batch: int, tiny: bool, rate: float, repeats: int, compile: bool = False
 ) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from service.models._factory import EmbeddingModel, create_model, facts_from_model, use_fused_attention
-    from service.routing.cost import estimate_cost
+    from service.models._factory import EmbeddingModel
     from service.runtime.torch_backend import TorchBackend
 
-    torch.manual_seed(0)
-    backbone = create_model("vit_base_patch16_224", **({"depth": 1} if tiny else {}))
-    use_fused_attention(backbone)
-    facts = facts_from_model(backbone, "vit")
-    flops_per_image = 2e9 * estimate_cost(facts, 224, 224).gmacs
+    backbone, flops_per_image = vit_b16_backbone(tiny)
     runner = TorchBackend(EmbeddingModel(backbone.eval()), device=device, precision=precision)
     on_device = torch.randn(batch, 3, 224, 224, device=device, dtype=runner.dtype)
 
@@ -125,14 +134,14 @@ def vit_b16(
         with torch.inference_mode():
             return runner.model(on_device)
 
-    model_s = _median_s(model_only, device, repeats)
+    model_s = median_s(model_only, device, repeats)
     host = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
-    backend_s = _median_s(lambda: runner.infer(host), device, max(2, repeats // 2))
+    backend_s = median_s(lambda: runner.infer(host), device, max(2, repeats // 2))
 
     # The same TorchBackend.infer with the copy it made before the page-locked staging buffer
     # (straight from pageable memory): the one difference between the two rows.
     runner._to_device = lambda pixels: torch.from_numpy(pixels).to(device).to(runner.dtype)  # type: ignore[method-assign]
-    pageable_s = _median_s(lambda: runner.infer(host), device, max(2, repeats // 2))
+    pageable_s = median_s(lambda: runner.infer(host), device, max(2, repeats // 2))
     del runner._to_device
     ips = batch / model_s
     rows = [
@@ -155,7 +164,7 @@ def vit_b16(
         compiled_only()  # the compilation, timed on its own
         _sync(device)
         compile_s = time.perf_counter() - started
-        compiled_ips = batch / _median_s(compiled_only, device, repeats)
+        compiled_ips = batch / median_s(compiled_only, device, repeats)
         rows.append(
             {
                 "path": "model on device, torch.compile (TorchBackend(compile=True))",
@@ -229,7 +238,7 @@ def scaling(
                     return model(x)
 
             try:
-                seconds = _median_s(forward, device, repeats)
+                seconds = median_s(forward, device, repeats)
                 peak = _peak_bytes(device, forward)
             except Exception as exc:  # a kernel that cannot run a size is a row, not a crash
                 rows.append({"model": name, "kernel": kernel or "sdpa", "size": side, "error": str(exc)[:200]})
@@ -274,7 +283,7 @@ def tile_encoder(device: str, precision: str, batch: int, tiny: bool, repeats: i
     use_fused_attention(backbone)
     runner = TorchBackend(EmbeddingModel(backbone.eval()), device=device, precision=precision)
     host = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
-    seconds = _median_s(lambda: runner.infer(host), device, repeats)
+    seconds = median_s(lambda: runner.infer(host), device, repeats)
     tiles_per_s = batch / seconds
     return {
         "rows": [{"encoder": "ViT-L/16 (UNI-style)", "batch": batch, "tiles_per_s": tiles_per_s}],

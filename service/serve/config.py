@@ -68,34 +68,63 @@ def deployment_options(settings: ServerSettings, repo: ModelRepository) -> dict[
     return options
 
 
+#: What Ray Serve reserves for a replica whose ``ray_actor_options`` name no CPUs.
+_RAY_DEFAULT_CPUS = 1.0
+
+
+def _replicas_at_start(opts: dict[str, Any]) -> int:
+    """How many replicas a deployment starts with: ``num_replicas``, or autoscaling's minimum."""
+    replicas = opts.get("num_replicas", 1)
+    if isinstance(replicas, int):
+        return replicas
+    return int((opts.get("autoscaling_config") or {}).get("min_replicas", 1))
+
+
+def _gpus_fit(requests: list[float], gpus: float) -> bool:
+    """Whether one node's ``gpus`` hold every replica's GPU request as Ray places them: a whole
+    number takes that many whole GPUs, a fraction must fit inside one GPU (first fit, largest
+    first: 3 x 0.6 do not fit on 2 GPUs although 1.8 <= 2)."""
+    free = [1.0] * int(gpus + 1e-9)
+    for each in sorted(requests, reverse=True):
+        if each >= 1.0:
+            whole = [i for i, f in enumerate(free) if f >= 1.0 - 1e-9][: round(each)]
+            if len(whole) < round(each):
+                return False
+            for i in whole:
+                free[i] = 0.0
+        else:
+            slot = next((i for i, f in enumerate(free) if f >= each - 1e-9), None)
+            if slot is None:
+                return False
+            free[slot] -= each
+    return True
+
+
 def placement_shortfall(options: dict[str, dict[str, Any]], cpus: float, gpus: float) -> str | None:
-    """Why the deployments in ``options`` cannot all be placed on ``cpus`` and ``gpus`` (a single
-    node's, as ``tessera serve`` starts Ray), or None when they fit. Ray leaves a replica it cannot
-    place pending without a word, and the service would run with fewer replicas than configured:
-    a colocated ingress asks for every model's CPUs, so ``TESSERA_INGRESS_REPLICAS=2`` on a 2-core
-    host started one replica and said nothing."""
-    need = {"num_cpus": 0.0, "num_gpus": 0.0}
-    parts: dict[str, list[str]] = {"num_cpus": [], "num_gpus": []}
+    """What the deployments in ``options`` ask for that one node with ``cpus`` and ``gpus`` cannot
+    give (as ``tessera serve`` starts Ray), or None when every replica they start with fits. Ray
+    leaves a replica it cannot place pending without a word, and the service would run with fewer
+    replicas than configured: a colocated ingress asks for every model's CPUs, so
+    ``TESSERA_INGRESS_REPLICAS=2`` on a 2-core host started one replica and said nothing."""
+    need = {"CPU": 0.0, "GPU": 0.0}
+    parts: dict[str, list[str]] = {"CPU": [], "GPU": []}
+    gpu_requests: list[float] = []
     for name, opts in options.items():
-        replicas = opts.get("num_replicas", 1)
-        for key in need:
-            each = float(opts.get("ray_actor_options", {}).get(key, 0.0))
+        replicas = _replicas_at_start(opts)
+        actor = opts.get("ray_actor_options", {})
+        asked = {"CPU": float(actor.get("num_cpus", _RAY_DEFAULT_CPUS)), "GPU": float(actor.get("num_gpus", 0.0))}
+        gpu_requests += [asked["GPU"]] * replicas if asked["GPU"] > 0 else []
+        for key, each in asked.items():
             if each > 0:
                 need[key] += replicas * each
                 parts[key].append(f"{name} {replicas} x {each:g}")
-    have = {"num_cpus": cpus, "num_gpus": gpus}
-    short = [
-        f"{need[key]:g} {key[4:-1].upper()}s ({' + '.join(parts[key])}) but Ray has {have[key]:g}"
-        for key in need
-        if need[key] > have[key] + 1e-9
-    ]
-    if not short:
-        return None
-    return (
-        f"the deployments ask for {'; and '.join(short)}: Ray would leave the rest of the replicas "
-        "unplaced. Lower TESSERA_INGRESS_REPLICAS or the models' batching.num_replicas / num_cpus / "
-        "num_gpus in config.yaml (a colocated ingress replica asks for every model's num_cpus)"
-    )
+    short = []
+    if need["CPU"] > cpus + 1e-9:
+        short.append(f"{need['CPU']:g} CPUs ({' + '.join(parts['CPU'])}) but Ray has {cpus:g}")
+    if not _gpus_fit(gpu_requests, gpus):
+        packed = " (a fraction of a GPU must fit inside one)" if need["GPU"] <= gpus + 1e-9 else ""
+        short.append(f"{need['GPU']:g} GPUs ({' + '.join(parts['GPU'])}) but Ray has {gpus:g}{packed}")
+    return "; and ".join(short) or None
 
 
 def serve_config(settings: ServerSettings, *, model_repo_in_cluster: str | None = None) -> dict[str, Any]:

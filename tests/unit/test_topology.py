@@ -125,21 +125,46 @@ def test_deployments_that_cannot_all_be_placed_are_named_with_what_they_ask(two_
         ServerSettings(model_repo=str(two_models), topology="colocated", ingress_replicas=2), repo
     )
     why = placement_shortfall(twice, cpus=2.0, gpus=1.0)
-    assert why is not None
-    assert "3.1 CPUs (Ingress 2 x 1.5 + SlideJobs 1 x 0.1) but Ray has 2" in why
-    assert "GPU" not in why  # 2 x 0.5 GPUs fit on one
-    assert "TESSERA_INGRESS_REPLICAS" in why
+    assert why == "3.1 CPUs (Ingress 2 x 1.5 + SlideJobs 1 x 0.1) but Ray has 2"  # 2 x 0.5 GPUs fit on one
     assert placement_shortfall(twice, cpus=4.0, gpus=1.0) is None
     # GPUs asked of a host without one: the replicas would wait for them forever.
     split = deployment_options(ServerSettings(model_repo=str(two_models)), repo)
     no_gpu = placement_shortfall(split, cpus=8.0, gpus=0.0)
-    assert no_gpu is not None and "0.75 GPUs" in no_gpu and "CPUs" not in no_gpu
+    assert no_gpu == "0.75 GPUs (backbone_vit_small 1 x 0.25 + backbone_swin_tiny 1 x 0.5) but Ray has 0"
+
+
+def test_placement_counts_as_ray_places() -> None:
+    """Ray's defaults and packing: a replica naming no CPUs reserves one, an autoscaled deployment
+    starts with its minimum, and a fraction of a GPU must fit inside one GPU."""
+    from service.serve.config import placement_shortfall
+
+    def gpu(replicas: int, each: float) -> dict[str, dict[str, object]]:
+        return {"m": {"num_replicas": replicas, "ray_actor_options": {"num_cpus": 0, "num_gpus": each}}}
+
+    assert placement_shortfall({"a": {}, "b": {}}, cpus=1.5, gpus=0) == "2 CPUs (a 1 x 1 + b 1 x 1) but Ray has 1.5"
+    scaled = {"a": {"num_replicas": "auto", "autoscaling_config": {"min_replicas": 2, "max_replicas": 8}}}
+    assert placement_shortfall(scaled, cpus=2, gpus=0) is None
+    assert placement_shortfall(scaled, cpus=1, gpus=0) == "2 CPUs (a 2 x 1) but Ray has 1"
+    assert placement_shortfall(gpu(2, 0.6), cpus=1, gpus=2) is None
+    packed = placement_shortfall(gpu(3, 0.6), cpus=1, gpus=2)  # 1.8 <= 2, but only two fit
+    assert packed == "1.8 GPUs (m 3 x 0.6) but Ray has 2 (a fraction of a GPU must fit inside one)"
+    assert placement_shortfall(gpu(4, 0.5), cpus=1, gpus=2) is None
+    assert placement_shortfall({**gpu(1, 0.5), "w": gpu(1, 2.0)["m"]}, cpus=1, gpus=2) is not None
+    assert placement_shortfall({**gpu(1, 0.5), "w": gpu(1, 2.0)["m"]}, cpus=1, gpus=3) is None
 
 
 def test_tessera_serve_refuses_before_serving_what_ray_cannot_place(two_models: Path) -> None:
     from service.serve.runner import _refuse_unplaceable
 
     settings = ServerSettings(model_repo=str(two_models), topology="colocated", ingress_replicas=2)
-    with pytest.raises(ValueError, match=r"cannot start on this host: .*Ingress 2 x 1\.5"):
+    with pytest.raises(ValueError) as refused:
         _refuse_unplaceable(settings, {"CPU": 2.0, "GPU": 1.0})
+    message = str(refused.value)
+    assert message.startswith("cannot start on this host: the deployments ask for 3.1 CPUs (Ingress 2 x 1.5")
+    assert "Lower TESSERA_INGRESS_REPLICAS or the models' batching" in message
+    assert "each colocated ingress replica asks for the num_cpus of every model" in message
     _refuse_unplaceable(settings, {"CPU": 4.0, "GPU": 1.0})  # fits: nothing raised
+    split = ServerSettings(model_repo=str(two_models))
+    with pytest.raises(ValueError, match="GPUs") as refused:
+        _refuse_unplaceable(split, {"CPU": 8.0})  # no GPU on this host
+    assert "TESSERA_INGRESS_REPLICAS" not in str(refused.value) and "colocated" not in str(refused.value)
