@@ -130,7 +130,7 @@ def test_deployments_that_cannot_all_be_placed_are_named_with_what_they_ask(two_
     # GPUs asked of a host without one: the replicas would wait for them forever.
     split = deployment_options(ServerSettings(model_repo=str(two_models)), repo)
     no_gpu = placement_shortfall(split, cpus=8.0, gpus=0.0)
-    assert no_gpu == "0.75 GPUs (backbone_vit_small 1 x 0.25 + backbone_swin_tiny 1 x 0.5) but Ray has 0"
+    assert no_gpu == "0.75 GPUs (backbone_swin_tiny 1 x 0.5 + backbone_vit_small 1 x 0.25) but Ray has 0"
 
 
 def test_placement_counts_as_ray_places() -> None:
