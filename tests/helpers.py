@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import socket
 import subprocess
 from collections.abc import Iterable
 from pathlib import Path
@@ -16,6 +15,7 @@ import yaml
 from PIL import Image
 
 from service.ports import free_port as free_port  # re-exported: the tests import it from here
+from service.ports import port_in_use
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_REPO = ROOT / "model_repo"
@@ -152,11 +152,8 @@ def assert_nothing_left(left: list[str], ports: Iterable[int]) -> None:
     """After ``tessera serve`` stopped: :func:`stop_process_tree` had nothing to kill, and every
     port binds again."""
     assert not left, f"processes left behind (killed): {left}"
-    for port in ports:
-        with socket.socket() as sock:
-            # SO_REUSEADDR ignores connections in TIME_WAIT; a port still listening fails to bind.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(("127.0.0.1", port))
+    still = [port for port in ports if port_in_use("127.0.0.1", port)]
+    assert not still, f"ports still listening: {still}"
 
 
 def start_tessera_serve(

@@ -7,8 +7,8 @@ named in ``SERVICER_FUNCTIONS``). Errors become the gRPC status through the one 
 (``service.api.errors.grpc_code``): the method sets the code and details on the context and
 returns an empty message of the right type, as Ray Serve expects.
 
-``serve_grpc_inprocess`` runs the same methods on a plain ``grpc.aio`` server, for tests and for
-running without Ray.
+``grpc_server`` runs the same methods on a plain ``grpc.aio`` server: the ingress replica's own
+(``front_end: replica``), and ``serve_grpc_inprocess``'s, for tests and for running without Ray.
 
 Deadline: a plain grpc server exposes the call's deadline (``time_remaining``) and it is
 honoured. Ray Serve 2.60's proxy does not pass the deadline to the replica (its
@@ -49,7 +49,7 @@ from service.errors import DeadlineExceeded, InvalidInput
 if TYPE_CHECKING:
     import grpc
 
-__all__ = ["SERVICER_FUNCTIONS", "TIMEOUT_METADATA", "GrpcIngressMixin", "serve_grpc_inprocess"]
+__all__ = ["SERVICER_FUNCTIONS", "TIMEOUT_METADATA", "GrpcIngressMixin", "grpc_server", "serve_grpc_inprocess"]
 
 #: ``add_*Servicer_to_server`` functions for Ray Serve's ``gRPCOptions.grpc_servicer_functions``.
 SERVICER_FUNCTIONS = [
@@ -617,6 +617,46 @@ def _servicer(base: type, target: GrpcIngressMixin, methods: Sequence[str], stre
     return type(f"InProcess{base.__name__}", (base,), handlers)()
 
 
+def grpc_server(
+    target: GrpcIngressMixin,
+    port: int,
+    *,
+    host: str = "127.0.0.1",
+    max_message_bytes: int | None = None,
+    reuse_port: bool = False,
+) -> grpc.aio.Server:
+    """A ``grpc.aio`` server with both services calling ``target``'s methods, bound to ``host:port``
+    (raises ``OSError`` when it cannot bind) and not yet started: ``await server.start()``.
+
+    Messages up to the core's body limit (plus 1 MiB of framing) are accepted unless
+    ``max_message_bytes`` says otherwise. ``reuse_port``: other processes that also ask for it may
+    bind the same port, and the kernel spreads the connections over them (the ingress replicas of
+    ``front_end: replica``); off, a port already bound is refused.
+    """
+    import grpc
+
+    oip_grpc, images_grpc = _module(_OIP_GRPC), _module(_IMAGES_GRPC)
+    limit = max_message_bytes or target.core.limits.max_bytes + (1 << 20)
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            ("grpc.so_reuseport", int(reuse_port)),
+        ]
+    )
+    oip_grpc.add_GRPCInferenceServiceServicer_to_server(
+        _servicer(oip_grpc.GRPCInferenceServiceServicer, target, _OIP_METHODS, _OIP_STREAM_METHODS), server
+    )
+    images_grpc.add_ImagesServicer_to_server(_servicer(images_grpc.ImagesServicer, target, _IMAGES_METHODS), server)
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError as exc:  # grpc raises where older versions returned 0
+        raise OSError(f"could not bind the gRPC server to {host}:{port}: {exc}") from None
+    if bound == 0:
+        raise OSError(f"could not bind the gRPC server to {host}:{port}")
+    return server
+
+
 async def serve_grpc_inprocess(
     core: ServingCore,
     port: int,
@@ -632,19 +672,6 @@ async def serve_grpc_inprocess(
     The caller owns the server: ``await server.stop(grace)`` ends it. Messages up to the core's
     body limit (plus 1 MiB of framing) are accepted unless ``max_message_bytes`` says otherwise.
     """
-    import grpc
-
-    oip_grpc, images_grpc = _module(_OIP_GRPC), _module(_IMAGES_GRPC)
-    limit = max_message_bytes or core.limits.max_bytes + (1 << 20)
-    server = grpc.aio.server(
-        options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
-    )
-    target = _Ingress(core, auth)
-    oip_grpc.add_GRPCInferenceServiceServicer_to_server(
-        _servicer(oip_grpc.GRPCInferenceServiceServicer, target, _OIP_METHODS, _OIP_STREAM_METHODS), server
-    )
-    images_grpc.add_ImagesServicer_to_server(_servicer(images_grpc.ImagesServicer, target, _IMAGES_METHODS), server)
-    if server.add_insecure_port(f"{host}:{port}") == 0:
-        raise OSError(f"could not bind the gRPC server to {host}:{port}")
+    server = grpc_server(_Ingress(core, auth), port, host=host, max_message_bytes=max_message_bytes)
     await server.start()
     return server

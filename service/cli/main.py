@@ -222,10 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, default=None)
     p.add_argument(
         "--front-end",
-        choices=["ray", "haproxy"],
+        choices=["ray", "haproxy", "replica"],
         default=None,
-        help="what listens on the ports: Ray Serve's proxies (ray, default) or HAProxy in front of the "
-        "ingress replicas (haproxy: about 2x the no-op requests/s here)",
+        help="what listens on the ports: Ray Serve's proxies (ray, default), HAProxy in front of the "
+        "ingress replicas (haproxy: about 2x the no-op requests/s here), or the ingress replicas' own "
+        "servers (replica: no proxy at all, the most requests/s on one host)",
     )
     p.add_argument(
         "--topology",

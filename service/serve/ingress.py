@@ -21,6 +21,7 @@ from service.imaging import DecodeLimits
 from service.models import ModelRepository
 from service.routing.factory import make_router
 from service.serve.backbone import BackboneHost
+from service.serve.front_end import ReplicaFrontEnd
 from service.serve.metrics import RayTelemetry
 from service.serve.models import HandleModelStates
 from service.settings import ServerSettings
@@ -79,7 +80,11 @@ class HostClient:
         return split_batch_reply(await self.host(model).infer_batch(pixels))
 
 
-@serve.deployment(graceful_shutdown_wait_loop_s=0.5, graceful_shutdown_timeout_s=30)
+#: How long a stopping ingress replica waits for the requests in flight.
+GRACE_S = 30.0
+
+
+@serve.deployment(graceful_shutdown_wait_loop_s=0.5, graceful_shutdown_timeout_s=GRACE_S)
 @serve.ingress()
 class Ingress(GrpcIngressMixin):
     def __init__(
@@ -124,6 +129,27 @@ class Ingress(GrpcIngressMixin):
         # The models' states now and then twice a second, in the background (Ray Serve runs this
         # constructor on the replica's event loop).
         self.core.control.start()
+        self.rest_app = self._build_app()
+        self.front_end: ReplicaFrontEnd | None = None
+        if self.settings.front_end == "replica":  # this replica listens on the service's ports itself
+            self.front_end = ReplicaFrontEnd(
+                self.rest_app,
+                self,
+                host=self.settings.host,
+                http_port=self.settings.http_port,
+                grpc_port=self.settings.grpc_port,
+            )
+
+    async def __del__(self) -> None:
+        """Ray Serve's graceful shutdown: requests on this replica's own ports get the replica's grace
+        period to finish (Ray counts only the requests it routed itself)."""
+        front_end: ReplicaFrontEnd | None = getattr(self, "front_end", None)  # None: the constructor failed
+        if front_end is not None:
+            self.core.draining = True
+            await front_end.stop(GRACE_S)
+        parent = getattr(super(), "__del__", None)  # Ray's ASGI wrapper: the app's shutdown
+        if parent is not None:
+            await parent()
 
     async def _metrics(self) -> str:
         from service.serve.metrics_relay import fetch_metrics, node_metrics_url
@@ -145,7 +171,11 @@ class Ingress(GrpcIngressMixin):
         return await self.hosts.host(model).infer_batch(pixels)
 
     def __serve_build_asgi_app__(self) -> Any:
-        """Ray Serve calls this after ``__init__``: the REST app of this replica, over its core."""
+        """Ray Serve calls this after ``__init__``: the REST app of this replica, over its core (the
+        one its own HTTP server serves with ``front_end: replica``)."""
+        return self.rest_app
+
+    def _build_app(self) -> Any:
         app = create_app()
         app.state.core = self.core
         app.state.settings = self.settings

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from service.ports import free_port
+from service.ports import free_port, port_in_use
 from service.settings import ProcessSettings, ServerSettings, load
 
 __all__ = [
@@ -48,17 +48,23 @@ def wait_ready(url: str, timeout_s: float = 300.0) -> None:
 #: How often replicas report metrics to Ray's agent in embedded Ray (Ray's floor; its default is 10 s).
 METRICS_REPORT_INTERVAL_MS = 1000
 
-#: Ray Serve's variables for ``front_end: haproxy``. Every Ray process reads them when it imports Serve,
-#: so they are set before Ray starts and reach the controller and the replicas through the raylet.
-HAPROXY_ENV = {
-    # HAProxy on the HTTP and gRPC ports, forwarding to the ingress replicas' own servers (direct ingress)
-    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+#: Ray Serve's variables for the front ends that hand requests to the ingress replicas' own servers
+#: (``haproxy``, ``replica``). Every Ray process reads them when it imports Serve, so they are set
+#: before Ray starts and reach the controller and the replicas through the raylet.
+OWN_SERVERS_ENV = {
     # ingress -> backbone calls over gRPC: the pixels travel inline, not through the object store
     "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
     # ... whose servers refuse messages over 4 MB by default: a 1024² image's pixels are 12.6 MB
     "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(2**31 - 1),
     # requests run on the replica's own event loop instead of a second thread's
     "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+}
+
+#: ... and for ``front_end: haproxy``: HAProxy on the HTTP and gRPC ports, forwarding to the ingress
+#: replicas' own servers (Ray Serve's direct ingress).
+HAPROXY_ENV = {
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    **OWN_SERVERS_ENV,
     # a stopping ingress stays reachable this long for load balancers to deregister it (default 30 s);
     # the embedded HAProxy goes with it, and stop_service has already drained the requests in flight
     "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
@@ -122,6 +128,14 @@ def front_end_env(settings: ServerSettings, address: str | None) -> dict[str, st
     """The environment ``settings.front_end`` needs before Ray starts; refuses what cannot run."""
     if settings.front_end == "ray":
         return {}
+    if address and settings.front_end == "replica":
+        raise ValueError(
+            "front_end replica binds the service's ports in the ingress replicas of the Ray that tessera "
+            "serve starts itself; on a cluster joined with --address the replicas may land on any node: "
+            "use TESSERA_FRONT_END=ray or haproxy there"
+        )
+    if settings.front_end == "replica":
+        return OWN_SERVERS_ENV
     if address:
         every_node = " ".join(f"{k}={v}" for k, v in {**HAPROXY_TUNING, **HAPROXY_ENV}.items())
         raise ValueError(
@@ -136,6 +150,21 @@ def front_end_env(settings: ServerSettings, address: str | None) -> dict[str, st
     return {**_unset(HAPROXY_TUNING), **HAPROXY_ENV}
 
 
+def _refuse_taken_ports(settings: ServerSettings) -> None:
+    """``front_end: replica``: the ports are bound by the replicas, after Ray starts, where a refusal
+    would only show as a replica failing to start; say it here instead."""
+    taken = [
+        f"the {name} port {port}"
+        for name, port in (("HTTP", settings.http_port), ("gRPC", settings.grpc_port))
+        if port and port_in_use(settings.host, port)
+    ]
+    if taken:
+        raise ValueError(
+            f"cannot start: {' and '.join(taken)} on {settings.host} {'is' if len(taken) == 1 else 'are'} "
+            "already in use by another program; stop it, or choose others with --http-port/--grpc-port"
+        )
+
+
 def start_service(
     settings: ServerSettings, *, address: str | None = None, watch: Callable[[dict[str, Any]], None] | None = None
 ) -> None:
@@ -146,6 +175,8 @@ def start_service(
 
     # before Ray starts: its processes inherit them
     os.environ.update({**embedded_env(address), **front_end_env(settings, address)})
+    if settings.front_end == "replica":
+        _refuse_taken_ports(settings)
     import ray
     from ray import serve
     from ray.serve.config import HTTPOptions, gRPCOptions
@@ -174,10 +205,15 @@ def start_service(
         except ValueError:
             ray.shutdown()  # nothing deployed: nothing to drain
             raise
-    grpc_options = None
-    if settings.grpc_port:
-        grpc_options = gRPCOptions(port=settings.grpc_port, grpc_servicer_functions=servicer_functions())
-    serve.start(http_options=HTTPOptions(host=settings.host, port=settings.http_port), grpc_options=grpc_options)
+    if settings.front_end == "replica":  # the ingress replicas listen on the ports themselves
+        serve.start(proxy_location="Disabled")
+        # Serve would log "ready at http://<host>:8000/", its proxies' default port; the ready line is ours
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)
+    else:
+        grpc_options = None
+        if settings.grpc_port:
+            grpc_options = gRPCOptions(port=settings.grpc_port, grpc_servicer_functions=servicer_functions())
+        serve.start(http_options=HTTPOptions(host=settings.host, port=settings.http_port), grpc_options=grpc_options)
     serve.run(build_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
     url = f"http://{_client_host(settings.host)}:{settings.http_port}/v2/health/ready"
     if not settings.build_missing and watch is None:

@@ -26,7 +26,8 @@ def slide_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def serve_settings(small_repo: Path, slide_root: Path, tmp_path_factory: pytest.TempPathFactory):
-    """``TESSERA_TEST_TOPOLOGY=colocated`` runs the tier with the backbones in the ingress."""
+    """``TESSERA_TEST_TOPOLOGY=colocated`` runs the tier with the backbones in the ingress;
+    ``TESSERA_TEST_FRONT_END=haproxy|replica`` with another front end on the ports."""
     import os
 
     from service.settings import ServerSettings
@@ -41,6 +42,7 @@ def serve_settings(small_repo: Path, slide_root: Path, tmp_path_factory: pytest.
         job_dir=str(tmp_path_factory.mktemp("jobs")),
         model_control_mode="explicit",  # Triton's repository load/unload (test_triton_tooling.py)
         topology=os.environ.get("TESSERA_TEST_TOPOLOGY", "split"),
+        front_end=os.environ.get("TESSERA_TEST_FRONT_END", "ray"),
     )
 
 

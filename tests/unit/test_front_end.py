@@ -1,14 +1,24 @@
 """``--front-end``: the environment each front end needs before Ray starts, and a plain refusal when
-it cannot run (no HAProxy binary, or a cluster Tessera did not start)."""
+it cannot run (no HAProxy binary, a cluster Tessera did not start, a port another program holds);
+``front_end: replica``'s sockets (the ingress replicas share the ports, nothing else does)."""
 
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
 
-from service.serve.runner import HAPROXY_ENV, HAPROXY_TUNING, front_end_env, haproxy_binary
+from service.ports import bind_reuse_port, port_in_use
+from service.serve.runner import (
+    HAPROXY_ENV,
+    HAPROXY_TUNING,
+    OWN_SERVERS_ENV,
+    _refuse_taken_ports,
+    front_end_env,
+    haproxy_binary,
+)
 from service.settings import ServerSettings
 
 
@@ -67,3 +77,44 @@ def test_embedded_ray_runs_the_serve_controller_loop_slower_unless_told(monkeypa
     assert embedded_env("10.0.0.1:6379") == {}  # a joined cluster keeps its own
     monkeypatch.setenv("RAY_SERVE_CONTROL_LOOP_INTERVAL_S", "0.2")
     assert embedded_env(None) == {"RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000"}  # the user's value wins
+
+
+def test_replica_front_end_sets_the_own_servers_variables_and_no_haproxy() -> None:
+    env = front_end_env(ServerSettings(front_end="replica"), None)
+    assert env == OWN_SERVERS_ENV
+    assert env["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"] == "0"
+    assert "RAY_SERVE_ENABLE_HA_PROXY" not in env
+    assert OWN_SERVERS_ENV.items() <= HAPROXY_ENV.items()  # the shared part is one dict
+
+
+def test_replica_front_end_on_a_joined_cluster_is_refused() -> None:
+    with pytest.raises(ValueError, match="TESSERA_FRONT_END=ray or haproxy"):
+        front_end_env(ServerSettings(front_end="replica"), "10.0.0.1:6379")
+
+
+def test_replicas_share_a_port_that_a_plain_socket_cannot_take() -> None:
+    first = bind_reuse_port("127.0.0.1", 0)
+    port = first.getsockname()[1]
+    second = bind_reuse_port("127.0.0.1", port)  # a second ingress replica on the node
+    first.listen()
+    second.listen()
+    try:
+        assert second.getsockname()[1] == port
+        assert port_in_use("127.0.0.1", port)  # anything else is refused
+    finally:
+        first.close()
+        second.close()
+    assert not port_in_use("127.0.0.1", port)
+
+
+def test_a_port_held_by_another_program_is_refused_before_ray_starts() -> None:
+    with socket.socket() as other:  # no SO_REUSEPORT: a replica could not bind beside it
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        with pytest.raises(OSError, match=f"127.0.0.1:{port}"):
+            bind_reuse_port("127.0.0.1", port)
+        settings = ServerSettings(front_end="replica", http_port=port, grpc_port=0)
+        with pytest.raises(ValueError, match=f"the HTTP port {port} on 127.0.0.1 is already in use"):
+            _refuse_taken_ports(settings)
+    _refuse_taken_ports(settings)  # free again: nothing to say
