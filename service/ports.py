@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import socket
 
-__all__ = ["bind_reuse_port", "free_port", "port_in_use"]
+__all__ = ["bind_error", "bind_reuse_port", "free_port"]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -22,14 +22,15 @@ def _socket(host: str) -> socket.socket:
     return sock
 
 
-def port_in_use(host: str, port: int) -> bool:
-    """Whether a listening socket already holds ``host:port``."""
+def bind_error(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be bound now ("Address already in use": a listening socket holds
+    it), or None when it can."""
     with _socket(host) as sock:
         try:
             sock.bind((host, port))
-        except OSError:
-            return True
-    return False
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
 
 
 def bind_reuse_port(host: str, port: int) -> socket.socket:

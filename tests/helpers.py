@@ -14,8 +14,8 @@ import pytest
 import yaml
 from PIL import Image
 
+from service.ports import bind_error
 from service.ports import free_port as free_port  # re-exported: the tests import it from here
-from service.ports import port_in_use
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_REPO = ROOT / "model_repo"
@@ -152,7 +152,7 @@ def assert_nothing_left(left: list[str], ports: Iterable[int]) -> None:
     """After ``tessera serve`` stopped: :func:`stop_process_tree` had nothing to kill, and every
     port binds again."""
     assert not left, f"processes left behind (killed): {left}"
-    still = [port for port in ports if port_in_use("127.0.0.1", port)]
+    still = [port for port in ports if bind_error("127.0.0.1", port) is not None]
     assert not still, f"ports still listening: {still}"
 
 

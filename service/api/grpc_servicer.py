@@ -49,7 +49,14 @@ from service.errors import DeadlineExceeded, InvalidInput
 if TYPE_CHECKING:
     import grpc
 
-__all__ = ["SERVICER_FUNCTIONS", "TIMEOUT_METADATA", "GrpcIngressMixin", "grpc_server", "serve_grpc_inprocess"]
+__all__ = [
+    "SERVICER_FUNCTIONS",
+    "TIMEOUT_METADATA",
+    "GrpcIngressMixin",
+    "grpc_server",
+    "message_limit",
+    "serve_grpc_inprocess",
+]
 
 #: ``add_*Servicer_to_server`` functions for Ray Serve's ``gRPCOptions.grpc_servicer_functions``.
 SERVICER_FUNCTIONS = [
@@ -617,30 +624,29 @@ def _servicer(base: type, target: GrpcIngressMixin, methods: Sequence[str], stre
     return type(f"InProcess{base.__name__}", (base,), handlers)()
 
 
+def message_limit(max_body_bytes: int) -> int:
+    """The largest gRPC message a server takes: the body limit plus 1 MiB of framing (a larger one
+    is refused by gRPC itself with RESOURCE_EXHAUSTED, naming both sizes)."""
+    return max_body_bytes + (1 << 20)
+
+
 def grpc_server(
-    target: GrpcIngressMixin,
-    port: int,
-    *,
-    host: str = "127.0.0.1",
-    max_message_bytes: int | None = None,
-    reuse_port: bool = False,
+    target: GrpcIngressMixin, port: int, *, host: str, max_message_bytes: int, reuse_port: bool = False
 ) -> grpc.aio.Server:
     """A ``grpc.aio`` server with both services calling ``target``'s methods, bound to ``host:port``
     (raises ``OSError`` when it cannot bind) and not yet started: ``await server.start()``.
 
-    Messages up to the core's body limit (plus 1 MiB of framing) are accepted unless
-    ``max_message_bytes`` says otherwise. ``reuse_port``: other processes that also ask for it may
-    bind the same port, and the kernel spreads the connections over them (the ingress replicas of
-    ``front_end: replica``); off, a port already bound is refused.
+    ``reuse_port``: other processes that also ask for it may bind the same port, and the kernel
+    spreads the connections over them (the ingress replicas of ``front_end: replica``); off, a
+    port already bound is refused.
     """
     import grpc
 
     oip_grpc, images_grpc = _module(_OIP_GRPC), _module(_IMAGES_GRPC)
-    limit = max_message_bytes or target.core.limits.max_bytes + (1 << 20)
     server = grpc.aio.server(
         options=[
-            ("grpc.max_receive_message_length", limit),
-            ("grpc.max_send_message_length", limit),
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.so_reuseport", int(reuse_port)),
         ]
     )
@@ -672,6 +678,7 @@ async def serve_grpc_inprocess(
     The caller owns the server: ``await server.stop(grace)`` ends it. Messages up to the core's
     body limit (plus 1 MiB of framing) are accepted unless ``max_message_bytes`` says otherwise.
     """
-    server = grpc_server(_Ingress(core, auth), port, host=host, max_message_bytes=max_message_bytes)
+    limit = max_message_bytes or message_limit(core.limits.max_bytes)
+    server = grpc_server(_Ingress(core, auth), port, host=host, max_message_bytes=limit)
     await server.start()
     return server

@@ -60,5 +60,16 @@ def build_app(settings: ServerSettings) -> Application:
 
 
 def app_builder(args: dict[str, Any]) -> Application:
-    """Entry point for ``serve run``/``serveConfigV2``: ``args`` are ServerSettings fields."""
-    return build_app(ServerSettings.from_env(**args))
+    """Entry point for ``serve run``/``serveConfigV2``: ``args`` are ServerSettings fields.
+
+    What listens on the ports there is the cluster's (its proxies, or ``RAY_SERVE_*`` on its nodes).
+    ``front_end: replica`` is refused: its replicas would bind the ports beside the cluster's
+    proxies, which listen with ``SO_REUSEPORT`` too, and the kernel would split the connections
+    between them without a word."""
+    settings = ServerSettings.from_env(**args)
+    if settings.front_end == "replica":
+        raise ValueError(
+            "front_end replica runs on the Ray that `tessera serve` starts itself; deployed with serve run or "
+            "KubeRay the cluster's proxies serve the ports: unset TESSERA_FRONT_END"
+        )
+    return build_app(settings)

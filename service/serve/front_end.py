@@ -40,23 +40,32 @@ class _Server(uvicorn.Server):
 
 
 class ReplicaFrontEnd:
-    """Both servers of one ingress replica. Constructed on the replica's running event loop: it binds
-    the ports at once (a port another program holds fails the replica's constructor with the reason)
-    and serves on that loop, the one the serving core's objects live on."""
+    """Both servers of one ingress replica.
 
-    def __init__(self, app: Any, rpcs: GrpcIngressMixin, *, host: str, http_port: int, grpc_port: int):
+    Constructed on the replica's running event loop, first thing: it binds the ports at once, so a
+    port another program holds fails the replica's constructor with the reason before any model
+    loads. :meth:`start` serves, on that loop (the one the serving core's objects live on), once
+    the replica can answer."""
+
+    def __init__(self, rpcs: GrpcIngressMixin, *, host: str, http_port: int, grpc_port: int, max_message_bytes: int):
         self.address = f"{host}:{http_port}"
-        sock = bind_reuse_port(host, http_port)
+        self._sock = bind_reuse_port(host, http_port)
         self.grpc: grpc.aio.Server | None = None
         try:
             if grpc_port:
-                self.grpc = grpc_server(rpcs, grpc_port, host=host, reuse_port=True)
+                self.grpc = grpc_server(
+                    rpcs, grpc_port, host=host, max_message_bytes=max_message_bytes, reuse_port=True
+                )
         except OSError:
-            sock.close()
+            self._sock.close()
             raise
+        self.http: _Server | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    def start(self, app: Any) -> None:
         config = uvicorn.Config(
             app,
-            lifespan="off",  # the app has no lifespan handlers; Ray's wrapper runs its own copy's
+            lifespan="off",  # the app has no lifespan handlers; Ray's wrapper runs them for its copy
             access_log=False,  # the app's own middleware logs requests
             log_config=None,
             log_level="warning",
@@ -64,16 +73,35 @@ class ReplicaFrontEnd:
         )
         self.http = _Server(config)
         loop = asyncio.get_running_loop()
-        self._http_task = loop.create_task(self.http.serve(sockets=[sock]))
-        self._grpc_task = loop.create_task(self.grpc.start()) if self.grpc is not None else None
+        self._tasks = [loop.create_task(self.http.serve(sockets=[self._sock]), name="tessera-http")]
+        if self.grpc is not None:
+            self._tasks.append(loop.create_task(self._serve_grpc(self.grpc), name="tessera-grpc"))
+
+    @staticmethod
+    async def _serve_grpc(server: grpc.aio.Server) -> None:
+        await server.start()
+        await server.wait_for_termination()
+
+    def failure(self) -> str | None:
+        """Why a server stopped serving on its own (None while both serve)."""
+        for task in self._tasks:
+            if task.done() and not task.cancelled():
+                exc = task.exception()
+                return f"{task.get_name()} on {self.address} stopped: {exc!r}" if exc else f"{task.get_name()} stopped"
+        return None
 
     async def stop(self, grace_s: float) -> None:
-        """Stop taking connections; requests in flight get ``grace_s`` to finish."""
-        self.http.should_exit = True
+        """Stop taking connections; the requests in flight on either server get ``grace_s`` in all."""
+        if self.http is not None:
+            self.http.should_exit = True
+        stopping = [*self._tasks]
         if self.grpc is not None:
-            await self.grpc.stop(grace_s)
-        try:
-            await asyncio.wait_for(self._http_task, timeout=grace_s)
-        except TimeoutError:
-            log.warning("HTTP requests still in flight after %.0f s on %s: closed", grace_s, self.address)
-            self._http_task.cancel()
+            stopping.append(asyncio.ensure_future(self.grpc.stop(grace_s)))
+        if not stopping:
+            return
+        _, late = await asyncio.wait(stopping, timeout=grace_s)
+        for task in late:
+            log.warning(
+                "%s: requests still in flight after %.0f s on %s: closed", task.get_name(), grace_s, self.address
+            )
+            task.cancel()

@@ -11,7 +11,7 @@ from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
-from service.api.grpc_servicer import GrpcIngressMixin
+from service.api.grpc_servicer import GrpcIngressMixin, message_limit
 from service.api.logs import configure_access_log
 from service.api.rest import create_app
 from service.api.serving import ServingCore, split_batch_reply
@@ -80,8 +80,11 @@ class HostClient:
         return split_batch_reply(await self.host(model).infer_batch(pixels))
 
 
-#: How long a stopping ingress replica waits for the requests in flight.
+#: How long Ray gives a stopping ingress replica before it kills it ...
 GRACE_S = 30.0
+#: ... and the part of it the requests in flight on the replica's own ports get (``front_end: replica``):
+#: Ray's own drain loop and the ASGI shutdown run first.
+FRONT_END_GRACE_S = 25.0
 
 
 @serve.deployment(graceful_shutdown_wait_loop_s=0.5, graceful_shutdown_timeout_s=GRACE_S)
@@ -96,6 +99,15 @@ class Ingress(GrpcIngressMixin):
     ):
         self.settings = ServerSettings.model_validate(settings)
         configure_access_log(self.settings.log_level)
+        self.front_end: ReplicaFrontEnd | None = None
+        if self.settings.front_end == "replica":  # bound now, before any model loads; serving at the end
+            self.front_end = ReplicaFrontEnd(
+                self,
+                host=self.settings.host,
+                http_port=self.settings.http_port,
+                grpc_port=self.settings.grpc_port,
+                max_message_bytes=message_limit(self.settings.max_body_bytes),
+            )
         repo = ModelRepository(self.settings.model_repo)
         limits = DecodeLimits(
             max_bytes=self.settings.max_body_bytes,
@@ -130,26 +142,23 @@ class Ingress(GrpcIngressMixin):
         # constructor on the replica's event loop).
         self.core.control.start()
         self.rest_app = self._build_app()
-        self.front_end: ReplicaFrontEnd | None = None
-        if self.settings.front_end == "replica":  # this replica listens on the service's ports itself
-            self.front_end = ReplicaFrontEnd(
-                self.rest_app,
-                self,
-                host=self.settings.host,
-                http_port=self.settings.http_port,
-                grpc_port=self.settings.grpc_port,
-            )
+        if self.front_end is not None:
+            self.front_end.start(self.rest_app)
+
+    def check_health(self) -> None:
+        """Ray Serve's health check: a replica whose own server stopped is restarted."""
+        reason = self.front_end.failure() if self.front_end is not None else None
+        if reason is not None:
+            raise RuntimeError(reason)
 
     async def __del__(self) -> None:
-        """Ray Serve's graceful shutdown: requests on this replica's own ports get the replica's grace
-        period to finish (Ray counts only the requests it routed itself)."""
+        """Ray Serve's graceful shutdown (its ASGI wrapper's ``__del__`` runs first, then this one):
+        the requests on this replica's own ports get ``FRONT_END_GRACE_S`` to finish (Ray counts only
+        the requests it routed itself, and kills the replica ``GRACE_S`` after the stop began)."""
         front_end: ReplicaFrontEnd | None = getattr(self, "front_end", None)  # None: the constructor failed
         if front_end is not None:
             self.core.draining = True
-            await front_end.stop(GRACE_S)
-        parent = getattr(super(), "__del__", None)  # Ray's ASGI wrapper: the app's shutdown
-        if parent is not None:
-            await parent()
+            await front_end.stop(FRONT_END_GRACE_S)
 
     async def _metrics(self) -> str:
         from service.serve.metrics_relay import fetch_metrics, node_metrics_url

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from service.ports import free_port, port_in_use
+from service.ports import bind_error, free_port
 from service.settings import ProcessSettings, ServerSettings, load
 
 __all__ = [
@@ -153,15 +153,15 @@ def front_end_env(settings: ServerSettings, address: str | None) -> dict[str, st
 def _refuse_taken_ports(settings: ServerSettings) -> None:
     """``front_end: replica``: the ports are bound by the replicas, after Ray starts, where a refusal
     would only show as a replica failing to start; say it here instead."""
-    taken = [
-        f"the {name} port {port}"
+    errors = {
+        f"the {name} port {settings.host}:{port}": error
         for name, port in (("HTTP", settings.http_port), ("gRPC", settings.grpc_port))
-        if port and port_in_use(settings.host, port)
-    ]
-    if taken:
+        if port and (error := bind_error(settings.host, port)) is not None
+    }
+    if errors:
         raise ValueError(
-            f"cannot start: {' and '.join(taken)} on {settings.host} {'is' if len(taken) == 1 else 'are'} "
-            "already in use by another program; stop it, or choose others with --http-port/--grpc-port"
+            f"cannot start: {'; '.join(f'{where}: {error}' for where, error in errors.items())} (another "
+            "program listening there? stop it, or choose other ports with --http-port/--grpc-port)"
         )
 
 

@@ -1,10 +1,11 @@
 """``tessera serve --front-end replica``: no proxy; the ingress replica's own uvicorn and grpc.aio
 servers listen on the service's ports. The contract holds (REST, OIP over gRPC and REST with
-``tritonclient``, errors as 4xx, large images between deployments, metrics, drain on SIGTERM,
-nothing left behind), and a port another program holds is refused before Ray starts."""
+``tritonclient``, errors as 4xx, large images between deployments, metrics, a request in flight
+answered through SIGTERM, nothing left behind), and a port another program holds is refused before Ray starts."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import signal
 import socket
 import subprocess
@@ -30,6 +31,13 @@ def _listeners(port: int) -> set[int]:
     }
 
 
+def _is_proxy(proc: psutil.Process) -> bool:
+    try:
+        return "ProxyActor" in " ".join(proc.cmdline()) or proc.name() == "haproxy"
+    except psutil.Error:  # a short-lived child gone since the snapshot
+        return False
+
+
 def test_the_contract_holds_on_the_replicas_own_ports(small_repo: Path, tmp_path: Path) -> None:
     import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient
@@ -45,7 +53,7 @@ def test_the_contract_holds_on_the_replicas_own_ports(small_repo: Path, tmp_path
         (http_pid,) = _listeners(ports["http"])
         assert _listeners(ports["grpc"]) == {http_pid}
         assert "ServeReplica:tessera:Ingress" in " ".join(psutil.Process(http_pid).cmdline())
-        assert not [p for p in children if "ProxyActor" in " ".join(p.cmdline()) or p.name() == "haproxy"]
+        assert not [p for p in children if _is_proxy(p)]
         base = f"http://127.0.0.1:{ports['http']}"
 
         response = httpx.post(
@@ -91,7 +99,18 @@ def test_the_contract_holds_on_the_replicas_own_ports(small_repo: Path, tmp_path
             time.sleep(0.5)
         assert "tessera_requests_total" in metrics and grpc_requests in metrics
 
-        proc.send_signal(signal.SIGTERM)
+        # a request in flight when the service is told to stop is answered (drained), not cut
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            in_flight = pool.submit(
+                httpx.post,
+                f"{base}/v1/predict",
+                content=slide_crop_jpeg(size=1500),
+                headers={"content-type": "image/jpeg", "x-request-timeout": "120"},
+                timeout=120,
+            )
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGTERM)
+            assert in_flight.result().status_code == 200
         assert proc.wait(timeout=120) == 0
     finally:
         left = stop_process_tree(proc, children)
@@ -112,5 +131,5 @@ def test_a_port_another_program_holds_is_refused_before_ray_starts(small_repo: P
             timeout=120,
         )
     assert done.returncode == 2, done.stdout + done.stderr
-    assert f"the HTTP port {port} on 127.0.0.1 is already in use" in done.stderr
+    assert f"the HTTP port 127.0.0.1:{port}: Address already in use" in done.stderr
     assert "ray" not in done.stderr.lower().replace("--front-end", "")  # refused before Ray started

@@ -4,13 +4,15 @@ it cannot run (no HAProxy binary, a cluster Tessera did not start, a port anothe
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from service.ports import bind_reuse_port, port_in_use
+from service.ports import bind_error, bind_reuse_port, free_port
 from service.serve.runner import (
     HAPROXY_ENV,
     HAPROXY_TUNING,
@@ -100,11 +102,11 @@ def test_replicas_share_a_port_that_a_plain_socket_cannot_take() -> None:
     second.listen()
     try:
         assert second.getsockname()[1] == port
-        assert port_in_use("127.0.0.1", port)  # anything else is refused
+        assert bind_error("127.0.0.1", port) == "Address already in use"  # anything else is refused
     finally:
         first.close()
         second.close()
-    assert not port_in_use("127.0.0.1", port)
+    assert bind_error("127.0.0.1", port) is None
 
 
 def test_a_port_held_by_another_program_is_refused_before_ray_starts() -> None:
@@ -115,6 +117,39 @@ def test_a_port_held_by_another_program_is_refused_before_ray_starts() -> None:
         with pytest.raises(OSError, match=f"127.0.0.1:{port}"):
             bind_reuse_port("127.0.0.1", port)
         settings = ServerSettings(front_end="replica", http_port=port, grpc_port=0)
-        with pytest.raises(ValueError, match=f"the HTTP port {port} on 127.0.0.1 is already in use"):
+        with pytest.raises(ValueError, match=f"the HTTP port 127.0.0.1:{port}: Address already in use"):
             _refuse_taken_ports(settings)
     _refuse_taken_ports(settings)  # free again: nothing to say
+
+
+def test_two_replicas_grpc_servers_share_a_port() -> None:
+    """``grpc_server(reuse_port=True)``, as two ingress replicas on one node bind it; without it the
+    second bind is refused."""
+    from service.api.grpc_servicer import GrpcIngressMixin, grpc_server
+
+    port = free_port()
+
+    async def bind_twice(reuse_port: bool) -> None:
+        def server(reuse: bool) -> Any:
+            return grpc_server(GrpcIngressMixin(), port, host="127.0.0.1", max_message_bytes=1 << 20, reuse_port=reuse)
+
+        first = server(True)
+        await first.start()
+        try:
+            second = server(reuse_port)
+            await second.stop(None)
+        finally:
+            await first.stop(None)
+
+    asyncio.run(bind_twice(reuse_port=True))
+    with pytest.raises(OSError, match=f"could not bind the gRPC server to 127.0.0.1:{port}"):
+        asyncio.run(bind_twice(reuse_port=False))
+
+
+def test_app_builder_refuses_the_replica_front_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deployed by ``serve run`` or KubeRay, the cluster's proxies hold the ports."""
+    from service.serve.app import app_builder
+
+    monkeypatch.setenv("TESSERA_FRONT_END", "replica")
+    with pytest.raises(ValueError, match="unset TESSERA_FRONT_END"):
+        app_builder({})
