@@ -4,11 +4,11 @@ it cannot run (no HAProxy binary, a cluster Tessera did not start, a port anothe
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -122,28 +122,41 @@ def test_a_port_held_by_another_program_is_refused_before_ray_starts() -> None:
     _refuse_taken_ports(settings)  # free again: nothing to say
 
 
+_BIND_TWICE = """
+import asyncio, sys
+from service.api.grpc_servicer import GrpcIngressMixin, grpc_server
+
+async def main(port: int, reuse_port: bool) -> None:
+    def server(reuse: bool):
+        return grpc_server(GrpcIngressMixin(), port, host="127.0.0.1", max_message_bytes=1 << 20, reuse_port=reuse)
+
+    first = server(True)
+    await first.start()
+    try:
+        await server(reuse_port).stop(None)
+    finally:
+        await first.stop(None)
+
+asyncio.run(main(int(sys.argv[1]), sys.argv[2] == "reuse"))
+"""
+
+
 def test_two_replicas_grpc_servers_share_a_port() -> None:
     """``grpc_server(reuse_port=True)``, as two ingress replicas on one node bind it; without it the
-    second bind is refused."""
-    from service.api.grpc_servicer import GrpcIngressMixin, grpc_server
+    second bind is refused. In a subprocess: the servicers import the generated ``inference.*``
+    messages, which clash with tritonclient's copy in the test process's protobuf pool."""
+    port = str(free_port())
 
-    port = free_port()
+    def bind_twice(mode: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", _BIND_TWICE, port, mode], capture_output=True, text=True, timeout=60
+        )
 
-    async def bind_twice(reuse_port: bool) -> None:
-        def server(reuse: bool) -> Any:
-            return grpc_server(GrpcIngressMixin(), port, host="127.0.0.1", max_message_bytes=1 << 20, reuse_port=reuse)
-
-        first = server(True)
-        await first.start()
-        try:
-            second = server(reuse_port)
-            await second.stop(None)
-        finally:
-            await first.stop(None)
-
-    asyncio.run(bind_twice(reuse_port=True))
-    with pytest.raises(OSError, match=f"could not bind the gRPC server to 127.0.0.1:{port}"):
-        asyncio.run(bind_twice(reuse_port=False))
+    shared = bind_twice("reuse")
+    assert shared.returncode == 0, shared.stderr
+    refused = bind_twice("plain")
+    assert refused.returncode != 0
+    assert f"could not bind the gRPC server to 127.0.0.1:{port}" in refused.stderr
 
 
 def test_app_builder_refuses_the_replica_front_end(monkeypatch: pytest.MonkeyPatch) -> None:
