@@ -156,6 +156,52 @@ def assert_nothing_left(left: list[str], ports: Iterable[int]) -> None:
     assert not still, f"ports still listening: {still}"
 
 
+def assert_front_end_contract(ports: dict[str, int]) -> None:
+    """What every front end must carry on ``tessera serve``'s ports (small repository): REST predict,
+    a large image whose pixels exceed gRPC's 4 MB default between deployments, a bad image as a 400,
+    OIP over gRPC and REST with ``tritonclient`` (equal answers, a wrong input INVALID_ARGUMENT)."""
+    import httpx
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    base = f"http://127.0.0.1:{ports['http']}"
+    response = httpx.post(
+        f"{base}/v1/predict", content=slide_crop_jpeg(), headers={"content-type": "image/jpeg"}, timeout=60
+    )
+    assert response.status_code == 200, response.text
+    assert len(response.json()["embedding"]) == 384
+    # a large image's pixels (over gRPC between deployments) are far over gRPC's 4 MB default
+    large = httpx.post(
+        f"{base}/v1/predict",
+        content=slide_crop_jpeg(size=1500),
+        headers={"content-type": "image/jpeg", "x-request-timeout": "120"},
+        timeout=120,
+    )
+    assert large.status_code == 200, large.text
+    bad = httpx.post(f"{base}/v1/predict", content=b"not an image", headers={"content-type": "image/jpeg"})
+    assert bad.status_code == 400 and bad.json()["error"]["code"], bad.text
+
+    pixels = np.random.default_rng(0).random((1, 3, 224, 224), dtype=np.float32)
+    with grpcclient.InferenceServerClient(f"127.0.0.1:{ports['grpc']}") as client:
+        inputs = [grpcclient.InferInput("pixels", list(pixels.shape), "FP32")]
+        inputs[0].set_data_from_numpy(pixels)
+        embedding = client.infer("vit_small", inputs).as_numpy("embedding")
+        assert embedding is not None and embedding.shape == (1, 384)
+        wrong = [grpcclient.InferInput("nope", list(pixels.shape), "FP32")]
+        wrong[0].set_data_from_numpy(pixels)
+        with pytest.raises(InferenceServerException) as refused:
+            client.infer("vit_small", wrong)
+        assert refused.value.status() == "StatusCode.INVALID_ARGUMENT"
+    with httpclient.InferenceServerClient(f"127.0.0.1:{ports['http']}") as client:
+        inputs = [httpclient.InferInput("pixels", list(pixels.shape), "FP32")]
+        inputs[0].set_data_from_numpy(pixels, binary_data=True)
+        outputs = [httpclient.InferRequestedOutput("embedding", binary_data=True)]
+        rest_embedding = client.infer("vit_small", inputs, outputs=outputs).as_numpy("embedding")
+        assert rest_embedding is not None
+        np.testing.assert_allclose(rest_embedding, embedding, rtol=1e-4, atol=1e-5)
+
+
 def start_tessera_serve(
     *,
     model_repo: Path | None = None,

@@ -9,12 +9,11 @@ import time
 from pathlib import Path
 
 import httpx
-import numpy as np
 import psutil
 import pytest
 
 from service.serve.runner import HAPROXY_TUNING
-from tests.helpers import assert_nothing_left, slide_crop_jpeg, start_tessera_serve, stop_process_tree
+from tests.helpers import assert_front_end_contract, assert_nothing_left, start_tessera_serve, stop_process_tree
 
 pytestmark = pytest.mark.e2e
 
@@ -27,10 +26,6 @@ def _listener(port: int) -> psutil.Process | None:
 
 
 def test_the_contract_holds_behind_haproxy(small_repo: Path, tmp_path: Path) -> None:
-    import tritonclient.grpc as grpcclient
-    import tritonclient.http as httpclient
-    from tritonclient.utils import InferenceServerException
-
     proc, ports, ready = start_tessera_serve(
         env={"TESSERA_MODEL_REPO": str(small_repo)}, cwd=tmp_path, args=("--front-end", "haproxy")
     )
@@ -47,42 +42,7 @@ def test_the_contract_holds_behind_haproxy(small_repo: Path, tmp_path: Path) -> 
         for side in ("fe", "be"):
             window = HAPROXY_TUNING[f"RAY_SERVE_HAPROXY_H2_{side.upper()}_INITIAL_WINDOW_SIZE"]
             assert f"tune.h2.{side}.initial-window-size {window}" in config
-        base = f"http://127.0.0.1:{ports['http']}"
-
-        response = httpx.post(
-            f"{base}/v1/predict", content=slide_crop_jpeg(), headers={"content-type": "image/jpeg"}, timeout=60
-        )
-        assert response.status_code == 200, response.text
-        assert len(response.json()["embedding"]) == 384
-        # a large image's pixels (over gRPC between deployments) are far over gRPC's 4 MB default
-        large = httpx.post(
-            f"{base}/v1/predict",
-            content=slide_crop_jpeg(size=1500),
-            headers={"content-type": "image/jpeg", "x-request-timeout": "120"},
-            timeout=120,
-        )
-        assert large.status_code == 200, large.text
-        bad = httpx.post(f"{base}/v1/predict", content=b"not an image", headers={"content-type": "image/jpeg"})
-        assert bad.status_code == 400 and bad.json()["error"]["code"], bad.text
-
-        pixels = np.random.default_rng(0).random((1, 3, 224, 224), dtype=np.float32)
-        with grpcclient.InferenceServerClient(f"127.0.0.1:{ports['grpc']}") as client:
-            inputs = [grpcclient.InferInput("pixels", list(pixels.shape), "FP32")]
-            inputs[0].set_data_from_numpy(pixels)
-            embedding = client.infer("vit_small", inputs).as_numpy("embedding")
-            assert embedding is not None and embedding.shape == (1, 384)
-            wrong = [grpcclient.InferInput("nope", list(pixels.shape), "FP32")]
-            wrong[0].set_data_from_numpy(pixels)
-            with pytest.raises(InferenceServerException) as refused:
-                client.infer("vit_small", wrong)
-            assert refused.value.status() == "StatusCode.INVALID_ARGUMENT"
-        with httpclient.InferenceServerClient(f"127.0.0.1:{ports['http']}") as client:
-            inputs = [httpclient.InferInput("pixels", list(pixels.shape), "FP32")]
-            inputs[0].set_data_from_numpy(pixels, binary_data=True)
-            outputs = [httpclient.InferRequestedOutput("embedding", binary_data=True)]
-            rest_embedding = client.infer("vit_small", inputs, outputs=outputs).as_numpy("embedding")
-            assert rest_embedding is not None
-            np.testing.assert_allclose(rest_embedding, embedding, rtol=1e-4, atol=1e-5)
+        assert_front_end_contract(ports)
 
         metrics, answered = "", time.monotonic()
         while "tessera_requests_total" not in metrics and time.monotonic() < answered + 8:
