@@ -551,7 +551,7 @@ class OpenInference:
             std = np.asarray(cfg.input.std, dtype=np.float32).reshape(1, 3, 1, 1)
             pixels = (array.astype(np.float32) / 255.0 - mean) / std
         else:
-            pixels = array.astype(np.float32)
+            pixels = array.astype(np.float32, copy=False)  # FP32 stays a view of the request's bytes
             if not np.isfinite(pixels).all():
                 raise InvalidInput(f"input {name!r} contains NaN or Inf", param=name)
         images = [np.ascontiguousarray(p) for p in pixels]

@@ -15,6 +15,7 @@ Errors are raised as typed errors; the app's handlers turn them into ``{"error":
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Annotated, Any
 
@@ -247,7 +248,7 @@ async def model_version_ready(request: Request, model: ModelName, version: Model
 )
 async def infer(request: Request, model: ModelName) -> Response:
     """Embed N images sent as ``pixels`` [N,3,H,W] (FP32, FP16, UINT8) or as encoded ``image`` bytes [N]."""
-    return await _infer(request, model, None)
+    return await answer_infer(request, model, None)
 
 
 @router.post(
@@ -259,14 +260,19 @@ async def infer(request: Request, model: ModelName) -> Response:
 )
 async def infer_version(request: Request, model: ModelName, version: ModelVersion) -> Response:
     """As ``/v2/models/{model}/infer``, on one version of the model (404 when it does not have it)."""
-    return await _infer(request, model, version)
+    return await answer_infer(request, model, version)
 
 
 def _ready_response(ready: ModelReady) -> JSONResponse:
     return JSONResponse(ready.model_dump(), status_code=200 if ready.ready else 503)
 
 
-async def _infer(request: Request, model: str, version: str | None) -> Response:
+#: The two inference paths, as ``InferFastPath`` (``service.api.rest``) matches them.
+INFER_PATH = re.compile(r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer")
+
+
+async def answer_infer(request: Request, model: str, version: str | None) -> Response:
+    """One OIP inference over REST: the body read within the limit, parsed, run and rendered."""
     oip = _oip(request)
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):

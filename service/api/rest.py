@@ -25,6 +25,7 @@ from service.api.deadlines import TIMEOUT_HEADER, parse_timeout
 from service.api.errors import as_tessera_error, http_body, http_headers
 from service.api.metrics_text import CONTENT_TYPE
 from service.api.oip import OpenInference
+from service.api.oip_rest import INFER_PATH, answer_infer
 from service.api.protocol import ModelInfo, PredictOptions, PredictResponse
 from service.api.rest_common import read_body_limited, replay_form
 from service.api.serving import ServingCore
@@ -82,8 +83,38 @@ def _add_middlewares(app: FastAPI) -> None:
     ``BaseHTTPMiddleware`` runs each request in a task group, re-streams the response and wraps
     the body's receive, which a profile of the ingress under a no-op OIP REST load put at about a
     tenth of the replica's CPU per request (docs/architecture.md, "Front end")."""
-    app.add_middleware(_TokenMiddleware)  # added first, so it runs inside the access log (refusals are logged)
+    app.add_middleware(InferFastPath)  # innermost: inside the token check and the access log
+    app.add_middleware(_TokenMiddleware)  # added before the log, so it runs inside it (refusals are logged)
     app.add_middleware(_AccessLogMiddleware)
+
+
+class InferFastPath:
+    """``POST /v2/models/{model}[/versions/{version}]/infer`` answered here, the rest passed on.
+
+    The inference route is the one a client calls at thousands per second, and FastAPI's routing,
+    dependency solving and exception middleware around it were about a third of the replica's
+    CPU per request under a no-op OIP REST load (py-spy, docs/architecture.md, "Front end"). The
+    request meets the same function the FastAPI route calls (``answer_infer``) and its errors the
+    same envelope the app's exception handlers write; the route stays in the app for the OpenAPI
+    schema."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            path: str = scope["path"]
+            root: str = scope.get("root_path", "")
+            match = INFER_PATH.fullmatch(path[len(root) :] if root and path.startswith(root) else path)
+            if match is not None:
+                request = Request(scope, receive)
+                try:
+                    response = await answer_infer(request, match["model"], match["version"])
+                except Exception as exc:
+                    response = _error_response(request, as_tessera_error(exc))
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class _TokenMiddleware:

@@ -398,3 +398,43 @@ def test_router_module_does_not_import_the_app_module() -> None:
     code = "import sys, service.api.oip_rest; assert 'service.api.rest' not in sys.modules"
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+# -- the inference fast path (service.api.rest.InferFastPath) ----------------------------------------
+def test_inference_is_answered_before_fastapis_routing(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both inference paths reach ``answer_infer`` from the ASGI middleware, not through the route
+    (which calls its own module's name); other methods and paths go on to FastAPI."""
+    import service.api.rest as rest
+
+    calls: list[tuple[str, str | None]] = []
+    answer = rest.answer_infer
+
+    async def counted(request: Any, model: str, version: str | None) -> Any:
+        calls.append((model, version))
+        return await answer(request, model, version)
+
+    monkeypatch.setattr(rest, "answer_infer", counted)
+    body = {"inputs": [_fp32([1, 3, 224, 224])]}
+    assert _infer(client, body).status_code == 200
+    response = client.post("/v2/models/vit_small/versions/1/infer", content=json.dumps(body))
+    assert response.status_code == 200 and response.headers["x-request-id"]  # inside the access log
+    assert calls == [("vit_small", None), ("vit_small", "1")]
+
+    wrong_method = client.get("/v2/models/vit_small/infer")
+    assert wrong_method.status_code == 405 and "method GET" in wrong_method.json()["error"]
+    assert client.post("/v2/models/vit_small/infer/extra", content=b"{}").status_code == 404
+    assert len(calls) == 2
+
+
+def test_an_unexpected_error_on_the_fast_path_is_the_contracts_500(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import service.api.rest as rest
+
+    async def broken(request: Any, model: str, version: str | None) -> Any:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(rest, "answer_infer", broken)
+    response = _infer(client, {"inputs": [_fp32([1, 3, 224, 224])]})
+    assert response.status_code == 500
+    assert response.json() == {"error": "internal error (RuntimeError); this is a bug, please report it"}
