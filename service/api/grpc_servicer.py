@@ -7,7 +7,8 @@ named in ``SERVICER_FUNCTIONS``). Errors become the gRPC status through the one 
 (``service.api.errors.grpc_code``): the method sets the code and details on the context and
 returns an empty message of the right type, as Ray Serve expects.
 
-``grpc_server`` runs the same methods on a plain ``grpc.aio`` server: the ingress replica's own
+``grpc_server`` runs the same methods on a plain gRPC server (``service.api.grpc_loop_server``:
+grpcio's threaded server, each call handed to the core's event loop): the ingress replica's own
 (``front_end: replica``), and ``serve_grpc_inprocess``'s, for tests and for running without Ray.
 
 Deadline: a plain grpc server exposes the call's deadline (``time_remaining``) and it is
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib
 import json
 import time
@@ -47,7 +49,7 @@ from service.api.statistics import StatisticsResponse
 from service.errors import DeadlineExceeded, InvalidInput
 
 if TYPE_CHECKING:
-    import grpc
+    from service.api.grpc_loop_server import LoopServer
 
 __all__ = [
     "SERVICER_FUNCTIONS",
@@ -107,6 +109,7 @@ _CONTENTS_FIELD = {
 }
 
 
+@functools.cache
 def _module(name: str) -> ModuleType:
     return importlib.import_module(name)
 
@@ -554,74 +557,11 @@ def predict_reply(pb: ModuleType, answer: PredictResponse) -> Any:
     )
 
 
-# -- a plain grpc.aio server (tests, running without Ray) -------------------------------------------
-class _AioContext:
-    """What the mixin needs from a context, over ``grpc.aio.ServicerContext``."""
-
-    def __init__(self, context: Any):
-        self._context = context
-        self._code: Any = None
-        self._details = ""
-
-    def set_code(self, code: Any) -> None:
-        self._code = code
-        self._context.set_code(code)
-
-    def set_details(self, details: str) -> None:
-        self._details = details
-        self._context.set_details(details)
-
-    def code(self) -> Any:
-        return self._code
-
-    def details(self) -> str:
-        return self._details
-
-    def time_remaining(self) -> float | None:
-        left = self._context.time_remaining()
-        return None if left is None else float(left)
-
-    def invocation_metadata(self) -> Sequence[tuple[str, Any]]:
-        return tuple(self._context.invocation_metadata() or ())
-
-
+# -- a plain gRPC server (the replica front end; tests, running without Ray) ---------------------------
 class _Ingress(GrpcIngressMixin):
     def __init__(self, core: ServingCore, auth: TokenAuth | None = None):
         self.core = core
         self.auth = auth
-
-
-def _servicer(base: type, target: GrpcIngressMixin, methods: Sequence[str], stream_methods: Sequence[str] = ()) -> Any:
-    """An instance of the generated servicer ``base`` whose RPCs call ``target``'s methods."""
-    import grpc
-
-    def delegate(name: str) -> Callable[..., Awaitable[Any]]:
-        async def handler(_self: Any, request: Any, context: Any) -> Any:
-            adapter = _AioContext(context)
-            reply = await getattr(target, name)(request, grpc_context=adapter)
-            code = adapter.code()
-            if code is not None and code != grpc.StatusCode.OK:
-                await context.abort(code, adapter.details())
-            return reply
-
-        handler.__name__ = name
-        return handler
-
-    def delegate_stream(name: str) -> Callable[..., AsyncIterator[Any]]:
-        async def handler(_self: Any, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
-            adapter = _AioContext(context)
-            async for reply in getattr(target, name)(request_iterator, grpc_context=adapter):
-                yield reply
-            code = adapter.code()
-            if code is not None and code != grpc.StatusCode.OK:
-                await context.abort(code, adapter.details())
-
-        handler.__name__ = name
-        return handler
-
-    handlers: dict[str, Any] = {name: delegate(name) for name in methods}
-    handlers.update({name: delegate_stream(name) for name in stream_methods})
-    return type(f"InProcess{base.__name__}", (base,), handlers)()
 
 
 def message_limit(max_body_bytes: int) -> int:
@@ -632,28 +572,33 @@ def message_limit(max_body_bytes: int) -> int:
 
 def grpc_server(
     target: GrpcIngressMixin, port: int, *, host: str, max_message_bytes: int, reuse_port: bool = False
-) -> grpc.aio.Server:
-    """A ``grpc.aio`` server with both services calling ``target``'s methods, bound to ``host:port``
-    (raises ``OSError`` when it cannot bind) and not yet started: ``await server.start()``.
+) -> LoopServer:
+    """A server with both services calling ``target``'s methods on the event loop that starts it
+    (``service.api.grpc_loop_server``), bound to ``host:port`` (raises ``OSError`` when it cannot
+    bind) and not yet started: ``await server.start()``.
 
     ``reuse_port``: other processes that also ask for it may bind the same port, and the kernel
     spreads the connections over them (the ingress replicas of ``front_end: replica``); off, a
     port already bound is refused.
     """
-    import grpc
+    from service.api.grpc_loop_server import LoopServer
 
     oip_grpc, images_grpc = _module(_OIP_GRPC), _module(_IMAGES_GRPC)
-    server = grpc.aio.server(
+    server = LoopServer(
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.so_reuseport", int(reuse_port)),
         ]
     )
-    oip_grpc.add_GRPCInferenceServiceServicer_to_server(
-        _servicer(oip_grpc.GRPCInferenceServiceServicer, target, _OIP_METHODS, _OIP_STREAM_METHODS), server
+    server.add_servicer(
+        oip_grpc.add_GRPCInferenceServiceServicer_to_server,
+        oip_grpc.GRPCInferenceServiceServicer,
+        target,
+        _OIP_METHODS,
+        _OIP_STREAM_METHODS,
     )
-    images_grpc.add_ImagesServicer_to_server(_servicer(images_grpc.ImagesServicer, target, _IMAGES_METHODS), server)
+    server.add_servicer(images_grpc.add_ImagesServicer_to_server, images_grpc.ImagesServicer, target, _IMAGES_METHODS)
     try:
         bound = server.add_insecure_port(f"{host}:{port}")
     except RuntimeError as exc:  # grpc raises where older versions returned 0
@@ -670,8 +615,8 @@ async def serve_grpc_inprocess(
     host: str = "127.0.0.1",
     max_message_bytes: int | None = None,
     auth: TokenAuth | None = None,
-) -> grpc.aio.Server:
-    """Start a ``grpc.aio`` server with both services over ``core``, listening on ``host:port``.
+) -> LoopServer:
+    """Start a gRPC server with both services over ``core``, listening on ``host:port``.
 
     ``auth``: the bearer tokens to require (default: ``TESSERA_AUTH_TOKENS``, off when unset).
 

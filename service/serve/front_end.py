@@ -1,11 +1,11 @@
 """``front_end: replica``: the ingress replica's own HTTP and gRPC servers on the service's ports.
 
 Ray Serve's proxies are off (``proxy_location: Disabled``); each ingress replica binds the HTTP port
-(uvicorn over the replica's REST app) and the gRPC port (``grpc.aio`` over the replica's RPC
-methods) itself, with ``SO_REUSEPORT``, so several replicas on a node share the ports and the kernel
-spreads the connections over them. A request is decoded and answered in the process that holds
-the serving core: no proxy process, no HAProxy, no Ray call on the way in. Why and what it costs:
-docs/architecture.md, "Front end".
+(uvicorn over the replica's REST app) and the gRPC port (``LoopServer`` over the replica's RPC
+methods, ``service.api.grpc_loop_server``) itself, with ``SO_REUSEPORT``, so several replicas on a
+node share the ports and the kernel spreads the connections over them. A request is decoded and
+answered in the process that holds the serving core: no proxy process, no HAProxy, no Ray call on
+the way in. Why and what it costs: docs/architecture.md, "Front end".
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from service.api.grpc_servicer import GrpcIngressMixin, grpc_server
 from service.ports import bind_reuse_port
 
 if TYPE_CHECKING:
-    import grpc
+    from service.api.grpc_loop_server import LoopServer
 
 __all__ = ["KEEP_ALIVE_S", "ReplicaFrontEnd"]
 
@@ -50,7 +50,7 @@ class ReplicaFrontEnd:
     def __init__(self, rpcs: GrpcIngressMixin, *, host: str, http_port: int, grpc_port: int, max_message_bytes: int):
         self.address = f"{host}:{http_port}"
         self._sock = bind_reuse_port(host, http_port)
-        self.grpc: grpc.aio.Server | None = None
+        self.grpc: LoopServer | None = None
         try:
             if grpc_port:
                 self.grpc = grpc_server(
@@ -78,7 +78,7 @@ class ReplicaFrontEnd:
             self._tasks.append(loop.create_task(self._serve_grpc(self.grpc), name="tessera-grpc"))
 
     @staticmethod
-    async def _serve_grpc(server: grpc.aio.Server) -> None:
+    async def _serve_grpc(server: LoopServer) -> None:
         await server.start()
         await server.wait_for_termination()
 
