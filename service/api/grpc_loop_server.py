@@ -37,6 +37,9 @@ MAX_WORKERS = 256
 #: A "time remaining" beyond this is no deadline at all (about 31 years).
 NO_DEADLINE_S = 1e9
 
+#: How often a waiting handler thread checks that its call can still be answered.
+POLL_S = 1.0
+
 _END = object()
 
 
@@ -140,15 +143,29 @@ class LoopServer:
             raise RuntimeError("the server was not started on an event loop")
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
 
+    def _serving(self, context: Any) -> bool:
+        """Whether the call can still be answered: its loop runs and its client waits."""
+        return self._loop is not None and not self._loop.is_closed() and context.is_active()
+
+    def _result(self, future: concurrent.futures.Future[Any], context: Any) -> Any:
+        """The coroutine's result. The handler thread looks up every ``POLL_S``: a call whose loop
+        is gone (the process ending without ``stop``) is cancelled rather than waited for, so that
+        no pool thread blocks the interpreter's exit."""
+        while True:
+            try:
+                return future.result(timeout=POLL_S)
+            except concurrent.futures.CancelledError:
+                context.abort(grpc.StatusCode.CANCELLED, "the call was cancelled")
+            except TimeoutError:
+                if not self._serving(context):
+                    future.cancel()
+
     def _unary(self, method: Callable[..., Any]) -> Callable[..., Any]:
         def handler(_servicer: Any, request: Any, context: Any) -> Any:
             adapter = ContextAdapter(context)
             future = self._submit(method(request, grpc_context=adapter))
             _cancel_with_call(context, future)
-            try:
-                reply = future.result()
-            except concurrent.futures.CancelledError:
-                context.abort(grpc.StatusCode.CANCELLED, "the call was cancelled")
+            reply = self._result(future, context)
             _finish(context, adapter)
             return reply
 
@@ -188,12 +205,17 @@ class LoopServer:
             threading.Thread(target=read, name="tessera-grpc-stream", daemon=True).start()
             future = self._submit(pump())
             _cancel_with_call(context, future)
-            while (reply := outbox.get()) is not _END:
+            while True:
+                try:
+                    reply = outbox.get(timeout=POLL_S)
+                except queue.Empty:
+                    if future.done() or not self._serving(context):
+                        break
+                    continue
+                if reply is _END:
+                    break
                 yield reply
-            try:
-                future.result()
-            except concurrent.futures.CancelledError:
-                context.abort(grpc.StatusCode.CANCELLED, "the call was cancelled")
+            self._result(future, context)
             _finish(context, adapter)
 
         handler.__name__ = method.__name__

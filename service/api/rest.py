@@ -92,8 +92,8 @@ class InferFastPath:
     """``POST /v2/models/{model}[/versions/{version}]/infer`` answered here, the rest passed on.
 
     The inference route is the one a client calls at thousands per second, and FastAPI's routing,
-    dependency solving and exception middleware around it were about a third of the replica's
-    CPU per request under a no-op OIP REST load (py-spy, docs/architecture.md, "Front end"). The
+    dependency solving and exception middleware around it held the GIL about a fifth of the
+    replica's time under a no-op OIP REST load (py-spy, docs/architecture.md, "Front end"). The
     request meets the same function the FastAPI route calls (``answer_infer``) and its errors the
     same envelope the app's exception handlers write; the route stays in the app for the OpenAPI
     schema."""

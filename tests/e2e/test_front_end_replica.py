@@ -1,4 +1,4 @@
-"""``tessera serve --front-end replica``: no proxy; the ingress replica's own uvicorn and grpc.aio
+"""``tessera serve --front-end replica``: no proxy; the ingress replica's own uvicorn and gRPC
 servers listen on the service's ports. The contract holds (REST, OIP over gRPC and REST with
 ``tritonclient``, errors as 4xx, large images between deployments, metrics, a request in flight
 answered through SIGTERM, nothing left behind), and a port another program holds is refused before Ray starts."""

@@ -92,3 +92,40 @@ def test_methods_run_on_the_loop_with_status_deadline_cancellation_and_streams()
     assert lines["ERROR"] == "NOT_FOUND no such thing"  # the status the method set on the context
     assert lines["DEADLINE"] == "DEADLINE_EXCEEDED True"  # and the method's coroutine was cancelled
     assert lines["STREAM"] == "0,1,2"
+
+
+_EXIT_WITH_A_CALL_IN_FLIGHT = """
+import asyncio, sys, threading
+import grpc
+from service.api.grpc_loop_server import LoopServer
+from service.api.protos import grpc_predict_v2_pb2 as pb, grpc_predict_v2_pb2_grpc as pbg
+
+class Slow:
+    async def ServerLive(self, request, grpc_context=None):
+        await asyncio.sleep(60)
+
+async def main(port):
+    server = LoopServer(options=[])
+    server.add_servicer(pbg.add_GRPCInferenceServiceServicer_to_server, pbg.GRPCInferenceServiceServicer,
+                        Slow(), ["ServerLive"])
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    stub = pbg.GRPCInferenceServiceStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
+    threading.Thread(target=lambda: stub.ServerLive(pb.ServerLiveRequest()), daemon=True).start()
+    await asyncio.sleep(1)
+    print("LEAVING", flush=True)  # the loop ends with the call in flight, the server never stopped
+
+asyncio.run(main(int(sys.argv[1])))
+"""
+
+
+def test_the_process_exits_with_a_call_in_flight_and_no_stop() -> None:
+    """A pool thread waiting on a loop that is gone must not hold the interpreter's exit."""
+    run = subprocess.run(
+        [sys.executable, "-c", _EXIT_WITH_A_CALL_IN_FLIGHT, str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "LEAVING" in run.stdout
