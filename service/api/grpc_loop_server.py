@@ -12,9 +12,11 @@ threaded server at 83-97%, and 1212-1248 with the threaded server handing each c
 loop as here (2026-12-04; docs/architecture.md, "Front end"). grpc.aio's Python-side completion
 queue polling costs more per call than a thread switch.
 
-A call holds a thread of the pool (``MAX_WORKERS``) while it runs; more calls wait in gRPC's own
-queue for one. The core's admission limit (``max_pending_predictions``) refuses inference beyond
-its size first. A ``ModelStreamInfer`` stream holds a pool thread and a reader thread for its life.
+A call holds a thread of the pool (``MAX_WORKERS``) while it runs, and a call beyond that many
+at once is refused by gRPC itself with RESOURCE_EXHAUSTED (``maximum_concurrent_rpcs``) rather
+than queued with no bound; the core's admission limit (``max_pending_predictions``) refuses
+inference beyond its own size first. A ``ModelStreamInfer`` stream holds a pool thread and a
+reader thread for its life, and reads at most ``STREAM_WINDOW`` requests ahead of its method.
 """
 
 from __future__ import annotations
@@ -31,8 +33,11 @@ import grpc
 
 __all__ = ["MAX_WORKERS", "ContextAdapter", "LoopServer"]
 
-#: Calls in progress at once (each holds a thread, idle ones cost no CPU).
+#: Calls in progress at once (each holds a thread, idle ones cost no CPU); more are refused.
 MAX_WORKERS = 256
+#: Requests of one stream read from the client and not yet taken by its method: past that, the
+#: reader waits, and HTTP/2 flow control holds the client back.
+STREAM_WINDOW = 16
 
 #: A "time remaining" beyond this is no deadline at all (about 31 years).
 NO_DEADLINE_S = 1e9
@@ -99,6 +104,7 @@ class LoopServer:
         self._server = grpc.server(
             concurrent.futures.ThreadPoolExecutor(max_workers, thread_name_prefix="tessera-grpc"),
             options=list(options),
+            maximum_concurrent_rpcs=max_workers,
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped: asyncio.Event | None = None
@@ -132,8 +138,7 @@ class LoopServer:
     async def stop(self, grace: float | None) -> None:
         """Refuse new calls; the calls in progress get ``grace`` seconds (they run on this loop,
         which keeps running meanwhile), then are cancelled."""
-        done = self._server.stop(grace)
-        await asyncio.to_thread(done.wait)
+        await asyncio.to_thread(lambda: self._server.stop(grace).wait())  # stop(None) itself waits
         if self._stopped is not None:
             self._stopped.set()
 
@@ -143,21 +148,23 @@ class LoopServer:
             raise RuntimeError("the server was not started on an event loop")
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
 
-    def _serving(self, context: Any) -> bool:
-        """Whether the call can still be answered: its loop runs and its client waits."""
-        return self._loop is not None and not self._loop.is_closed() and context.is_active()
+    def _loop_gone(self) -> bool:
+        return self._loop is None or self._loop.is_closed()
 
     def _result(self, future: concurrent.futures.Future[Any], context: Any) -> Any:
-        """The coroutine's result. The handler thread looks up every ``POLL_S``: a call whose loop
-        is gone (the process ending without ``stop``) is cancelled rather than waited for, so that
-        no pool thread blocks the interpreter's exit."""
+        """The coroutine's result. The handler thread looks up every ``POLL_S``: a call whose
+        client left is cancelled on the loop, and one whose loop is gone (closed with the call
+        still on it) ends UNAVAILABLE rather than being waited for, so that no pool thread blocks
+        the interpreter's exit."""
         while True:
             try:
                 return future.result(timeout=POLL_S)
             except concurrent.futures.CancelledError:
                 context.abort(grpc.StatusCode.CANCELLED, "the call was cancelled")
             except TimeoutError:
-                if not self._serving(context):
+                if self._loop_gone():
+                    context.abort(grpc.StatusCode.UNAVAILABLE, "the server stopped before answering")
+                if not context.is_active():
                     future.cancel()
 
     def _unary(self, method: Callable[..., Any]) -> Callable[..., Any]:
@@ -180,10 +187,15 @@ class LoopServer:
             adapter = ContextAdapter(context)
             inbox: asyncio.Queue[Any] = asyncio.Queue()
             outbox: queue.Queue[Any] = queue.Queue()
+            window = threading.Semaphore(STREAM_WINDOW)  # requests read and not yet taken
+            over = threading.Event()  # the method is done with the stream: stop reading
 
-            def read() -> None:  # the client's requests, onto the loop as they come
+            def read() -> None:  # the client's requests, onto the loop as the method takes them
                 try:
                     for request in request_iterator:
+                        while not window.acquire(timeout=POLL_S):
+                            if over.is_set() or self._loop_gone():
+                                return
                         loop.call_soon_threadsafe(inbox.put_nowait, request)
                 except Exception:
                     pass
@@ -193,6 +205,7 @@ class LoopServer:
 
             async def requests() -> AsyncIterator[Any]:
                 while (item := await inbox.get()) is not _END:
+                    window.release()
                     yield item
 
             async def pump() -> None:
@@ -200,6 +213,7 @@ class LoopServer:
                     async for reply in method(requests(), grpc_context=adapter):
                         outbox.put(reply)
                 finally:
+                    over.set()
                     outbox.put(_END)
 
             threading.Thread(target=read, name="tessera-grpc-stream", daemon=True).start()
@@ -209,7 +223,7 @@ class LoopServer:
                 try:
                     reply = outbox.get(timeout=POLL_S)
                 except queue.Empty:
-                    if future.done() or not self._serving(context):
+                    if future.done() or self._loop_gone() or not context.is_active():
                         break
                     continue
                 if reply is _END:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 from tests.helpers import free_port
 
@@ -104,23 +106,31 @@ class Slow:
     async def ServerLive(self, request, grpc_context=None):
         await asyncio.sleep(60)
 
-async def main(port):
-    server = LoopServer(options=[])
-    server.add_servicer(pbg.add_GRPCInferenceServiceServicer_to_server, pbg.GRPCInferenceServiceServicer,
-                        Slow(), ["ServerLive"])
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
-    stub = pbg.GRPCInferenceServiceStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
-    threading.Thread(target=lambda: stub.ServerLive(pb.ServerLiveRequest()), daemon=True).start()
-    await asyncio.sleep(1)
-    print("LEAVING", flush=True)  # the loop ends with the call in flight, the server never stopped
+def call(stub):
+    try:
+        stub.ServerLive(pb.ServerLiveRequest())
+    except grpc.RpcError as exc:
+        print("CALL", exc.code().name, flush=True)
 
-asyncio.run(main(int(sys.argv[1])))
+port = int(sys.argv[1])
+loop = asyncio.new_event_loop()
+server = LoopServer(options=[])
+server.add_servicer(pbg.add_GRPCInferenceServiceServicer_to_server, pbg.GRPCInferenceServiceServicer,
+                    Slow(), ["ServerLive"])
+server.add_insecure_port(f"127.0.0.1:{port}")
+loop.run_until_complete(server.start())
+caller = threading.Thread(target=call, args=(pbg.GRPCInferenceServiceStub(grpc.insecure_channel(f"127.0.0.1:{port}")),))
+caller.start()
+loop.run_until_complete(asyncio.sleep(1))
+loop.close()  # the call's task still on it, never cancelled, and the server never stopped
+caller.join(10)
+print("LEAVING", flush=True)
 """
 
 
-def test_the_process_exits_with_a_call_in_flight_and_no_stop() -> None:
-    """A pool thread waiting on a loop that is gone must not hold the interpreter's exit."""
+def test_the_process_exits_when_the_loop_closes_under_a_call() -> None:
+    """A pool thread waiting on a loop that is gone ends its call (UNAVAILABLE) instead of holding
+    the interpreter's exit forever (the pool's threads are joined at exit)."""
     run = subprocess.run(
         [sys.executable, "-c", _EXIT_WITH_A_CALL_IN_FLIGHT, str(free_port())],
         capture_output=True,
@@ -128,4 +138,51 @@ def test_the_process_exits_with_a_call_in_flight_and_no_stop() -> None:
         timeout=30,
     )
     assert run.returncode == 0, run.stderr
-    assert "LEAVING" in run.stdout
+    assert run.stdout.split() == ["CALL", "UNAVAILABLE", "LEAVING"]
+
+
+def test_a_stream_reads_at_most_its_window_ahead_of_its_method() -> None:
+    """A stream whose method takes no request: the reader stops pulling from the client after
+    ``STREAM_WINDOW`` requests (HTTP/2 flow control then holds the client back), and stops for
+    good once the method is done."""
+    import asyncio
+    import threading
+
+    from service.api.grpc_loop_server import STREAM_WINDOW, LoopServer
+
+    pulled: list[int] = []
+
+    def requests() -> Iterator[int]:
+        for i in range(10 * STREAM_WINDOW):
+            pulled.append(i)
+            yield i
+
+    class Context:
+        def add_callback(self, callback: Any) -> bool:
+            return True
+
+        def is_active(self) -> bool:
+            return True
+
+        def abort(self, code: Any, details: str) -> None:
+            raise AssertionError(f"aborted: {code} {details}")
+
+    async def idle(request_stream: Any, grpc_context: Any = None) -> AsyncIterator[str]:
+        await asyncio.sleep(1.5)  # the reader fills its window meanwhile
+        yield f"read {len(pulled)}"
+
+    loop = asyncio.new_event_loop()
+    runner = threading.Thread(target=loop.run_forever, daemon=True)
+    runner.start()
+    try:
+        server = LoopServer(options=[])
+        asyncio.run_coroutine_threadsafe(server.start(), loop).result(5)
+        handler = server._stream(idle)
+        replies = list(handler(None, requests(), Context()))
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        runner.join(5)
+        loop.close()
+    # the window, plus the one request the reader holds while it waits for room
+    assert replies == [f"read {STREAM_WINDOW + 1}"]
+    assert len(pulled) == STREAM_WINDOW + 1
