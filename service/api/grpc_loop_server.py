@@ -152,10 +152,10 @@ class LoopServer:
         return self._loop is None or self._loop.is_closed()
 
     def _result(self, future: concurrent.futures.Future[Any], context: Any) -> Any:
-        """The coroutine's result. The handler thread looks up every ``POLL_S``: a call whose
-        client left is cancelled on the loop, and one whose loop is gone (closed with the call
-        still on it) ends UNAVAILABLE rather than being waited for, so that no pool thread blocks
-        the interpreter's exit."""
+        """The coroutine's result (a call whose client left is cancelled by ``_cancel_with_call``).
+        The handler thread looks up every ``POLL_S``: a call whose loop is gone (closed with the
+        call still on it) ends UNAVAILABLE rather than being waited for, so that no pool thread
+        blocks the interpreter's exit."""
         while True:
             try:
                 return future.result(timeout=POLL_S)
@@ -164,8 +164,6 @@ class LoopServer:
             except TimeoutError:
                 if self._loop_gone():
                     context.abort(grpc.StatusCode.UNAVAILABLE, "the server stopped before answering")
-                if not context.is_active():
-                    future.cancel()
 
     def _unary(self, method: Callable[..., Any]) -> Callable[..., Any]:
         def handler(_servicer: Any, request: Any, context: Any) -> Any:
@@ -223,7 +221,7 @@ class LoopServer:
                 try:
                     reply = outbox.get(timeout=POLL_S)
                 except queue.Empty:
-                    if future.done() or self._loop_gone() or not context.is_active():
+                    if future.done() or self._loop_gone():
                         break
                     continue
                 if reply is _END:

@@ -28,15 +28,22 @@ class MemoryReport:
         return asdict(self)
 
 
+def _status_bytes(*names: bytes) -> tuple[int, ...] | None:
+    """The named ``/proc/self/status`` fields (kB) in bytes, from one read; None where it is missing."""
+    try:
+        with open("/proc/self/status", "rb") as fh:
+            text = fh.read()
+        found = {line[: line.find(b":")]: line for line in text.splitlines()}
+        return tuple(int(found[name].split()[1]) * 1024 for name in names)
+    except (OSError, ValueError, KeyError, IndexError):
+        return None
+
+
 def peak_rss_bytes() -> int:
     """High-water mark of this process's resident set (VmHWM; resettable with ``reset_peak_rss``)."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
+    found = _status_bytes(b"VmHWM")
+    if found is not None:
+        return found[0]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)  # Linux reports KiB
 
@@ -60,21 +67,9 @@ def current_rss_bytes() -> int:
         return peak_rss_bytes()
 
 
-def _status_rss() -> tuple[int, int] | None:
-    """(VmHWM, VmRSS) in bytes from one read of ``/proc/self/status``; None where it is missing."""
-    try:
-        with open("/proc/self/status", "rb") as fh:
-            text = fh.read()
-        wanted = (b"VmHWM", b"VmRSS")
-        found = {line[:5]: int(line.split()[1]) * 1024 for line in text.splitlines() if line[:5] in wanted}
-        return found[b"VmHWM"], found[b"VmRSS"]
-    except (OSError, ValueError, KeyError, IndexError):
-        return None
-
-
 def host_memory() -> MemoryReport:
     """This process's peak and current resident set: one file read (every batch on CPU asks)."""
-    both = _status_rss()
+    both = _status_bytes(b"VmHWM", b"VmRSS")
     if both is None:
         return MemoryReport(device="cpu", peak_bytes=peak_rss_bytes(), allocated_bytes=current_rss_bytes())
     return MemoryReport(device="cpu", peak_bytes=both[0], allocated_bytes=both[1])
