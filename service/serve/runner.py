@@ -126,6 +126,9 @@ def haproxy_binary() -> str | None:
 
 def front_end_env(settings: ServerSettings, address: str | None) -> dict[str, str]:
     """The environment ``settings.front_end`` needs before Ray starts; refuses what cannot run."""
+    from service.serve.config import resolve_layout
+
+    settings = resolve_layout(settings, embedded=not address)
     if settings.front_end == "ray":
         return {}
     if address and settings.front_end == "replica":
@@ -167,12 +170,16 @@ def _refuse_taken_ports(settings: ServerSettings) -> None:
 
 def start_service(
     settings: ServerSettings, *, address: str | None = None, watch: Callable[[dict[str, Any]], None] | None = None
-) -> None:
+) -> ServerSettings:
     """Start Ray and Serve and deploy the app; returns once the HTTP readiness route answers 200
-    (at least one model ready). ``watch`` sees the models' states every second meanwhile; when
-    every model has failed (or none can be built) it raises with their reasons instead of waiting."""
+    (at least one model ready), with the settings it deployed: an ``auto`` front end and topology
+    made concrete (``resolve_layout``). ``watch`` sees the models' states every second meanwhile;
+    when every model has failed (or none can be built) it raises with their reasons instead of waiting."""
     import os
 
+    from service.serve.config import resolve_layout
+
+    settings = resolve_layout(settings, embedded=not address)  # the front end: known before Ray starts
     # before Ray starts: its processes inherit them
     os.environ.update({**embedded_env(address), **front_end_env(settings, address)})
     if settings.front_end == "replica":
@@ -199,6 +206,8 @@ def start_service(
         # joined with --address keeps its own setting (RAY_metrics_report_interval_ms on its nodes).
         init_kwargs["_system_config"] = {"metrics_report_interval_ms": METRICS_REPORT_INTERVAL_MS}
     ray.init(**init_kwargs)  # type: ignore[arg-type]
+    # the topology: known once Ray has counted the node's GPUs
+    settings = resolve_layout(settings, embedded=not address, gpus=ray.cluster_resources().get("GPU", 0.0))
     if not address:  # one node, all of it known now (a joined cluster may autoscale: not checked)
         try:
             _refuse_unplaceable(settings, ray.cluster_resources())
@@ -219,7 +228,7 @@ def start_service(
     if not settings.build_missing and watch is None:
         wait_ready(url)
         _wait_settled(time.monotonic() + 300.0)
-        return
+        return settings
     deadline = time.monotonic() + (BUILD_READY_TIMEOUT_S if settings.build_missing else 300.0)
     while True:
         states = model_states(timeout_s=10.0)
@@ -231,7 +240,7 @@ def start_service(
             raise RuntimeError(f"no model can serve: {reasons}")
         with contextlib.suppress(TimeoutError):
             wait_ready(url, timeout_s=1.0)
-            return
+            return settings
         if time.monotonic() > deadline:
             raise TimeoutError(f"{url} not ready after {BUILD_READY_TIMEOUT_S:.0f}s")
 
@@ -385,9 +394,13 @@ def _client_host(host: str) -> str:
 
 
 def ready_line(settings: ServerSettings) -> str:
+    """What ``tessera serve`` prints once it serves: where, and the set-up it chose (``auto`` resolved)."""
     host = _client_host(settings.host)
     grpc = f" grpc://{host}:{settings.grpc_port}" if settings.grpc_port else ""
-    return f"ready: http://{host}:{settings.http_port}{grpc} metrics http://{host}:{settings.metrics_port}/metrics"
+    return (
+        f"ready: http://{host}:{settings.http_port}{grpc} metrics http://{host}:{settings.metrics_port}/metrics"
+        f" (front end {settings.front_end}, topology {settings.topology})"
+    )
 
 
 def run_service(
@@ -405,7 +418,7 @@ def run_service(
     relay = None
     progress = BuildProgress(announce, tty=sys.stdout.isatty()) if settings.build_missing else None
     try:
-        start_service(settings, address=address, watch=progress)
+        settings = start_service(settings, address=address, watch=progress)
         from service.serve.metrics_relay import MetricsRelay, node_metrics_url
 
         relay = MetricsRelay(settings.host, settings.metrics_port, node_metrics_url()).start()

@@ -25,8 +25,13 @@ from service.settings import ServerSettings
 
 
 def test_ray_front_end_needs_nothing() -> None:
-    assert front_end_env(ServerSettings(), None) == {}
-    assert front_end_env(ServerSettings(), "ray://somewhere:10001") == {}
+    assert front_end_env(ServerSettings(front_end="ray"), None) == {}
+    assert front_end_env(ServerSettings(front_end="ray"), "ray://somewhere:10001") == {}
+
+
+def test_the_default_front_end_is_the_replicas_own_servers_on_embedded_ray_and_the_proxies_on_a_cluster() -> None:
+    assert front_end_env(ServerSettings(), None) == front_end_env(ServerSettings(front_end="replica"), None)
+    assert front_end_env(ServerSettings(), "10.0.0.1:6379") == {}
 
 
 def test_haproxy_front_end_sets_rays_variables(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -29,7 +29,9 @@ def two_models(tmp_path: Path) -> Path:
 
 
 def test_split_deploys_a_backbone_per_model_beside_a_light_ingress(two_models: Path) -> None:
-    options = deployment_options(ServerSettings(model_repo=str(two_models)), ModelRepository(two_models))
+    options = deployment_options(
+        ServerSettings(model_repo=str(two_models), topology="split"), ModelRepository(two_models)
+    )
     assert {"backbone_vit_small", "backbone_swin_tiny"} <= set(options)
     assert options[INGRESS]["ray_actor_options"] == {"num_cpus": 0.1}
     assert options["backbone_swin_tiny"]["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 0.5}
@@ -62,6 +64,46 @@ def test_topology_from_the_environment_and_the_command_line(
         main(["serve", "--topology", "sideways"])
     with pytest.raises(ValueError, match="topology"):
         ServerSettings(topology="sideways")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("embedded", "gpus", "front_end", "topology"),
+    [
+        (True, 0.0, "replica", "colocated"),  # tessera serve on a CPU host: no proxy, no hop
+        (True, 1.0, "replica", "colocated"),  # ... on a one-GPU host: the models share its GPU
+        (True, 2.0, "replica", "split"),  # ... on several GPUs: a deployment per model spreads them
+        (True, None, "replica", "auto"),  # Ray has not counted the GPUs yet
+        (False, None, "ray", "split"),  # a cluster (--address, KubeRay): its proxies, a deployment per model
+    ],
+)
+def test_auto_resolves_to_the_fastest_set_up_on_one_host_and_the_scalable_one_on_a_cluster(
+    embedded: bool, gpus: float | None, front_end: str, topology: str
+) -> None:
+    from service.serve.config import resolve_layout
+
+    resolved = resolve_layout(ServerSettings(), embedded=embedded, gpus=gpus)
+    assert (resolved.front_end, resolved.topology) == (front_end, topology)
+    chosen = ServerSettings(front_end="haproxy", topology="split")  # what a user sets is kept
+    assert resolve_layout(chosen, embedded=embedded, gpus=gpus) == chosen
+
+
+def test_deployments_are_not_built_from_an_unresolved_layout(two_models: Path) -> None:
+    with pytest.raises(ValueError, match="resolve_layout"):
+        deployment_options(ServerSettings(model_repo=str(two_models)), ModelRepository(two_models))
+
+
+def test_the_kuberay_config_and_app_builder_resolve_auto_to_split_behind_the_clusters_proxies(
+    two_models: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.serve import app as app_module
+
+    app = serve_config(ServerSettings(model_repo=str(two_models)))["applications"][0]
+    assert app["args"]["topology"] == "split" and "front_end" not in app["args"]
+    assert {"backbone_vit_small", "backbone_swin_tiny"} <= {d["name"] for d in app["deployments"]}
+    built: list[ServerSettings] = []
+    monkeypatch.setattr(app_module, "build_app", built.append)
+    app_module.app_builder({"model_repo": str(two_models)})
+    assert (built[0].front_end, built[0].topology) == ("ray", "split")
 
 
 def test_a_backbone_host_batches_single_images_and_runs_ready_batches(small_repo: Path) -> None:
@@ -128,7 +170,7 @@ def test_deployments_that_cannot_all_be_placed_are_named_with_what_they_ask(two_
     assert why == "3.1 CPUs (Ingress 2 x 1.5 + SlideJobs 1 x 0.1) but Ray has 2"  # 2 x 0.5 GPUs fit on one
     assert placement_shortfall(twice, cpus=4.0, gpus=1.0) is None
     # GPUs asked of a host without one: the replicas would wait for them forever.
-    split = deployment_options(ServerSettings(model_repo=str(two_models)), repo)
+    split = deployment_options(ServerSettings(model_repo=str(two_models), topology="split"), repo)
     no_gpu = placement_shortfall(split, cpus=8.0, gpus=0.0)
     assert no_gpu == "0.75 GPUs (backbone_swin_tiny 1 x 0.5 + backbone_vit_small 1 x 0.25) but Ray has 0"
 
@@ -164,7 +206,7 @@ def test_tessera_serve_refuses_before_serving_what_ray_cannot_place(two_models: 
     assert "Lower TESSERA_INGRESS_REPLICAS or the models' batching" in message
     assert "each colocated ingress replica asks for the num_cpus of every model" in message
     _refuse_unplaceable(settings, {"CPU": 4.0, "GPU": 1.0})  # fits: nothing raised
-    split = ServerSettings(model_repo=str(two_models))
+    split = ServerSettings(model_repo=str(two_models), topology="split")
     with pytest.raises(ValueError, match="GPUs") as refused:
         _refuse_unplaceable(split, {"CPU": 8.0})  # no GPU on this host
     assert "TESSERA_INGRESS_REPLICAS" not in str(refused.value) and "colocated" not in str(refused.value)
