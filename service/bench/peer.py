@@ -231,6 +231,17 @@ class PeerOptions:
                 out += [(f"triton:x{n}", {}) for n in self.triton_instances]
         return out
 
+    def schedule(self) -> list[tuple[int, str, dict[str, str]]]:
+        """(round, label, extra environment) per server start: ``runs()`` in odd rounds, reversed in
+        even ones (A B C, C B A, ...), so that a host that speeds up or slows down over the run
+        favours no server; the first peer runs, in one order, put Triton last in every round while
+        raw ORT rose 20% from start to end."""
+        return [
+            (r, label, env)
+            for r in range(1, self.rounds + 1)
+            for label, env in (self.runs() if r % 2 else self.runs()[::-1])
+        ]
+
 
 def parse_variant(text: str) -> tuple[str, tuple[tuple[str, str], ...]]:
     """``NAME:KEY=VALUE[,KEY=VALUE...]`` → (name, ((key, value), ...))."""
@@ -755,11 +766,11 @@ def _measure_servers(
         stub_dir = Path(tmp)
         pixels_path = stub_dir / "pixels.npy"
         np.save(pixels_path, single)
-        for server, extra_env, round_ in (
-            (server, env, r) for r in range(1, options.rounds + 1) for server, env in options.runs()
-        ):
-            if options.rounds > 1 and server == options.runs()[0][0]:
+        previous_round = 0
+        for round_, server, extra_env in options.schedule():
+            if options.rounds > 1 and round_ != previous_round:
                 print(f"round {round_} of {options.rounds}", flush=True)
+            previous_round = round_
             ports = Ports.free()
             kind, _, label = server.partition(":")
             command = (
@@ -823,6 +834,7 @@ def run(options: PeerOptions) -> dict[str, Any]:
         "duration_s": options.duration_s,
         "warmup_s": options.warmup_s,
         "rounds": options.rounds,
+        "round_order": "alternating",
         "servers": [server for server, _ in options.runs()],
         "variants": {f"tessera:{name}": dict(env) for name, env in options.variants},
         "triton_instances": {f"triton:x{n}": n for n in options.triton_instances},

@@ -356,6 +356,11 @@ def _judge_gpu_slide(result: GpuResult) -> tuple[str, bool | str]:
     return measured, fits
 
 
+def _order(result: PeerResult) -> str:
+    """How the rounds ordered the servers, when not all alike."""
+    return " (even rounds in the reverse order)" if result.round_order == "alternating" else ""
+
+
 def describe_load(load: LoadFacts) -> str:
     """``8 users, one request each every 8 s (1 req/s offered), 180 s, mix ..., sizes ...``."""
     pace = load.pace_s
@@ -672,7 +677,8 @@ def _section_peer(result: PeerResult) -> list[str]:
         f"{_given(result.duration_s)} s per point after {_given(result.warmup_s)} s of warm-up, the servers one "
         f"after the other ({', '.join(result.servers)})"
         + (
-            f", {result.rounds} rounds in turn, each point the median of its rounds (each round's img/s in the note)"
+            f", {result.rounds} rounds in turn{_order(result)}, each point the median of its rounds (each round's "
+            "img/s in the note)"
             if result.rounds > 1
             else ""
         )

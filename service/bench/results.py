@@ -9,7 +9,7 @@ every committed result.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
@@ -233,6 +233,11 @@ class PeerResult(BenchResult):
     duration_s: float | None = None
     warmup_s: float | None = None
     rounds: int = Field(default=1, description="Times every server was measured in turn; rows are medians.")
+    round_order: Literal["same", "alternating"] = Field(
+        default="same",
+        description="``alternating``: even rounds ran the servers in reverse order (a drifting host favours "
+        "none); ``same``: every round in one order (runs before 2026-12-05).",
+    )
     servers: list[str] = Field(default_factory=list)
     variants: dict[str, dict[str, str]] = Field(
         default_factory=dict, description="Tessera variants (``tessera:NAME``) and their environment."

@@ -458,7 +458,7 @@ def test_rounds_run_every_server_in_turn_and_merge_to_medians(tmp_path: Path, mo
     from contextlib import contextmanager
 
     started: list[str] = []
-    rates = iter([10.0, 30.0, 11.0, 20.0, 12.0, 25.0])  # tessera, triton, tessera, triton, ...
+    rates = iter([10.0, 30.0, 20.0, 11.0, 12.0, 25.0])  # tessera, triton, triton, tessera, tessera, triton
 
     @contextmanager
     def fake_server(command: list[str], *_: Any, **__: Any) -> Any:
@@ -474,7 +474,8 @@ def test_rounds_run_every_server_in_turn_and_merge_to_medians(tmp_path: Path, mo
     monkeypatch.setattr(peer, "install_triton", lambda path: None)
     options = peer.PeerOptions(rounds=3, protocols=("grpc",), noop=False, clients=1, workdir=str(tmp_path)).validate()
     round_rows, ready = peer._measure_servers(options, tmp_path, tmp_path / "repo", np.zeros((1, 3, 8, 8), "f4"))
-    assert started == ["tessera", "triton"] * 3
+    # even rounds in the reverse order: a host drifting over the run favours neither server
+    assert started == ["tessera", "triton", "triton", "tessera", "tessera", "triton"]
     assert [r["round"] for r in round_rows] == [1, 1, 2, 2, 3, 3]
     assert ready == {"tessera": 1.0, "triton": 1.0}
     merged = {r["server"]: r for r in peer.merge_rounds(round_rows)}
