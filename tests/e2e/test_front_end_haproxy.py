@@ -1,5 +1,6 @@
-"""``tessera serve --front-end haproxy``: HAProxy listens on the ports and forwards to the ingress
-replica's own servers; the contract holds through it (REST, OIP over gRPC and REST with
+"""``tessera serve --front-end haproxy --topology split``: HAProxy listens on the ports and forwards
+to the ingress replica's own servers, which call the backbone over gRPC (colocated behind HAProxy:
+test_topology_colocated.py); the contract holds through it (REST, OIP over gRPC and REST with
 ``tritonclient``, errors as 4xx, metrics, drain on SIGTERM, nothing left behind)."""
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def _listener(port: int) -> psutil.Process | None:
 
 def test_the_contract_holds_behind_haproxy(small_repo: Path, tmp_path: Path) -> None:
     proc, ports, ready = start_tessera_serve(
-        env={"TESSERA_MODEL_REPO": str(small_repo)}, cwd=tmp_path, args=("--front-end", "haproxy")
+        env={"TESSERA_MODEL_REPO": str(small_repo)}, cwd=tmp_path, args=("--front-end", "haproxy", "--topology", "split")
     )
     children = psutil.Process(proc.pid).children(recursive=True)
     try:
