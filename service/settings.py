@@ -195,7 +195,11 @@ class ServerSettings(_Settings):
         description="Predictions in progress per ingress replica before new ones get 503 at once; 0 = no limit.",
     )
     ingress_max_queued_requests: int = Field(
-        default=128, ge=-1, le=100000, description="Queued requests at the ingress before 503; -1 unbounded."
+        default=128,
+        ge=-1,
+        le=100000,
+        description="Queued requests at the ingress before Ray's proxy answers 503; -1 unbounded. Only with "
+        "front end `ray` (a cluster's default); with the replica's own servers max_pending_predictions sheds.",
     )
     small_model: str = Field(default="vit_small", description="Fallback router: model for small images.")
     large_model: str = Field(default="swin_tiny", description="Fallback router: model for large images.")

@@ -60,7 +60,7 @@ def run(repo_path: str = "model_repo", n: int = 50) -> dict[str, Any]:
     )
     jpeg = _tile_jpeg()
     pixels = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
-    start_service(settings)
+    settings = start_service(settings)  # "auto" resolved: the set-up measured
     try:
         base = f"http://127.0.0.1:{settings.http_port}"
         client = httpx.Client(timeout=60)
@@ -105,6 +105,8 @@ def run(repo_path: str = "model_repo", n: int = 50) -> dict[str, Any]:
         stop_service()
     result = {
         "benchmark": "latency",
+        "front_end": settings.front_end,
+        "topology": settings.topology,
         "rest_v1_predict_224_jpeg": predict,
         "rest_v1_predict_224_jpeg_20": predict20,
         "rest_oip_infer_224_fp32": oip_rest,

@@ -2,9 +2,10 @@
 
 Both servers run as subprocesses of this benchmark, one after the other, on one model repository:
 
-* **Tessera**: ``tessera serve`` on loopback ports (Ray Serve's proxies, the ingress, the backbone's
-  ``DynamicBatcher``), as a user runs it; each ``--tessera-variant`` runs it again with other
-  settings (e.g. ``TESSERA_TOPOLOGY=colocated``, the backbones in the ingress replica);
+* **Tessera**: ``tessera serve`` on loopback ports, as a user runs it (on one host: the ingress
+  replica's own servers, the model and its ``DynamicBatcher`` in the same process); each
+  ``--tessera-variant`` runs it again with other settings (e.g.
+  ``TESSERA_TOPOLOGY=split,TESSERA_FRONT_END=ray``, a cluster's set-up);
 * **Triton**: Triton Inference Server started through ``nvidia-pytriton`` (the ``peer`` extra), one
   model bound per Tessera model, whose inference function runs the *same* runtime ``Backend`` Tessera
   loads (``load_backend``: the same ONNX file, ONNX Runtime session options, intra-op threads and

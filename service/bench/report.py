@@ -628,6 +628,8 @@ def _section_service(result: ServiceVsRawResult) -> list[str]:
             "(Ray's daemons, proxy and controller): on a small host that share is out of reach of the service "
             "before any request."
         )
+    if result.front_end:
+        out[0] += f" The service ran with front end `{result.front_end}` and topology `{result.topology}`."
     table = []
     for r in result.rows:
         run = r.runs[0] if r.runs else TransportRun()

@@ -147,6 +147,10 @@ class ServiceVsRawResult(BenchResult):
     raw_duration_s: float | None = None
     rounds: int | None = None
     oip_batch: int = 1
+    front_end: str | None = Field(
+        default=None, description="What served the ports (``tessera serve``'s resolved front end)."
+    )
+    topology: str | None = Field(default=None, description="Where the backbones ran (the resolved topology).")
     service_ready_s: float | None = None
     idle_busy_share: float | None = None
     backend: dict[str, Any] = Field(default_factory=dict)
@@ -395,6 +399,8 @@ class LatencyPath(_Model):
 
 class LatencyResult(BenchResult):
     model: str = ""
+    front_end: str | None = Field(default=None, description="What served the ports (the resolved front end).")
+    topology: str | None = Field(default=None, description="Where the backbones ran (the resolved topology).")
     rest_v1_predict_224_jpeg: LatencyPath | None = None
     rest_v1_predict_224_jpeg_20: LatencyPath | None = None
     rest_oip_infer_224_fp32: LatencyPath | None = None

@@ -411,9 +411,9 @@ def load_raw_backend(repo: Any, model: str, settings: Any) -> Any:
 
 def _measure_service(
     settings: Any, model: str, inputs: _Inputs, transports: tuple[str, ...], load: _Load
-) -> tuple[dict[str, list[dict[str, Any]]], float, float]:
-    """Start the service, measure each transport ``load.rounds`` times, stop it:
-    (statistics per transport, seconds to ready, the host's busy share with the service idle)."""
+) -> tuple[dict[str, list[dict[str, Any]]], float, float, Any]:
+    """Start the service, measure each transport ``load.rounds`` times, stop it: (statistics per
+    transport, seconds to ready, the host's busy share with the service idle, the settings it ran)."""
     from service.clients.oip import oip_binary_body
     from service.serve.runner import start_service, stop_service
 
@@ -423,11 +423,11 @@ def _measure_service(
     oip_headers = {"content-type": "application/octet-stream", HEADER_LENGTH: str(header_len)}
     measured: dict[str, list[dict[str, Any]]] = {t: [] for t in transports}
     started = time.perf_counter()
-    start_service(settings)
+    settings = start_service(settings)  # "auto" resolved: the set-up measured
     ready_s = round(time.perf_counter() - started, 2)
     print(f"service ready in {ready_s} s at {base} and grpc://{target}; concurrency {load.concurrency}", flush=True)
     idle_share = host_busy_share(5.0)
-    print(f"  host busy with the service idle: {100 * idle_share:.1f}% (Ray's daemons, proxy, controller)", flush=True)
+    print(f"  host busy with the service idle: {100 * idle_share:.1f}% (Ray's daemons and controller)", flush=True)
     try:
         for _ in range(load.rounds):
             for transport in transports:
@@ -436,7 +436,7 @@ def _measure_service(
                 print(f"  {transport:<18} {stats.get('img_per_s', 0):8.1f} img/s  {_brief(stats)}", flush=True)
     finally:
         stop_service()
-    return measured, ready_s, idle_share
+    return measured, ready_s, idle_share, settings
 
 
 def _measure_transport(
@@ -526,7 +526,7 @@ def run(
     print(f"  raw before: {raw_before['img_per_s']:.1f} img/s", flush=True)
 
     load = _Load(concurrency, duration_s, warmup_s, rounds)
-    measured, ready_s, idle_share = _measure_service(settings, model, inputs, transports, load)
+    measured, ready_s, idle_share, served = _measure_service(settings, model, inputs, transports, load)
 
     raw_after = measure_raw(backend, inputs.raw_batch, raw_duration_s)
     print(f"  raw after:  {raw_after['img_per_s']:.1f} img/s", flush=True)
@@ -543,6 +543,8 @@ def run(
         "raw_duration_s": raw_duration_s,
         "rounds": rounds,
         "oip_batch": oip_batch,
+        "front_end": served.front_end,
+        "topology": served.topology,
         "service_ready_s": ready_s,
         "idle_busy_share": round(idle_share, 4),
         "backend": backend.describe(),

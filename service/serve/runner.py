@@ -21,6 +21,7 @@ __all__ = [
     "embedded_env",
     "front_end_env",
     "haproxy_binary",
+    "joined_address",
     "run_service",
     "start_service",
     "stop_service",
@@ -109,6 +110,15 @@ def embedded_env(address: str | None) -> dict[str, str]:
     return {} if address else _unset(EMBEDDED_ENV)
 
 
+def joined_address() -> str | None:
+    """The cluster ``ray.init()`` would join without an address: ``RAY_ADDRESS`` (None when unset,
+    or ``local``, which starts a Ray of its own)."""
+    import os
+
+    env = os.environ.get("RAY_ADDRESS", "").strip()
+    return env if env and env != "local" else None
+
+
 def haproxy_binary() -> str | None:
     """The HAProxy Ray Serve would start, found as Ray looks for it (None when there is none)."""
     import os
@@ -179,6 +189,8 @@ def start_service(
 
     from service.serve.config import resolve_layout
 
+    # ray.init() without an address joins the cluster RAY_ADDRESS names (KubeRay sets it in its pods)
+    address = address or joined_address()
     settings = resolve_layout(settings, embedded=not address)  # the front end: known before Ray starts
     # before Ray starts: its processes inherit them
     os.environ.update({**embedded_env(address), **front_end_env(settings, address)})

@@ -51,23 +51,25 @@ class Server:
     holds_ports: bool  # that worker also holds the ports: its connections go with it
 
 
-#: set-up -> (tessera serve flags, the model's replica, whether it holds the ports)
-SETUPS = {
-    "split": (("--topology", "split", "--front-end", "ray"), "backbone_vit_small", False),
-    "default": ((), "ServeReplica:tessera:Ingress", True),
-}
+#: set-up -> tessera serve flags
+SETUPS = {"split": ("--topology", "split", "--front-end", "ray"), "default": ()}
 
 
 @pytest.fixture(scope="module", params=list(SETUPS))
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    args, victim, holds_ports = SETUPS[request.param]
     root = make_vit_only_repo(tmp_path_factory.mktemp("faults_repo"))
     proc, ports, ready = start_tessera_serve(
-        model_repo=root, env={"TESSERA_AUTH_TOKENS": TOKEN}, cwd=tmp_path_factory.mktemp("faults_cwd"), args=args
+        model_repo=root,
+        env={"TESSERA_AUTH_TOKENS": TOKEN},
+        cwd=tmp_path_factory.mktemp("faults_cwd"),
+        args=SETUPS[request.param],
     )
     try:
-        if not args:  # what tessera serve chose on its own, as its ready line says
-            assert ready.endswith("(front end replica, topology colocated)"), ready
+        # what the set-up is, as the ready line says (the default: colocated + replica on this host)
+        assert ready.endswith(")") and "(front end " in ready, ready
+        colocated = ready.endswith("topology colocated)")
+        victim = "ServeReplica:tessera:Ingress" if colocated else "backbone_vit_small"
+        holds_ports = colocated and "front end replica" in ready
         yield Server(f"http://127.0.0.1:{ports['http']}", f"127.0.0.1:{ports['grpc']}", proc, victim, holds_ports)
     finally:
         stop_process_tree(proc, grace_s=90)

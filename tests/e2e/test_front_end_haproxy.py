@@ -28,7 +28,9 @@ def _listener(port: int) -> psutil.Process | None:
 
 def test_the_contract_holds_behind_haproxy(small_repo: Path, tmp_path: Path) -> None:
     proc, ports, ready = start_tessera_serve(
-        env={"TESSERA_MODEL_REPO": str(small_repo)}, cwd=tmp_path, args=("--front-end", "haproxy", "--topology", "split")
+        env={"TESSERA_MODEL_REPO": str(small_repo)},
+        cwd=tmp_path,
+        args=("--front-end", "haproxy", "--topology", "split"),
     )
     children = psutil.Process(proc.pid).children(recursive=True)
     try:

@@ -1,8 +1,9 @@
 """``tessera serve --front-end replica --topology split``: no proxy; the ingress replica's own
 uvicorn and gRPC servers listen on the service's ports, and call the backbone deployment over gRPC
-(the one-host default, replica + colocated, is what the other e2e tests start). The contract holds (REST, OIP over gRPC and REST with
-``tritonclient``, errors as 4xx, large images between deployments, metrics, a request in flight
-answered through SIGTERM, nothing left behind), and a port another program holds is refused before Ray starts."""
+(the one-host default, replica + colocated, is what the other e2e tests start). The contract
+holds (REST, OIP over gRPC and REST with ``tritonclient``, errors as 4xx, large images between
+deployments, metrics, a request in flight answered through SIGTERM, nothing left behind), and a
+port another program holds is refused before Ray starts."""
 
 from __future__ import annotations
 
@@ -48,7 +49,9 @@ def test_the_contract_holds_on_the_replicas_own_ports(small_repo: Path, tmp_path
     import tritonclient.grpc as grpcclient
 
     proc, ports, ready = start_tessera_serve(
-        env={"TESSERA_MODEL_REPO": str(small_repo)}, cwd=tmp_path, args=("--front-end", "replica", "--topology", "split")
+        env={"TESSERA_MODEL_REPO": str(small_repo)},
+        cwd=tmp_path,
+        args=("--front-end", "replica", "--topology", "split"),
     )
     children = psutil.Process(proc.pid).children(recursive=True)
     try:

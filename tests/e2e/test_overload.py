@@ -22,13 +22,22 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 BURST = 48
 
 
-@pytest.fixture(scope="module")
-def tiny_queue_server(tmp_path_factory: pytest.TempPathFactory):
+#: ``split``: Ray's proxy and the backbone's own queue bounds (``max_ongoing_requests``,
+#: ``max_queued_requests``, its ``BackPressureError`` mapped to ``Overloaded``) take part, as on a
+#: cluster; ``default``: the one-host set-up (the replica's own servers, the model in the ingress),
+#: where the ingress's ``max_pending_predictions`` alone sheds.
+SETUPS = {"split": ("--topology", "split", "--front-end", "ray"), "default": ()}
+
+
+@pytest.fixture(scope="module", params=list(SETUPS))
+def tiny_queue_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     root = make_vit_only_repo(
         tmp_path_factory.mktemp("overload_repo"), max_batch_size=2, max_ongoing_requests=2, max_queued_requests=2
     )
 
-    proc, ports, _ = start_tessera_serve(model_repo=root, env={"TESSERA_MAX_PENDING_PREDICTIONS": "6"})
+    proc, ports, _ = start_tessera_serve(
+        model_repo=root, env={"TESSERA_MAX_PENDING_PREDICTIONS": "6"}, args=SETUPS[request.param]
+    )
     try:
         yield ports
     finally:

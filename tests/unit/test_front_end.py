@@ -171,3 +171,19 @@ def test_app_builder_refuses_the_replica_front_end(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("TESSERA_FRONT_END", "replica")
     with pytest.raises(ValueError, match="unset TESSERA_FRONT_END"):
         app_builder({})
+
+
+def test_a_cluster_named_by_ray_address_counts_as_joined(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ray.init()`` joins the cluster ``RAY_ADDRESS`` names (KubeRay sets it in its pods): the
+    default front end there is the cluster's proxies, not the replicas' own servers."""
+    from service.serve.config import resolve_layout
+    from service.serve.runner import joined_address
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert joined_address() is None
+    monkeypatch.setenv("RAY_ADDRESS", "local")  # starts a Ray of its own
+    assert joined_address() is None
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    assert joined_address() == "10.0.0.1:6379"
+    resolved = resolve_layout(ServerSettings(), embedded=not joined_address())
+    assert (resolved.front_end, resolved.topology) == ("ray", "split")
