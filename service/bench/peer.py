@@ -376,7 +376,9 @@ def server_process(command: list[str], env: dict[str, str], log_path: Path, read
             if not log.closed:
                 log.write(line)
                 log.flush()
-            if line.startswith("ready: "):
+            # anywhere in the line: Triton's C++ log shares the pipe, and one of its lines once ran
+            # into the ready line ("...model_lif" + "ready: http://..."), so a round waited 300 s
+            if "ready: http://" in line:
                 ready.set()
 
     reader = threading.Thread(target=drain, name="peer-server-log", daemon=True)

@@ -538,3 +538,14 @@ def test_a_remark_is_shown_but_does_not_make_the_run_suspect(tmp_path: Path) -> 
     goal = next(g for g in evaluate_goals(load_results(results)) if g.source == "peer")
     assert goal.status == "not met"
     assert "> Note: quiet host." in write_report(results, tmp_path / "performance.md", tmp_path / "img").read_text()
+
+
+def test_a_ready_line_run_into_by_another_writer_still_counts(tmp_path: Path) -> None:
+    """Triton's C++ log shares the server's pipe: one of its lines once ran into the ready line
+    (``...model_lif`` + ``ready: http://...``), and the round waited out its 300 s."""
+    import sys
+
+    line = "I1205 model_lifready: http://127.0.0.1:1 grpc://127.0.0.1:2"
+    script = f"import time; print({line!r}, flush=True); time.sleep(30)"
+    with peer.server_process([sys.executable, "-c", script], {}, tmp_path / "log.txt", ready_timeout_s=20) as ready_s:
+        assert ready_s < 20
