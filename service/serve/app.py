@@ -10,7 +10,14 @@ from ray.serve import Application
 
 from service.models import ModelRepository
 from service.serve.backbone import Backbone
-from service.serve.config import APP_NAME, INGRESS, backbone_deployment_name, deployment_options, resolve_layout
+from service.serve.config import (
+    APP_NAME,
+    INGRESS,
+    backbone_deployment_name,
+    deployment_options,
+    resolve_layout,
+    states_in_ingress,
+)
 from service.serve.ingress import Ingress
 from service.serve.models import ModelStates
 from service.serve.slides import SlideJobs
@@ -38,8 +45,11 @@ def build_app(settings: ServerSettings) -> Application:
     # it is (its state says "building", or "unavailable: not built" without --build).
     options = deployment_options(settings, repo)
     as_dict = settings.model_dump(mode="json")  # what every replica rebuilds its ServerSettings from
-    states = ModelStates.options(name="ModelStates", **options["ModelStates"]).bind(  # type: ignore[attr-defined]
-        as_dict
+    # the models' states: a deployment every replica asks, or (one colocated ingress) the ingress's own
+    states = (
+        None
+        if states_in_ingress(settings)
+        else ModelStates.options(name="ModelStates", **options["ModelStates"]).bind(as_dict)  # type: ignore[attr-defined]
     )
     # topology split: a deployment per backbone, which the ingress and the slide jobs call; colocated:
     # none, the ingress replicas hold the backbones (and run the slide jobs' batches).

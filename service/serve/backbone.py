@@ -19,7 +19,7 @@ from service.runtime import Backend, load_backend
 from service.runtime.batching import DynamicBatcher, run_batch
 from service.runtime.loader import RuntimePreference
 from service.serve.metrics import BackboneMetrics
-from service.serve.models import replica_id
+from service.serve.models import HandleModelStates, StateSource, replica_id
 from service.settings import ServerSettings
 
 __all__ = ["Backbone", "BackboneHost"]
@@ -36,11 +36,11 @@ class BackboneHost:
 
     A model that is built when the host starts is loaded before the replica takes traffic (a
     runtime that cannot run fails the replica with the reason). With ``states`` (the
-    ``ModelStates`` deployment) the host then follows the service's decision every second:
-    it loads a model built while the service runs (``tessera serve --build``, a load that
-    builds), and on unload it finishes its batches in flight and releases the session and its
-    memory (the process stays, holding nothing, until the model is loaded again). It reports
-    what it holds (``loading``, ``ready``, ``failed`` with the reason, ``unloaded``).
+    ``ModelStates`` deployment's handle, or the ingress's own ``ModelStateBook``) the host then
+    follows the service's decision every second: it loads a model built while the service runs
+    (``tessera serve --build``, a load that builds), and on unload it finishes its batches in
+    flight and releases the session and its memory (the process stays, holding nothing, until the
+    model is loaded again). It reports what it holds (``loading``, ``ready``, ``failed`` with the reason, ``unloaded``).
 
     Built on the replica's event loop (Ray Serve runs constructors there).
     """
@@ -54,7 +54,7 @@ class BackboneHost:
         intra_op_threads: int = 0,
         ort_spin: bool = False,
         trt_cache_dir: str = ".tessera/trt-cache",
-        states: DeploymentHandle | None = None,
+        states: StateSource | None = None,
         *,
         in_ingress: bool = False,
         cpu_lanes: int = 1,
@@ -118,7 +118,7 @@ class BackboneHost:
 
     @classmethod
     def from_settings(
-        cls, settings: ServerSettings, model: str, states: DeploymentHandle | None = None, *, in_ingress: bool = False
+        cls, settings: ServerSettings, model: str, states: StateSource | None = None, *, in_ingress: bool = False
     ) -> BackboneHost:
         """The host ``settings`` ask for (the one place their runtime options meet the constructor)."""
         return cls(
@@ -144,24 +144,24 @@ class BackboneHost:
         log.info("backbone %s ready on %s", self.model, backend.describe())
         return backend
 
-    async def _follow(self, states: DeploymentHandle) -> None:
+    async def _follow(self, states: StateSource) -> None:
         while True:
             try:
                 # one call a second: what this host holds, answered with whether it should hold it
-                wanted, generation = await states.report.remote(self.model, self._id, self.state, self.reason)
+                wanted, generation = await states.report(self.model, self._id, self.state, self.reason)
                 if wanted and self.backend is None and self._failed_generation != generation:
                     await self._load_now(states, generation)
-                    await states.report.remote(self.model, self._id, self.state, self.reason)
+                    await states.report(self.model, self._id, self.state, self.reason)
                 elif not wanted and self.backend is not None:
                     await self._release(states)
-                    await states.report.remote(self.model, self._id, self.state, self.reason)
+                    await states.report(self.model, self._id, self.state, self.reason)
             except Exception as exc:  # the states deployment restarting: keep serving what is held
                 log.warning("backbone %s: model states not reached: %s", self.model, exc)
             await asyncio.sleep(1.0)
 
-    async def _load_now(self, states: DeploymentHandle, generation: int) -> None:
+    async def _load_now(self, states: StateSource, generation: int) -> None:
         self.state, self.reason = "loading", ""
-        await states.report.remote(self.model, self._id, self.state, self.reason)
+        await states.report(self.model, self._id, self.state, self.reason)
         try:
             self.repo = ModelRepository(self.repo.root)  # the manifest written since this replica started
             self.backend = await asyncio.to_thread(self._load)
@@ -175,10 +175,10 @@ class BackboneHost:
             )
             log.warning("backbone %s could not load: %s", self.model, self.reason)
 
-    async def _release(self, states: DeploymentHandle, timeout_s: float = 30.0) -> None:
+    async def _release(self, states: StateSource, timeout_s: float = 30.0) -> None:
         """Finish the batches in flight, then close the session and free its memory."""
         self.state, self.reason = "unloading", "unloaded by request"
-        await states.report.remote(self.model, self._id, self.state, self.reason)
+        await states.report(self.model, self._id, self.state, self.reason)
         deadline = time.monotonic() + timeout_s
         while self._busy and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -236,7 +236,8 @@ class Backbone:
     """One replica of a model's backbone (``topology: split``): a ``BackboneHost`` behind a handle."""
 
     def __init__(self, settings: dict[str, Any], model: str, states: DeploymentHandle | None = None):
-        self.host = BackboneHost.from_settings(ServerSettings.model_validate(settings), model, states)
+        source = HandleModelStates(states) if states is not None else None
+        self.host = BackboneHost.from_settings(ServerSettings.model_validate(settings), model, source)
 
     async def infer(self, pixels: np.ndarray) -> dict[str, Any]:
         return await self.host.infer(pixels)

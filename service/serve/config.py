@@ -15,6 +15,7 @@ __all__ = [
     "placement_shortfall",
     "resolve_layout",
     "serve_config",
+    "states_in_ingress",
 ]
 
 APP_NAME = "tessera"
@@ -46,6 +47,15 @@ def resolve_layout(settings: ServerSettings, *, embedded: bool, gpus: float | No
     if settings.topology == "auto" and (gpus is not None or not embedded):
         update["topology"] = "colocated" if embedded and gpus is not None and gpus <= 1 else "split"
     return settings.model_copy(update=update) if update else settings
+
+
+def states_in_ingress(settings: ServerSettings) -> bool:
+    """Whether the ingress replica keeps the models' states itself (``ModelStateBook``) instead of a
+    ``ModelStates`` deployment: when it is the only process that holds models and decodes requests
+    (topology ``colocated``, one ingress replica). One Ray process fewer, and the states it polls
+    three times a second per model are calls within it; 3-5% more ViT-S images/s on the 2-core host
+    (docs/architecture.md, "Topology")."""
+    return _resolved(settings).topology == "colocated" and settings.ingress_replicas == 1
 
 
 def _resolved(settings: ServerSettings) -> ServerSettings:
@@ -85,6 +95,8 @@ def deployment_options(settings: ServerSettings, repo: ModelRepository) -> dict[
             "logging_config": dict(_NO_RAY_ACCESS_LOG),
         }
     options["SlideJobs"] = {"num_replicas": 1, "ray_actor_options": dict(_LIGHT)}
+    if states_in_ingress(settings):
+        return options
     # Every replica polls it each second: no CPU reserved, no access log line per poll.
     options["ModelStates"] = {
         "num_replicas": 1,

@@ -23,7 +23,7 @@ from service.routing.factory import make_router
 from service.serve.backbone import BackboneHost
 from service.serve.front_end import ReplicaFrontEnd
 from service.serve.metrics import RayTelemetry
-from service.serve.models import HandleModelStates
+from service.serve.models import HandleModelStates, ModelStateBook, StateSource
 from service.settings import ServerSettings
 
 __all__ = ["HandleClient", "HostClient", "Ingress"]
@@ -118,11 +118,16 @@ class Ingress(GrpcIngressMixin):
 
         self.slides = HandleSlideService(slide_jobs) if slide_jobs is not None else None
         telemetry = RayTelemetry()
+        # The models' states: the ModelStates deployment's, or this replica's own book when it is the
+        # only one and holds every model (config.states_in_ingress: the app then deploys no ModelStates).
+        self.states: StateSource | None = HandleModelStates(states) if states is not None else None
+        if states is None and backbones is None:
+            self.states = ModelStateBook(settings)
         self.hosts: HostClient | None = None
         if backbones is None:  # topology colocated: every model runs here, where its requests are decoded
             self.hosts = HostClient(
                 {
-                    name: BackboneHost.from_settings(self.settings, name, states, in_ingress=True)
+                    name: BackboneHost.from_settings(self.settings, name, self.states, in_ingress=True)
                     for name in repo.names()
                 }
             )
@@ -135,7 +140,7 @@ class Ingress(GrpcIngressMixin):
             timeout_s=self.settings.request_timeout_s,
             telemetry=telemetry,
             model_control_mode=self.settings.model_control_mode,
-            states=HandleModelStates(states) if states is not None else None,
+            states=self.states,
             router_factory=lambda: make_router(ModelRepository(self.settings.model_repo), self.settings),
         )
         # The models' states now and then twice a second, in the background (Ray Serve runs this
@@ -164,6 +169,11 @@ class Ingress(GrpcIngressMixin):
         from service.serve.metrics_relay import fetch_metrics, node_metrics_url
 
         return await asyncio.to_thread(fetch_metrics, node_metrics_url())
+
+    async def model_states(self) -> dict[str, Any]:
+        """Each model's ``ModelStatus`` as this replica reads them (the driver's progress and ready
+        checks; with the states in this replica there is no ModelStates deployment to ask)."""
+        return await self.states.states() if self.states is not None else {}
 
     async def begin_drain(self) -> int:
         """Stop taking new requests; return how many are still in progress."""

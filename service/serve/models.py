@@ -1,6 +1,15 @@
 """Each model's state across the service, and the builds that make models while it serves.
 
-``ModelStates`` is one small deployment that every replica asks:
+``ModelStateBook`` keeps them; every replica asks it, wherever it lives:
+
+- ``ModelStates``, one small deployment, holds the book when several processes hold models or
+  decode requests (topology ``split``, or several colocated ingress replicas);
+- the ingress replica holds it itself when it is the only one and holds every model (topology
+  ``colocated`` with one ingress replica, what ``tessera serve`` runs on one host:
+  ``service.serve.config.states_in_ingress``): one process fewer, and the polls below are calls
+  within the process instead of Ray calls (docs/architecture.md, "Topology").
+
+What it does:
 
 - backbone hosts (in backbone replicas, or in colocated ingress replicas) report what they hold
   (``loading``, ``ready``, ``failed`` with the reason, ``unloaded``) every second, and the answer
@@ -36,7 +45,7 @@ from service.export.fingerprint import is_current
 from service.models import ModelRepository
 from service.settings import ServerSettings
 
-__all__ = ["STALE_S", "HandleModelStates", "ModelStates", "replica_id"]
+__all__ = ["STALE_S", "HandleModelStates", "ModelStateBook", "ModelStates", "StateSource", "replica_id"]
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +77,12 @@ class _Model:
     replicas: dict[str, _Replica] = field(default_factory=dict)
 
 
-@serve.deployment(num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0})
-class ModelStates:
-    async def __init__(self, settings: dict[str, Any]) -> None:  # type: ignore[misc]  # Ray awaits it
+class ModelStateBook:
+    """Every model's state and builds for one service (the module's docstring says who asks what).
+
+    Built on a running event loop: with ``build_missing`` it starts building at once."""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
         self.settings = ServerSettings.model_validate(settings)
         self.repo = ModelRepository(self.settings.model_repo)
         self.models = {name: _Model() for name in self.repo.names()}
@@ -228,6 +240,15 @@ class ModelStates:
         return ModelStatus(state="loading", reason="the backbone is loading it", built=True)
 
 
+@serve.deployment(num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0})
+class ModelStates(ModelStateBook):
+    """The book as a deployment of its own, shared by every replica that asks."""
+
+    async def __init__(self, settings: dict[str, Any]) -> None:  # type: ignore[misc]  # Ray awaits it
+        # on the replica's event loop, which the builds' tasks need
+        super().__init__(settings)
+
+
 def _has_manifest(repo: ModelRepository, name: str) -> bool:
     return repo.manifest(name) is not None
 
@@ -243,7 +264,8 @@ def _progress(line: str) -> dict[str, Any] | None:
 
 
 class HandleModelStates:
-    """``ModelStates`` (the protocol ``ModelControl`` reads) over the deployment's handle."""
+    """The ``ModelStates`` deployment over its handle, with the book's methods that replicas call
+    (``ModelControl`` reads the states and sends load and unload; a ``BackboneHost`` reports)."""
 
     def __init__(self, handle: DeploymentHandle):
         self.handle = handle
@@ -257,3 +279,11 @@ class HandleModelStates:
 
     async def unload(self, model: str) -> None:
         await self.handle.unload.remote(model)
+
+    async def report(self, model: str, replica: str, state: str, reason: str = "") -> tuple[bool, int]:
+        wanted: tuple[bool, int] = await self.handle.report.remote(model, replica, state, reason)
+        return wanted
+
+
+#: Where a replica finds the book: the deployment's handle, or the book itself in this process.
+StateSource = HandleModelStates | ModelStateBook

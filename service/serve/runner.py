@@ -301,14 +301,16 @@ BUILD_READY_TIMEOUT_S = 3600.0
 
 
 def model_states(timeout_s: float = 10.0) -> dict[str, Any]:
-    """Each model's ``ModelStatus`` from the running app (empty when it cannot be reached yet)."""
+    """Each model's ``ModelStatus`` from the running app, as its ingress reads them (empty when it
+    cannot be reached yet: a colocated ingress answers once its models have loaded)."""
     from ray import serve
 
     from service.serve.app import APP_NAME
+    from service.serve.config import INGRESS
 
     try:
-        handle = serve.get_deployment_handle("ModelStates", app_name=APP_NAME)
-        states: dict[str, Any] = handle.states.remote().result(timeout_s=timeout_s)
+        handle = serve.get_deployment_handle(INGRESS, app_name=APP_NAME)
+        states: dict[str, Any] = handle.model_states.remote().result(timeout_s=timeout_s)
     except Exception as exc:  # deploying still
         log.debug("model states not reachable yet: %s", exc)
         return {}

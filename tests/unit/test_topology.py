@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import yaml
 
 from service.errors import NotFound
 from service.models import ModelRepository
-from service.serve.config import INGRESS, deployment_options, serve_config
+from service.serve.config import INGRESS, deployment_options, serve_config, states_in_ingress
 from service.settings import ServerSettings
 from tests.helpers import make_small_repo
 
@@ -46,7 +47,26 @@ def test_colocated_ingress_asks_for_the_models_resources_and_no_backbone_deploys
     config = serve_config(settings)
     app = config["applications"][0]
     assert app["args"]["topology"] == "colocated"
-    assert [d["name"] for d in app["deployments"]] == [INGRESS, "SlideJobs", "ModelStates"]
+    # the one ingress replica keeps the models' states itself: no ModelStates deployment
+    assert [d["name"] for d in app["deployments"]] == [INGRESS, "SlideJobs"]
+
+
+@pytest.mark.parametrize(
+    ("topology", "ingress_replicas", "in_ingress"),
+    [
+        ("colocated", 1, True),  # one process holds every model and decodes every request
+        ("colocated", 2, False),  # two replicas follow one decision: the states are shared
+        ("split", 1, False),  # backbone replicas report from processes of their own
+    ],
+)
+def test_where_the_models_states_live(
+    two_models: Path, topology: Literal["colocated", "split"], ingress_replicas: int, in_ingress: bool
+) -> None:
+    settings = ServerSettings(model_repo=str(two_models), topology=topology, ingress_replicas=ingress_replicas)
+    assert states_in_ingress(settings) is in_ingress
+    assert ("ModelStates" not in deployment_options(settings, ModelRepository(two_models))) is in_ingress
+    with pytest.raises(ValueError, match="auto"):  # decided on a concrete topology only
+        states_in_ingress(ServerSettings(model_repo=str(two_models), topology="auto"))
 
 
 def test_topology_from_the_environment_and_the_command_line(
@@ -59,7 +79,7 @@ def test_topology_from_the_environment_and_the_command_line(
     monkeypatch.delenv("TESSERA_TOPOLOGY")
     assert main(["--model-repo", str(two_models), "serve", "--topology", "colocated", "--print-config"]) == 0
     deployments = [d["name"] for d in json.loads(capsys.readouterr().out)["applications"][0]["deployments"]]
-    assert deployments == [INGRESS, "SlideJobs", "ModelStates"]
+    assert deployments == [INGRESS, "SlideJobs"]
     with pytest.raises(SystemExit):
         main(["serve", "--topology", "sideways"])
     with pytest.raises(ValueError, match="topology"):
@@ -210,3 +230,38 @@ def test_tessera_serve_refuses_before_serving_what_ray_cannot_place(two_models: 
     with pytest.raises(ValueError, match="GPUs") as refused:
         _refuse_unplaceable(split, {"CPU": 8.0})  # no GPU on this host
     assert "TESSERA_INGRESS_REPLICAS" not in str(refused.value) and "colocated" not in str(refused.value)
+
+
+def test_a_colocated_host_follows_the_ingress_own_state_book(small_repo: Path) -> None:
+    """With the states in the ingress (one colocated replica) the host reports to the book in its own
+    process, and a load or unload sent there reaches it as one through the ModelStates deployment does."""
+    from service.serve.backbone import BackboneHost
+    from service.serve.models import ModelStateBook
+
+    async def until(check: Any, timeout_s: float = 15.0) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while not check():
+            assert asyncio.get_running_loop().time() < deadline, "the host did not follow the book"
+            await asyncio.sleep(0.1)
+
+    async def scenario() -> None:
+        book = ModelStateBook(ServerSettings(model_repo=str(small_repo)).model_dump(mode="json"))
+        host = BackboneHost(str(small_repo), "vit_small", intra_op_threads=1, states=book, in_ingress=True)
+        try:
+            assert host.state == "ready"
+            await until(lambda: book.models["vit_small"].replicas)  # its first report
+            assert (await book.states())["vit_small"].state == "ready"
+            await book.unload("vit_small")
+            await until(lambda: host.backend is None and host.state == "unloaded")
+            await until(lambda: book.models["vit_small"].replicas[host._id].state == "unloaded")
+            assert (await book.states())["vit_small"].state == "unloaded"
+            await book.load("vit_small")
+            await until(lambda: host.state == "ready" and host.backend is not None)
+            await until(lambda: book.models["vit_small"].replicas[host._id].state == "ready")
+            assert (await book.states())["vit_small"].state == "ready"
+        finally:
+            host._follower.cancel()
+            if host.backend is not None:
+                host.backend.close()
+
+    asyncio.run(scenario())
