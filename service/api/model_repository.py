@@ -2,9 +2,10 @@
 
 ``ModelControl`` knows each model's state (``ModelStatus``: building, loading, ready, failed,
 unloaded...) and how many requests each has in flight. In one process (the CLI, the tests) a model
-is ready when it is built. In the service the states come from a shared source (the
-``ModelStates`` deployment, ``service.serve.models``), so models built while the service runs join
-when ready and every replica follows one load/unload. With explicit model control
+is ready when it is built. In the service the states come from a state book
+(``service.serve.models``: the ``ModelStates`` deployment, or the one colocated ingress replica's
+own), so models built while the service runs join when ready and every replica follows one
+load/unload. With explicit model control
 (``ServerSettings.model_control_mode = "explicit"``) ``unload`` takes a model out of service at
 once, waits for its requests in flight, then for the backbones to release it; ``load`` builds the
 model when it is not built and returns once it answers. Without explicit model control load and
@@ -89,7 +90,8 @@ class ModelStatus(BaseModel):
 
 
 class ModelStates(Protocol):
-    """Where model states live when several processes share them (the ``ModelStates`` deployment)."""
+    """Where model states live in the service (a state book: the ``ModelStates`` deployment, or the
+    one colocated ingress replica's own)."""
 
     async def states(self) -> dict[str, ModelStatus]: ...
 
@@ -120,7 +122,7 @@ class ModelControl:
     """Each model's state, and its requests in flight, for one serving core.
 
     Without a shared ``source`` (one process, tests) a model is ready when it is built. With one
-    (``tessera serve``: the ``ModelStates`` deployment) the states come from it, refreshed every
+    (``tessera serve``: the state book, ``service.serve.models``) the states come from it, refreshed every
     ``refresh_s``, and load/unload go through it so that every ingress replica and every backbone
     replica follows.
     """

@@ -31,6 +31,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 import time
 import uuid
@@ -192,6 +193,7 @@ class ModelStateBook:
             stderr=asyncio.subprocess.STDOUT,
             # Ray pins OMP_NUM_THREADS to the actor's CPUs (none here): the build may use the host's.
             env={k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"},
+            preexec_fn=_die_with_parent,
         )
         tail: list[str] = []
         assert proc.stdout is not None
@@ -247,6 +249,18 @@ class ModelStates(ModelStateBook):
     async def __init__(self, settings: dict[str, Any]) -> None:  # type: ignore[misc]  # Ray awaits it
         # on the replica's event loop, which the builds' tasks need
         super().__init__(settings)
+
+
+def _die_with_parent() -> None:
+    """Run in a build's child before it starts: on Linux the kernel kills the build when the process
+    that started it dies. Ray reaps a replica's children only when the replica exits cleanly; a
+    colocated ingress killed mid-build (a runtime crash, the OOM killer) would otherwise leave its
+    build running beside the one its successor starts, both writing the same model version."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
 def _has_manifest(repo: ModelRepository, name: str) -> bool:

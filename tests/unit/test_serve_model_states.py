@@ -4,10 +4,14 @@ backbone reports and builds add up to each model's state, and what backbones are
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from service.serve.models import STALE_S, ModelStates, _progress
@@ -184,3 +188,29 @@ def test_a_built_model_serves_while_it_is_calibrated(small_repo: Path, tmp_path:
     calibrating = seen["calibrating"]
     assert calibrating.state == "ready" and calibrating.calibrating and "calibrate" in calibrating.phase
     assert seen["after"].state == "ready" and not seen["after"].calibrating and not seen["after"].phase
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl's parent-death signal is Linux's")
+def test_a_build_dies_with_the_process_that_started_it() -> None:
+    """A colocated ingress killed mid-build must not leave its build running beside its successor's."""
+    starter = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys, time\n"
+            "from service.serve.models import _die_with_parent\n"
+            "child = subprocess.Popen(['sleep', '120'], preexec_fn=_die_with_parent)\n"
+            "print(child.pid, flush=True)\n"
+            "time.sleep(120)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert starter.stdout is not None
+    child = int(starter.stdout.readline())
+    assert psutil.pid_exists(child)
+    starter.kill()  # SIGKILL: no clean exit, nothing of Ray's reaping
+    starter.wait(10)
+    with contextlib.suppress(psutil.NoSuchProcess):
+        psutil.Process(child).wait(10)  # raises TimeoutExpired while the build would still run
+    assert not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE
