@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -16,12 +15,11 @@ from tests.helpers import assert_nothing_left, descendants, slide_crop_jpeg, sta
 pytestmark = pytest.mark.e2e
 
 
-def _start(small_repo: Path, tmp_path: Path) -> tuple[subprocess.Popen[str], dict[str, int], str]:
-    return start_tessera_serve(env={"TESSERA_MODEL_REPO": str(small_repo)}, cwd=tmp_path)
-
-
 def test_serve_predict_and_drain_on_sigterm(small_repo: Path, tmp_path: Path, cmu_slide: Path) -> None:
-    proc, ports, ready = _start(small_repo, tmp_path)
+    output: list[str] = []
+    proc, ports, ready = start_tessera_serve(
+        env={"TESSERA_MODEL_REPO": str(small_repo), "TESSERA_RAY_LOGS": "1"}, cwd=tmp_path, output=output
+    )
     base = f"http://127.0.0.1:{ports['http']}"
     children = descendants(proc.pid)
     try:
@@ -42,6 +40,12 @@ def test_serve_predict_and_drain_on_sigterm(small_repo: Path, tmp_path: Path, cm
             metrics = httpx.get(f"http://127.0.0.1:{ports['metrics']}/metrics", timeout=10).text
             time.sleep(0.5)
         assert "tessera_requests_total" in metrics and "ray_tessera_" not in metrics
+
+        # TESSERA_RAY_LOGS: the ingress replica's access log reaches this terminal through Ray's log
+        # monitor, which tessera serve has list the log folder every 5 s (runner.EMBEDDED_ENV).
+        while not any("(ServeReplica:tessera:Ingress" in line and "tessera.access" in line for line in output):
+            assert time.monotonic() < answered + 15, "no replica log line forwarded"
+            time.sleep(0.5)
 
         children = descendants(proc.pid)  # the replicas too, now that they answered
         assert children, "Ray should have started worker processes"

@@ -72,18 +72,20 @@ def test_the_setting_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch)
         ServerSettings.from_env()
 
 
-def test_embedded_ray_runs_the_serve_controller_loop_slower_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
-    from service.serve.runner import embedded_env
+def test_embedded_ray_runs_its_idle_loops_slower_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.serve.runner import EMBEDDED_ENV, embedded_env
 
-    monkeypatch.delenv("RAY_SERVE_CONTROL_LOOP_INTERVAL_S", raising=False)
-    monkeypatch.delenv("RAY_SERVE_METRICS_EXPORT_INTERVAL_MS", raising=False)
+    for name in EMBEDDED_ENV:
+        monkeypatch.delenv(name, raising=False)
     assert embedded_env(None) == {
         "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
         "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000",
+        "RAY_LOG_MONITOR_MANY_FILES_THRESHOLD": "0",
+        "LOG_NAME_UPDATE_INTERVAL_S": "5",
     }
     assert embedded_env("10.0.0.1:6379") == {}  # a joined cluster keeps its own
     monkeypatch.setenv("RAY_SERVE_CONTROL_LOOP_INTERVAL_S", "0.2")
-    assert embedded_env(None) == {"RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000"}  # the user's value wins
+    assert "RAY_SERVE_CONTROL_LOOP_INTERVAL_S" not in embedded_env(None)  # the user's value wins
 
 
 def test_replica_front_end_sets_the_own_servers_variables_and_no_haproxy() -> None:
