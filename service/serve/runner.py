@@ -22,6 +22,7 @@ __all__ = [
     "front_end_env",
     "haproxy_binary",
     "joined_address",
+    "ray_init_kwargs",
     "run_service",
     "start_service",
     "stop_service",
@@ -186,6 +187,30 @@ def _refuse_taken_ports(settings: ServerSettings) -> None:
         )
 
 
+def ray_init_kwargs(address: str | None, *, ray_logs: bool) -> dict[str, object]:
+    """What ``start_service`` passes to ``ray.init``: join ``address``, or start Ray on this host."""
+    import os
+
+    kwargs: dict[str, object] = {
+        "include_dashboard": False,
+        "log_to_driver": ray_logs,
+        "logging_level": logging.WARNING,
+        "namespace": "tessera",
+    }
+    if address:
+        kwargs["address"] = address
+        return kwargs
+    kwargs["_metrics_export_port"] = free_port()
+    # Replicas report their metrics to Ray's agent every 10 s by default, so a scrape right after
+    # the first request found no tessera_* series. 1 s is the floor Ray allows; a cluster joined
+    # with --address keeps its own setting (RAY_metrics_report_interval_ms on its nodes), and so
+    # does a user who sets that variable here: reporting every second costs Ray's agent about 2% of
+    # one core more than every 10 s (docs/architecture.md, "Against Triton").
+    if "RAY_metrics_report_interval_ms" not in os.environ:
+        kwargs["_system_config"] = {"metrics_report_interval_ms": METRICS_REPORT_INTERVAL_MS}
+    return kwargs
+
+
 def start_service(
     settings: ServerSettings, *, address: str | None = None, watch: Callable[[dict[str, Any]], None] | None = None
 ) -> ServerSettings:
@@ -211,20 +236,7 @@ def start_service(
     from service.serve.app import APP_NAME, build_app
     from service.serve.grpc_options import servicer_functions
 
-    init_kwargs: dict[str, object] = {
-        "include_dashboard": False,
-        "log_to_driver": load(ProcessSettings).ray_logs,
-        "logging_level": logging.WARNING,
-        "namespace": "tessera",
-    }
-    if address:
-        init_kwargs["address"] = address
-    else:
-        init_kwargs["_metrics_export_port"] = free_port()
-        # Replicas report their metrics to Ray's agent every 10 s by default, so a scrape right
-        # after the first request found no tessera_* series. 1 s is the floor Ray allows; a cluster
-        # joined with --address keeps its own setting (RAY_metrics_report_interval_ms on its nodes).
-        init_kwargs["_system_config"] = {"metrics_report_interval_ms": METRICS_REPORT_INTERVAL_MS}
+    init_kwargs = ray_init_kwargs(address, ray_logs=load(ProcessSettings).ray_logs)
     ray.init(**init_kwargs)  # type: ignore[arg-type]
     # the topology: known once Ray has counted the node's GPUs
     settings = resolve_layout(settings, embedded=not address, gpus=ray.cluster_resources().get("GPU", 0.0))

@@ -88,6 +88,22 @@ def test_embedded_ray_runs_its_idle_loops_slower_unless_told(monkeypatch: pytest
     assert "RAY_SERVE_CONTROL_LOOP_INTERVAL_S" not in embedded_env(None)  # the user's value wins
 
 
+def test_embedded_ray_reports_metrics_every_second_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.serve.runner import METRICS_REPORT_INTERVAL_MS, ray_init_kwargs
+
+    monkeypatch.delenv("RAY_metrics_report_interval_ms", raising=False)
+    kwargs = ray_init_kwargs(None, ray_logs=False)
+    assert kwargs["_system_config"] == {"metrics_report_interval_ms": METRICS_REPORT_INTERVAL_MS}
+    assert kwargs["log_to_driver"] is False and "address" not in kwargs
+    # Ray reads the variable in every process it starts; passing a system config would override it
+    monkeypatch.setenv("RAY_metrics_report_interval_ms", "10000")
+    assert "_system_config" not in ray_init_kwargs(None, ray_logs=True)
+    joined = ray_init_kwargs("10.0.0.1:6379", ray_logs=True)
+    assert (
+        joined["address"] == "10.0.0.1:6379" and "_system_config" not in joined and "_metrics_export_port" not in joined
+    )
+
+
 def test_replica_front_end_sets_the_own_servers_variables_and_no_haproxy() -> None:
     env = front_end_env(ServerSettings(front_end="replica"), None)
     assert env == OWN_SERVERS_ENV
