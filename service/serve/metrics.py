@@ -24,7 +24,7 @@ def _keys(*names: str) -> Any:
 
 
 #: How often ``tessera_host_memory_bytes`` reads the process's RSS from ``/proc``: Ray hands gauges to
-#: its agent once a second (``METRICS_REPORT_INTERVAL_MS``), and a read per request was 3% of the
+#: its agent once a second by default (``METRICS_REPORT_INTERVAL_MS``), and a read per request was 3% of the
 #: colocated ingress's GIL time at 400 no-op requests/s (py-spy, 2026-12-04).
 HOST_MEMORY_PERIOD_S = 0.5
 

@@ -93,8 +93,8 @@ EMBEDDED_ENV = {
     # (replica health, scaling), never the requests, which do not pass through it.
     "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
     # Every replica and every handle's router hands its cached Serve metrics to Ray's metric API every
-    # 0.1 s by default, each a wake-up of its process; Ray's agent collects them once a second
-    # (METRICS_REPORT_INTERVAL_MS), so handing them over faster than that shows nothing sooner.
+    # 0.1 s by default, each a wake-up of its process; Ray's agent collects them once a second by
+    # default (METRICS_REPORT_INTERVAL_MS), so handing them over faster than that shows nothing sooner.
     "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000",
     # Ray's log monitor (it forwards the workers' logs to the driver, TESSERA_RAY_LOGS) lists the
     # session's log folder on every pass, ten times a second, while it holds under 1,000 files;

@@ -15,7 +15,10 @@ from tests.helpers import assert_nothing_left, descendants, slide_crop_jpeg, sta
 pytestmark = pytest.mark.e2e
 
 
-def test_serve_predict_and_drain_on_sigterm(small_repo: Path, tmp_path: Path, cmu_slide: Path) -> None:
+def test_serve_predict_and_drain_on_sigterm(
+    small_repo: Path, tmp_path: Path, cmu_slide: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RAY_metrics_report_interval_ms", raising=False)  # the embedded 1 s, asserted below
     output: list[str] = []
     proc, ports, ready = start_tessera_serve(
         env={"TESSERA_MODEL_REPO": str(small_repo), "TESSERA_RAY_LOGS": "1"}, cwd=tmp_path, output=output
@@ -42,7 +45,7 @@ def test_serve_predict_and_drain_on_sigterm(small_repo: Path, tmp_path: Path, cm
         assert "tessera_requests_total" in metrics and "ray_tessera_" not in metrics
 
         # TESSERA_RAY_LOGS: the ingress replica's access log reaches this terminal through Ray's log
-        # monitor, which tessera serve has list the log folder every 5 s (runner.EMBEDDED_ENV).
+        # monitor, which tessera serve makes list the log folder every 5 s (runner.EMBEDDED_ENV).
         while not any("(ServeReplica:tessera:Ingress" in line and "tessera.access" in line for line in output):
             assert time.monotonic() < answered + 15, "no replica log line forwarded"
             time.sleep(0.5)
