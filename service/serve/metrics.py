@@ -7,6 +7,7 @@ are restored by ``service.api.metrics_text.restore_contract_names`` wherever Tes
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -15,7 +16,7 @@ from ray.serve import metrics
 from service.api.telemetry import BATCH_BUCKETS, LATENCY_BUCKETS_S
 from service.runtime.memory import current_rss_bytes
 
-__all__ = ["BackboneMetrics", "RayTelemetry"]
+__all__ = ["INFLIGHT_PERIOD_S", "BackboneMetrics", "RayTelemetry"]
 
 
 def _keys(*names: str) -> Any:
@@ -27,6 +28,12 @@ def _keys(*names: str) -> Any:
 #: its agent once a second by default (``METRICS_REPORT_INTERVAL_MS``), and a read per request was 3% of the
 #: colocated ingress's GIL time at 400 no-op requests/s (py-spy, 2026-12-04).
 HOST_MEMORY_PERIOD_S = 0.5
+
+#: How long ``tessera_inflight_requests`` may trail the count: Ray hands gauges to its agent once a
+#: second by default, so setting the gauge on every request and every answer (two calls into Ray's
+#: metric API per request, 3% of the colocated ingress's GIL time at 470 no-op gRPC requests/s,
+#: py-spy --gil, 2026-12-05) showed nothing sooner.
+INFLIGHT_PERIOD_S = 0.1
 
 
 class _HostMemory:
@@ -72,6 +79,7 @@ class RayTelemetry:
         self._inflight = metrics.Gauge("tessera_inflight_requests", "Requests in flight.", tag_keys=_keys("model"))
         self._host = _HostMemory("ingress")
         self._inflight_count: dict[str, int] = {}
+        self._inflight_due = False
 
     def request(self, endpoint: str, model: str, code: int, seconds: float) -> None:
         self._requests.inc(1, tags={"endpoint": endpoint, "model": model, "code": str(code)})
@@ -88,8 +96,23 @@ class RayTelemetry:
         self._rejected.inc(1, tags={"reason": reason})
 
     def inflight(self, model: str, delta: int) -> None:
+        """Count now; set the gauge ``INFLIGHT_PERIOD_S`` later, once for every change meanwhile (at
+        once when called off an event loop)."""
         self._inflight_count[model] = self._inflight_count.get(model, 0) + delta
-        self._inflight.set(self._inflight_count[model], tags={"model": model})
+        if self._inflight_due:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._set_inflight()
+            return
+        self._inflight_due = True
+        loop.call_later(INFLIGHT_PERIOD_S, self._set_inflight)
+
+    def _set_inflight(self) -> None:
+        self._inflight_due = False
+        for model, count in self._inflight_count.items():
+            self._inflight.set(count, tags={"model": model})
 
 
 class BackboneMetrics:
