@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -109,8 +110,6 @@ EMBEDDED_ENV = {
 
 def _unset(defaults: dict[str, str]) -> dict[str, str]:
     """``defaults`` less what the environment already sets (a user's own value wins)."""
-    import os
-
     return {k: v for k, v in defaults.items() if k not in os.environ}
 
 
@@ -122,15 +121,12 @@ def embedded_env(address: str | None) -> dict[str, str]:
 def joined_address() -> str | None:
     """The cluster ``ray.init()`` would join without an address: ``RAY_ADDRESS`` (None when unset,
     or ``local``, which starts a Ray of its own)."""
-    import os
-
     env = os.environ.get("RAY_ADDRESS", "").strip()
     return env if env and env != "local" else None
 
 
 def haproxy_binary() -> str | None:
     """The HAProxy Ray Serve would start, found as Ray looks for it (None when there is none)."""
-    import os
     import shutil
 
     explicit = os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH")
@@ -189,8 +185,6 @@ def _refuse_taken_ports(settings: ServerSettings) -> None:
 
 def ray_init_kwargs(address: str | None, *, ray_logs: bool) -> dict[str, object]:
     """What ``start_service`` passes to ``ray.init``: join ``address``, or start Ray on this host."""
-    import os
-
     kwargs: dict[str, object] = {
         "include_dashboard": False,
         "log_to_driver": ray_logs,
@@ -218,8 +212,6 @@ def start_service(
     (at least one model ready), with the settings it deployed: an ``auto`` front end and topology
     made concrete (``resolve_layout``). ``watch`` sees the models' states every second meanwhile;
     when every model has failed (or none can be built) it raises with their reasons instead of waiting."""
-    import os
-
     from service.serve.config import resolve_layout
 
     # ray.init() without an address joins the cluster RAY_ADDRESS names (KubeRay sets it in its pods)
