@@ -9,12 +9,23 @@ import socket
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cpu_times", "host_facts", "median_time", "peak_and_median", "results_dir", "steal_note", "write_result"]
+__all__ = [
+    "CpuReading",
+    "cpu_times",
+    "host_facts",
+    "median_time",
+    "peak_and_median",
+    "results_dir",
+    "steal_note",
+    "tree_cpu_seconds",
+    "write_result",
+]
 
 
 def results_dir() -> Path:
@@ -67,6 +78,61 @@ def cpu_times(stat: str = "/proc/stat") -> list[int] | None:
     except OSError:
         return None
     return [int(v) for v in first[1:]] if first and first[0] == "cpu" else None
+
+
+def tree_cpu_seconds(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) so far of process ``pid`` and each of its descendants, by pid;
+    empty when ``pid`` is gone. A server's whole cost: Ray's daemons and workers, Triton's stubs."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return {}
+    seconds = {}
+    for process in processes:
+        try:
+            times = process.cpu_times()
+        except psutil.Error:  # ended between the listing and the reading
+            continue
+        seconds[process.pid] = times.user + times.system
+    return seconds
+
+
+@dataclass(frozen=True)
+class CpuReading:
+    """One moment's CPU counters: a server's process tree, this process, the host (``/proc/stat``)."""
+
+    at: float
+    tree: dict[int, float]
+    own: float
+    host: list[int] | None
+
+    @classmethod
+    def now(cls, pid: int) -> CpuReading:
+        own = os.times()
+        return cls(time.perf_counter(), tree_cpu_seconds(pid), own.user + own.system, cpu_times())
+
+    def since(self, before: CpuReading) -> dict[str, float | None]:
+        """Cores busy on average between ``before`` and this reading: ``server_cpu_cores`` (the
+        tree: its processes in both readings, and all of those that started in between; one that
+        ended in between is not counted), ``client_cpu_cores`` (this process), and ``host_busy``,
+        the share of all the host's cores that was busy (anything but idle and iowait)."""
+        wall = self.at - before.at
+        if wall <= 0:
+            return {"server_cpu_cores": None, "client_cpu_cores": None, "host_busy": None}
+        server = sum(seconds - before.tree.get(pid, 0.0) for pid, seconds in self.tree.items())
+        host = None
+        if self.host is not None and before.host is not None and len(self.host) >= 5:
+            delta = [a - b for a, b in zip(self.host, before.host, strict=False)]
+            total = sum(delta[:8])
+            host = round((total - delta[3] - delta[4]) / total, 4) if total > 0 else None
+        return {
+            "server_cpu_cores": round(server / wall, 4) if self.tree else None,
+            "client_cpu_cores": round((self.own - before.own) / wall, 4),
+            "host_busy": host,
+        }
 
 
 def steal_note(before: list[int] | None, after: list[int] | None, threshold: float = 0.02) -> list[str]:

@@ -56,7 +56,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from service.bench._common import cpu_times, steal_note, write_result
+from service.bench._common import CpuReading, cpu_times, steal_note, write_result
 from service.ports import free_port
 
 __all__ = [
@@ -81,6 +81,9 @@ SERVERS = ("tessera", "triton")
 NOOP_MODEL = "peer_noop"
 #: the goal's latency allowance: Tessera's 1-client p50 at most this much above Triton's
 P50_ALLOWANCE_MS = 3.0
+#: what each point reads of the CPU in its window (``CpuReading``): the server's processes' CPU per
+#: image (a request, on the no-op model), their cores busy, the client's, and the host's busy share
+CPU_STATS = ("cpu_ms_per_img", "server_cpu_cores", "client_cpu_cores", "host_busy")
 ROOT = Path(__file__).resolve().parents[2]
 
 SITECUSTOMIZE = '''\
@@ -360,9 +363,20 @@ def triton_command(
     ]
 
 
+@dataclass(frozen=True)
+class ServerUp:
+    """A started server: seconds it took to print its ``ready:`` line, and its process id (the root
+    of the process tree whose CPU the clients read)."""
+
+    ready_s: float
+    pid: int
+
+
 @contextmanager
-def server_process(command: list[str], env: dict[str, str], log_path: Path, ready_timeout_s: float) -> Iterator[float]:
-    """Start ``command``, yield the seconds it took to print its ``ready:`` line, SIGTERM it after."""
+def server_process(
+    command: list[str], env: dict[str, str], log_path: Path, ready_timeout_s: float
+) -> Iterator[ServerUp]:
+    """Start ``command``, yield it once it printed its ``ready:`` line, SIGTERM it after."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log: IO[str] = open(log_path, "w")  # noqa: SIM115 - closed below
     started = time.monotonic()
@@ -389,7 +403,7 @@ def server_process(command: list[str], env: dict[str, str], log_path: Path, read
                 raise RuntimeError(f"{command[2]} exited with {proc.returncode} before it was ready; see {log_path}")
             if time.monotonic() - started > ready_timeout_s:
                 raise RuntimeError(f"{command[2]} not ready after {ready_timeout_s:.0f} s; see {log_path}")
-        yield round(time.monotonic() - started, 2)
+        yield ServerUp(round(time.monotonic() - started, 2), proc.pid)
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -472,9 +486,18 @@ def serve_triton(repo_path: str, models: Sequence[str], ports: Ports, instances:
 
 # -- clients (run in a subprocess: tritonclient apart from the benchmark's own imports) ---------------------
 async def _closed_loop(
-    protocol: str, target: str, model: str, pixels: np.ndarray, clients: int, duration_s: float, warmup_s: float
-) -> Any:
-    """``clients`` tritonclient asyncio clients, each sending its next request when its answer is in."""
+    protocol: str,
+    target: str,
+    model: str,
+    pixels: np.ndarray,
+    clients: int,
+    duration_s: float,
+    warmup_s: float,
+    server_pid: int | None = None,
+) -> tuple[Any, dict[str, float | None]]:
+    """``clients`` tritonclient asyncio clients, each sending its next request when its answer is
+    in: (the window's statistics, the CPU the server's processes, this client and the host spent in
+    the window, read at its start and end when ``server_pid`` is given)."""
     from tritonclient.utils import InferenceServerException
 
     from service.bench.service_vs_raw import LoadStats
@@ -517,20 +540,49 @@ async def _closed_loop(
         finally:
             await client.close()
 
-    await asyncio.gather(*(worker() for _ in range(clients)))
-    return stats
+    async def cpu_window() -> dict[str, float | None]:
+        if server_pid is None:
+            return {}
+        await asyncio.sleep(max(0.0, begin - time.perf_counter()))
+        before = await asyncio.to_thread(CpuReading.now, server_pid)
+        await asyncio.sleep(max(0.0, end - time.perf_counter()))
+        after = await asyncio.to_thread(CpuReading.now, server_pid)
+        return after.since(before)
+
+    cpu, *_ = await asyncio.gather(cpu_window(), *(worker() for _ in range(clients)))
+    return stats, dict(cpu or {})
 
 
 def client_load(
-    protocol: str, target: str, model: str, pixels: np.ndarray, clients: int, duration_s: float, warmup_s: float
+    protocol: str,
+    target: str,
+    model: str,
+    pixels: np.ndarray,
+    clients: int,
+    duration_s: float,
+    warmup_s: float,
+    server_pid: int | None = None,
 ) -> dict[str, Any]:
-    """A closed loop of ``clients`` tritonclient clients against ``target``; the window's statistics."""
-    stats = asyncio.run(_closed_loop(protocol, target, model, pixels, clients, duration_s, warmup_s))
-    return dict(stats.to_dict())
+    """A closed loop of ``clients`` tritonclient clients against ``target``; the window's statistics,
+    with the server's CPU per image (``cpu_ms_per_img``, all its processes) when ``server_pid`` is given."""
+    stats, cpu = asyncio.run(_closed_loop(protocol, target, model, pixels, clients, duration_s, warmup_s, server_pid))
+    out = dict(stats.to_dict())
+    if cpu:
+        out.update(cpu)
+        cores, rate = cpu.get("server_cpu_cores"), out.get("img_per_s")
+        out["cpu_ms_per_img"] = round(1e3 * cores / rate, 3) if cores is not None and rate else None
+    return out
 
 
 def _client_subprocess(
-    protocol: str, target: str, model: str, pixels_path: Path, clients: int, duration_s: float, warmup_s: float
+    protocol: str,
+    target: str,
+    model: str,
+    pixels_path: Path,
+    clients: int,
+    duration_s: float,
+    warmup_s: float,
+    server_pid: int | None = None,
 ) -> dict[str, Any]:
     command = [
         sys.executable,
@@ -550,6 +602,7 @@ def _client_subprocess(
         str(duration_s),
         "--warmup",
         str(warmup_s),
+        *(["--server-pid", str(server_pid)] if server_pid is not None else []),
     ]
     try:
         out = subprocess.run(command, capture_output=True, text=True, timeout=duration_s + warmup_s + 180, cwd=ROOT)
@@ -575,7 +628,9 @@ def _ratio(a: Any, b: Any) -> float | None:
 
 def summarize(rows: list[dict[str, Any]], clients: int, protocols: Sequence[str] = PROTOCOLS) -> dict[str, Any]:
     """Tessera against Triton per protocol: throughput at ``clients`` clients, p50 at 1 client, the
-    no-op ceiling; ``goal_met`` only when every comparison was measured and holds."""
+    no-op ceiling; ``goal_met`` only when every comparison was measured and holds. Beside them, not
+    part of the goal: each server's CPU per image at ``clients`` clients, all its processes (on a
+    host whose cores are all busy, what decides img/s, and steadier from run to run than img/s)."""
     by = _rows_by(rows)
     summary: dict[str, Any] = {}
     verdicts: list[bool] = []
@@ -603,6 +658,11 @@ def summarize(rows: list[dict[str, Any]], clients: int, protocols: Sequence[str]
             "tessera_noop_req_per_s": get("tessera", "noop", clients, "img_per_s"),
             "triton_noop_req_per_s": get("triton", "noop", clients, "img_per_s"),
             "noop_ratio": ceiling,
+            "tessera_cpu_ms_per_img": get("tessera", "model", clients, "cpu_ms_per_img"),
+            "triton_cpu_ms_per_img": get("triton", "model", clients, "cpu_ms_per_img"),
+            "cpu_ratio": _ratio(
+                get("tessera", "model", clients, "cpu_ms_per_img"), get("triton", "model", clients, "cpu_ms_per_img")
+            ),
         }
         verdicts += [
             ratio is not None and ratio >= 1.0,
@@ -636,9 +696,10 @@ def merge_rounds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             merged.append({k: v for k, v in group[0].items() if k != "round"})
             continue
         out = {k: group[0][k] for k in ("server", "role", "model", "protocol", "clients")}
-        for stat in ("img_per_s", "p50_ms", "p95_ms", "p99_ms"):
+        for stat in ("img_per_s", "p50_ms", "p95_ms", "p99_ms", *CPU_STATS):
             rates = [float(r[stat]) for r in group if r.get(stat) is not None]
-            out[stat] = round(float(np.median(rates)), 3) if rates else None
+            if rates or stat not in CPU_STATS:  # rows of runs that did not read the CPU stay as they were
+                out[stat] = round(float(np.median(rates)), 4 if stat in CPU_STATS else 3) if rates else None
         for count in ("requests_ok", "shed", "errors"):
             counts = [int(r[count]) for r in group if r.get(count) is not None]
             out[count] = sum(counts) if counts else None
@@ -655,7 +716,18 @@ def merge_rounds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def point_row(server: str, role: str, model: str, protocol: str, clients: int, stats: dict[str, Any]) -> dict[str, Any]:
     """One measured point: which server, model, protocol and clients, and the load's statistics."""
-    keep = ("img_per_s", "requests_ok", "p50_ms", "p95_ms", "p99_ms", "shed", "errors", "first_error", "skipped")
+    keep = (
+        "img_per_s",
+        "requests_ok",
+        "p50_ms",
+        "p95_ms",
+        "p99_ms",
+        *CPU_STATS,
+        "shed",
+        "errors",
+        "first_error",
+        "skipped",
+    )
     return {
         "server": server,
         "role": role,
@@ -680,14 +752,15 @@ def _measure_server(
     server that does not start (a lever's variant may not) is one row saying why, not the run's end."""
     rows: list[dict[str, Any]] = []
     try:
-        with server_process(command, env, log_path, options.ready_timeout_s) as ready_s:
+        with server_process(command, env, log_path, options.ready_timeout_s) as up:
+            ready_s = up.ready_s
             print(f"  {server} ready in {ready_s} s", flush=True)
             for model, role in models:
                 for protocol in options.protocols:
                     target = f"127.0.0.1:{ports.grpc if protocol == 'grpc' else ports.http}"
                     for n in dict.fromkeys((options.clients, 1)):
                         stats = _client_subprocess(
-                            protocol, target, model, pixels_path, n, options.duration_s, options.warmup_s
+                            protocol, target, model, pixels_path, n, options.duration_s, options.warmup_s, up.pid
                         )
                         rows.append(point_row(server, role, model, protocol, n, stats))
                         print(_point_line(rows[-1]), flush=True)
@@ -931,6 +1004,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--client", choices=PROTOCOLS, help=argparse.SUPPRESS)
     parser.add_argument("--target", help=argparse.SUPPRESS)
     parser.add_argument("--pixels", help=argparse.SUPPRESS)
+    parser.add_argument("--server-pid", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.triton_server:
         http, grpc, metrics = (int(p) for p in args.ports.split(","))
@@ -938,7 +1012,14 @@ def main(argv: list[str] | None = None) -> int:
         return serve_triton(args.model_repo, args.serve_model or [], Ports(http, grpc, metrics), instances)
     if args.client:
         stats = client_load(
-            args.client, args.target, args.model, np.load(args.pixels), args.clients, args.duration, args.warmup
+            args.client,
+            args.target,
+            args.model,
+            np.load(args.pixels),
+            args.clients,
+            args.duration,
+            args.warmup,
+            args.server_pid,
         )
         print("RESULT " + json.dumps(stats), flush=True)
         return 0

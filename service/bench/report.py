@@ -690,13 +690,29 @@ def _section_peer(result: PeerResult) -> list[str]:
         f"{_given(raw.before.img_per_s)}, after {_given(raw.after.img_per_s)}).",
         "",
     ]
+    with_cpu = any(r.cpu_ms_per_img is not None for r in result.rows)
+    cpu_headers = ["server CPU ms/img", "server cores", "host busy"] if with_cpu else []
+
+    def row(r: PeerRow) -> list[object]:
+        cells: list[object] = [r.server, r.model, r.protocol, r.clients, r.img_per_s, r.p50_ms, r.p95_ms]
+        if with_cpu:
+            busy = f"{100 * r.host_busy:.0f}%" if r.host_busy is not None else None
+            cells += [r.cpu_ms_per_img, r.server_cpu_cores, busy]
+        return [*cells, r.errors, _peer_note(r)]
+
     out += _table(
-        ["server", "model", "protocol", "clients", "img/s", "p50 ms", "p95 ms", "errors", "note"],
-        [
-            [r.server, r.model, r.protocol, r.clients, r.img_per_s, r.p50_ms, r.p95_ms, r.errors, _peer_note(r)]
-            for r in result.rows
-        ],
+        ["server", "model", "protocol", "clients", "img/s", "p50 ms", "p95 ms", *cpu_headers, "errors", "note"],
+        [row(r) for r in result.rows],
     )
+    if with_cpu:
+        out += [
+            "",
+            "Server CPU ms/img: the CPU time all of the server's processes spent in the window (Tessera: "
+            "`tessera serve`, Ray's daemons and workers; Triton: the pytriton process, `tritonserver` and its "
+            "stubs) per image answered, per request on the no-op model; server cores: that CPU over the "
+            "window's length; host busy: the share of all the host's core time that was not idle, the load "
+            "generator's included. With every core busy, CPU per image is what decides img/s.",
+        ]
     if not with_triton:
         return out + _peer_variants(result) + _notes([*result.summary.remarks, *result.summary.notes])
     table = [
@@ -711,6 +727,7 @@ def _section_peer(result: PeerResult) -> list[str]:
             s.tessera_noop_req_per_s,
             s.triton_noop_req_per_s,
             s.noop_ratio,
+            *([s.tessera_cpu_ms_per_img, s.triton_cpu_ms_per_img, s.cpu_ratio] if with_cpu else []),
         ]
         for protocol, s in result.summary.protocols()
     ]
@@ -728,6 +745,7 @@ def _section_peer(result: PeerResult) -> list[str]:
                 "Tessera no-op req/s",
                 "Triton no-op req/s",
                 "no-op ratio",
+                *(["Tessera CPU ms/img", "Triton CPU ms/img", "CPU ratio"] if with_cpu else []),
             ],
             table,
         )

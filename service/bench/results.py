@@ -200,6 +200,14 @@ class PeerRow(_Model):
         default=None, description="Each round's img/s, when the point is the median of several rounds."
     )
     p50_ms_rounds: list[float | None] | None = Field(default=None, description="Each round's p50, likewise.")
+    cpu_ms_per_img: float | None = Field(
+        default=None,
+        description="CPU the server's processes (its whole tree: Ray's daemons and workers, Triton's stubs) "
+        "spent per image in the window, in ms (per request on the no-op model); runs before 2026-12-05 lack it.",
+    )
+    server_cpu_cores: float | None = Field(default=None, description="The server's processes' CPU, in cores.")
+    client_cpu_cores: float | None = Field(default=None, description="The load generator's CPU, in cores.")
+    host_busy: float | None = Field(default=None, description="Share of all the host's cores busy in the window.")
 
 
 class PeerProtocolSummary(_Model):
@@ -212,6 +220,9 @@ class PeerProtocolSummary(_Model):
     tessera_noop_req_per_s: float | None = None
     triton_noop_req_per_s: float | None = None
     noop_ratio: float | None = None
+    tessera_cpu_ms_per_img: float | None = None
+    triton_cpu_ms_per_img: float | None = None
+    cpu_ratio: float | None = Field(default=None, description="Tessera's CPU per image over Triton's: < 1 is cheaper.")
 
 
 class PeerSummary(_Model):

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from service.bench import command, peer
+from service.bench._common import CpuReading
 from service.bench.report import evaluate_goals, load_results, write_report
 from service.models.config import ModelConfig
 
@@ -358,7 +359,7 @@ def test_a_server_that_does_not_start_is_a_row_not_the_end(tmp_path: Path, monke
     @contextmanager
     def failing(*_: Any, **__: Any) -> Any:
         raise RuntimeError("service.cli exited with 1 before it was ready")
-        yield 0.0
+        yield peer.ServerUp(0.0, 0)
 
     monkeypatch.setattr(peer, "server_process", failing)
     ready, rows = peer._measure_server(
@@ -463,10 +464,14 @@ def test_rounds_run_every_server_in_turn_and_merge_to_medians(tmp_path: Path, mo
     @contextmanager
     def fake_server(command: list[str], *_: Any, **__: Any) -> Any:
         started.append("triton" if "--triton-server" in command else "tessera")
-        yield 1.0
+        yield peer.ServerUp(1.0, 4242)
 
-    def fake_client(protocol: str, target: str, model: str, *_: Any) -> dict[str, Any]:
-        return {"img_per_s": next(rates), "p50_ms": 50.0, "errors": 0, "requests_ok": 100}
+    pids: list[int] = []
+
+    def fake_client(protocol: str, target: str, model: str, *rest: Any) -> dict[str, Any]:
+        pids.append(rest[-1])  # the server's process: the client reads its tree's CPU
+        rate = next(rates)
+        return {"img_per_s": rate, "p50_ms": 50.0, "errors": 0, "requests_ok": 100, "cpu_ms_per_img": 1e3 / rate}
 
     monkeypatch.setattr(peer, "server_process", fake_server)
     monkeypatch.setattr(peer, "_client_subprocess", fake_client)
@@ -482,6 +487,8 @@ def test_rounds_run_every_server_in_turn_and_merge_to_medians(tmp_path: Path, mo
     assert merged["tessera"]["img_per_s"] == 11.0 and merged["triton"]["img_per_s"] == 25.0
     assert merged["triton"]["img_per_s_rounds"] == [30.0, 20.0, 25.0]
     assert merged["tessera"]["requests_ok"] == 300 and "round" not in merged["tessera"]
+    assert pids == [4242] * 6
+    assert merged["tessera"]["cpu_ms_per_img"] == pytest.approx(1e3 / 11.0, abs=1e-4)  # the median of the rounds
 
 
 def test_one_round_keeps_rows_as_measured() -> None:
@@ -547,5 +554,84 @@ def test_a_ready_line_run_into_by_another_writer_still_counts(tmp_path: Path) ->
 
     line = "I1205 model_lifready: http://127.0.0.1:1 grpc://127.0.0.1:2"
     script = f"import time; print({line!r}, flush=True); time.sleep(30)"
-    with peer.server_process([sys.executable, "-c", script], {}, tmp_path / "log.txt", ready_timeout_s=20) as ready_s:
-        assert ready_s < 20
+    with peer.server_process([sys.executable, "-c", script], {}, tmp_path / "log.txt", ready_timeout_s=20) as up:
+        assert up.ready_s < 20 and up.pid > 0
+
+
+# -- the servers' CPU ------------------------------------------------------------------------------------------
+def test_cpu_between_two_readings_counts_started_processes_and_the_hosts_busy_share() -> None:
+    before = CpuReading(at=10.0, tree={1: 5.0, 2: 1.0, 3: 2.0}, own=0.5, host=[100, 0, 50, 800, 50, 0, 0, 0])
+    after = CpuReading(at=12.0, tree={1: 6.0, 2: 1.5, 4: 0.5}, own=0.9, host=[200, 0, 100, 900, 50, 0, 0, 0])
+    # 3 ended in between (its last interval is lost), 4 started (all of its CPU is the window's)
+    assert after.since(before) == {"server_cpu_cores": 1.0, "client_cpu_cores": 0.2, "host_busy": 0.6}
+    gone = CpuReading(at=12.0, tree={}, own=0.9, host=None)
+    assert gone.since(before) == {"server_cpu_cores": None, "client_cpu_cores": 0.2, "host_busy": None}
+
+
+def test_the_summary_and_report_give_each_servers_cpu_per_image(tmp_path: Path) -> None:
+    rows = [{**r, "cpu_ms_per_img": 100.0 if r["server"] == "tessera" else 125.0, "host_busy": 0.99} for r in _rows()]
+    summary = peer.summarize(rows, 16)
+    assert summary["grpc"]["tessera_cpu_ms_per_img"] == 100.0 and summary["grpc"]["cpu_ratio"] == 0.8
+    assert summary["goal_met"] is True  # beside the goal, not part of it
+    results = tmp_path / "results"
+    results.mkdir()
+    payload = {
+        "benchmark": "peer",
+        "host": {"host": "ci-box", "cpu": "Test CPU", "cores": 2, "gpu": None, "date": "2026-12-05T10:00:00+00:00"},
+        "model": "vit_small",
+        "clients": 16,
+        "servers": ["tessera", "triton"],
+        "rows": rows,
+        "summary": summary,
+    }
+    (results / "ci-box-2026-12-05-peer.json").write_text(json.dumps(payload))
+    text = write_report(results, tmp_path / "performance.md", tmp_path / "img").read_text()
+    assert "| Tessera CPU ms/img | Triton CPU ms/img | CPU ratio |" in text
+    assert "| 100 | 125 | 0.8 |" in text and "| 99% |" in text
+
+
+_BUSY_SERVER = """
+import asyncio, os, subprocess, sys
+import numpy as np
+from service.api.grpc_loop_server import LoopServer
+from service.api.protos import grpc_predict_v2_pb2 as pb, grpc_predict_v2_pb2_grpc as pbg
+
+class Target:
+    async def ModelInfer(self, request, grpc_context=None):
+        out = pb.ModelInferResponse(model_name=request.model_name, id=request.id)
+        out.outputs.add(name="embedding", datatype="FP32", shape=[1, 4])
+        out.raw_output_contents.append(np.ones((1, 4), np.float32).tobytes())
+        return out
+
+async def main(port):
+    # a child that keeps a core busy until this process is gone: a server's cost is in its
+    # descendants too (Ray's daemons and workers, Triton's stubs)
+    subprocess.Popen([sys.executable, "-c", f"import os\\nwhile os.getppid() == {os.getpid()}: pass"])
+    server = LoopServer(options=[])
+    server.add_servicer(pbg.add_GRPCInferenceServiceServicer_to_server, pbg.GRPCInferenceServiceServicer,
+                        Target(), ["ModelInfer"])
+    assert server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    print(f"ready: http://127.0.0.1:0 grpc://127.0.0.1:{port}", flush=True)
+    await server.wait_for_termination()
+
+asyncio.run(main(int(sys.argv[1])))
+"""
+
+
+def test_the_client_reads_the_whole_server_trees_cpu_in_its_window(tmp_path: Path) -> None:
+    """A real ``tritonclient`` load in the client subprocess against a gRPC server whose child
+    burns a core: the window's CPU is the tree's, the child's included, and per image."""
+    import os
+
+    from tests.helpers import free_port
+
+    port = free_port()
+    np.save(tmp_path / "pixels.npy", np.zeros((1, 3, 8, 8), np.float32))
+    command = [sys.executable, "-c", _BUSY_SERVER, str(port)]
+    with peer.server_process(command, dict(os.environ), tmp_path / "server.log", ready_timeout_s=60) as up:
+        stats = peer._client_subprocess("grpc", f"127.0.0.1:{port}", "m", tmp_path / "pixels.npy", 2, 2.0, 0.5, up.pid)
+    assert stats.get("errors") == 0 and stats["img_per_s"] > 0, stats
+    assert stats["server_cpu_cores"] > 0.5, stats  # the busy child: about one core of the two
+    assert stats["cpu_ms_per_img"] == pytest.approx(1e3 * stats["server_cpu_cores"] / stats["img_per_s"], rel=1e-2)
+    assert 0.25 < stats["host_busy"] <= 1.0 and stats["client_cpu_cores"] > 0
