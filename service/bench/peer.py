@@ -18,6 +18,9 @@ and at 1 client (latency), for the model and for a *no-op* model: a one-block, 1
 the benchmark's own repository and served by both sides the same way, so its requests per second
 are the front end's ceiling (transport, batching, hops) rather than the model's. The raw backend
 at the model's full batch (no server at all) is measured before and after, as the reference.
+At the start and the end of each point's window the client reads the CPU time of the server's
+whole process tree (``CpuReading``: Tessera's Ray daemons and workers, Triton's server and stubs),
+its own and the host's, so each point also says what an image cost the server in CPU.
 
 Triton's Python-backend stub embeds an older libpython 3.11 whose C ``RLock`` lacks
 ``_recursion_count``, which this interpreter's ``multiprocessing.resource_tracker`` calls when the
@@ -791,6 +794,8 @@ def _point_line(row: dict[str, Any]) -> str:
         f"  {row['server']:<8} {row['model']:<10} {row['protocol']:<4} {row['clients']:>3} clients "
         f"{row.get('img_per_s') or 0:8.1f} img/s  p50 {row.get('p50_ms')} ms"
     )
+    if row.get("cpu_ms_per_img") is not None:
+        line += f"  server CPU {row['cpu_ms_per_img']:.1f} ms/img"
     if row.get("skipped"):
         line += f"  {row['skipped']}"
     if row.get("errors"):

@@ -2,6 +2,7 @@
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -178,6 +179,21 @@ def test_cpu_lanes_run_a_batch_that_starts_beside_another_on_the_narrow_session(
     beside = backend.infer(pixels).outputs["embedding"]
     assert backend.lane_runs == {"wide": 2, "narrow": 1}  # type: ignore[attr-defined]
     np.testing.assert_allclose(beside, alone, rtol=1e-4, atol=1e-4)
+    # a lane runs its batch in parts of at most four 224² images, and answers the same as a whole run
+    sizes: list[int] = []
+
+    class Recorded:
+        def run(self, names: Any, feeds: dict[str, np.ndarray]) -> Any:
+            sizes.append(len(next(iter(feeds.values()))))
+            return narrow.run(names, feeds)
+
+    backend._narrow = Recorded()  # type: ignore[attr-defined]
+    six = np.random.default_rng(1).standard_normal((6, 3, 224, 224)).astype(np.float32)
+    names = list(backend.output_names)  # type: ignore[attr-defined]
+    whole = backend.session.run(names, {backend.input_name: six})[names.index("embedding")]  # type: ignore[attr-defined]
+    parts = backend.infer(six).outputs["embedding"]  # still beside the batch left running above
+    assert sizes == [4, 2] and parts.shape == whole.shape == (6, 384)
+    np.testing.assert_allclose(parts, whole, rtol=1e-4, atol=1e-4)
     # one lane, or one thread to share: one session; 0 is one lane per thread, never more lanes than threads
     assert load_backend(repo, "vit_small", providers="cpu", intra_op_threads=2, lanes=1).lanes == 1
     assert load_backend(repo, "vit_small", providers="cpu", intra_op_threads=1, lanes=2).lanes == 1
