@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from service.ports import bind_error, bind_reuse_port, free_port
+from service.ports import QUIET_PORTS, bind_error, bind_reuse_port, free_port
 from service.serve.runner import (
     HAPROXY_ENV,
     HAPROXY_TUNING,
@@ -205,3 +205,23 @@ def test_a_cluster_named_by_ray_address_counts_as_joined(monkeypatch: pytest.Mon
     assert joined_address() == "10.0.0.1:6379"
     resolved = resolve_layout(ServerSettings(), embedded=not joined_address())
     assert (resolved.front_end, resolved.topology) == ("ray", "split")
+
+
+def test_free_ports_come_from_outside_the_ephemeral_range(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ports a server binds a while after they were picked come from ``QUIET_PORTS``, which no
+    outgoing connection or port-0 listener draws from; a taken one is skipped; where the ephemeral
+    range covers them, the OS picks."""
+    import random
+    import socket
+
+    default = range(32768, 61000)
+    port = free_port(ephemeral=default)
+    assert port in QUIET_PORTS and bind_error("127.0.0.1", port) is None
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        other = port + 1 if port + 1 in QUIET_PORTS else port - 1
+        monkeypatch.setattr(random, "sample", lambda population, k: [port, other])
+        assert free_port(ephemeral=default) == other
+    monkeypatch.undo()
+    assert free_port(ephemeral=range(1024, 65536)) not in QUIET_PORTS
