@@ -17,6 +17,7 @@ from typing import Any
 
 __all__ = [
     "CpuReading",
+    "busy_share",
     "cpu_times",
     "host_facts",
     "median_time",
@@ -80,23 +81,43 @@ def cpu_times(stat: str = "/proc/stat") -> list[int] | None:
     return [int(v) for v in first[1:]] if first and first[0] == "cpu" else None
 
 
-def tree_cpu_seconds(pid: int) -> dict[int, float]:
-    """CPU seconds (user + system) so far of process ``pid`` and each of its descendants, by pid;
-    empty when ``pid`` is gone. A server's whole cost: Ray's daemons and workers, Triton's stubs."""
+def _cpu_deltas(before: list[int] | None, after: list[int] | None) -> list[int] | None:
+    """The first eight ``cpu_times`` counters' growth between two readings (guest time is already
+    inside user and nice), or None where either reading is missing or short."""
+    if before is None or after is None or len(before) < 8 or len(after) < 8:
+        return None
+    return [a - b for a, b in zip(after[:8], before[:8], strict=True)]
+
+
+def busy_share(before: list[int] | None, after: list[int] | None) -> float | None:
+    """The share of all the host's core time between two ``cpu_times`` readings that was neither
+    idle nor iowait (steal counts as busy: the core was not free for this host's work)."""
+    deltas = _cpu_deltas(before, after)
+    if deltas is None or sum(deltas) <= 0:
+        return None
+    return (sum(deltas) - deltas[3] - deltas[4]) / sum(deltas)
+
+
+def tree_cpu_seconds(pid: int) -> float | None:
+    """CPU seconds (user + system) so far of process ``pid`` and all its descendants, the ones they
+    have reaped included (a Ray worker that exited is in its raylet's children's times); None when
+    ``pid`` is gone. A server's whole cost: Ray's daemons and workers, Triton's server and stubs.
+    Compare two readings of one tree: a descendant reaped by a process outside it is lost."""
     import psutil
 
     try:
         root = psutil.Process(pid)
         processes = [root, *root.children(recursive=True)]
+        root.cpu_times()  # a root that ended (a zombie too) is no tree
     except psutil.Error:
-        return {}
-    seconds = {}
+        return None
+    seconds = 0.0
     for process in processes:
         try:
             times = process.cpu_times()
         except psutil.Error:  # ended between the listing and the reading
             continue
-        seconds[process.pid] = times.user + times.system
+        seconds += times.user + times.system + times.children_user + times.children_system
     return seconds
 
 
@@ -105,7 +126,7 @@ class CpuReading:
     """One moment's CPU counters: a server's process tree, this process, the host (``/proc/stat``)."""
 
     at: float
-    tree: dict[int, float]
+    tree: float | None
     own: float
     host: list[int] | None
 
@@ -116,22 +137,17 @@ class CpuReading:
 
     def since(self, before: CpuReading) -> dict[str, float | None]:
         """Cores busy on average between ``before`` and this reading: ``server_cpu_cores`` (the
-        tree: its processes in both readings, and all of those that started in between; one that
-        ended in between is not counted), ``client_cpu_cores`` (this process), and ``host_busy``,
-        the share of all the host's cores that was busy (anything but idle and iowait)."""
+        tree), ``client_cpu_cores`` (this process), and ``host_busy``, the share of all the host's
+        core time that was busy (``busy_share``)."""
         wall = self.at - before.at
         if wall <= 0:
             return {"server_cpu_cores": None, "client_cpu_cores": None, "host_busy": None}
-        server = sum(seconds - before.tree.get(pid, 0.0) for pid, seconds in self.tree.items())
-        host = None
-        if self.host is not None and before.host is not None and len(self.host) >= 5:
-            delta = [a - b for a, b in zip(self.host, before.host, strict=False)]
-            total = sum(delta[:8])
-            host = round((total - delta[3] - delta[4]) / total, 4) if total > 0 else None
+        server = None if self.tree is None or before.tree is None else (self.tree - before.tree) / wall
+        host = busy_share(before.host, self.host)
         return {
-            "server_cpu_cores": round(server / wall, 4) if self.tree else None,
+            "server_cpu_cores": None if server is None else round(server, 4),
             "client_cpu_cores": round((self.own - before.own) / wall, 4),
-            "host_busy": host,
+            "host_busy": None if host is None else round(host, 4),
         }
 
 
@@ -139,10 +155,10 @@ def steal_note(before: list[int] | None, after: list[int] | None, threshold: flo
     """A note when the hypervisor took more than ``threshold`` of the CPU time between two
     ``cpu_times`` readings (steal time): a virtual machine whose cores are shared runs every
     server slower, and parallel runs wait for their descheduled thread."""
-    if before is None or after is None or len(before) < 8 or len(after) < 8:
+    deltas = _cpu_deltas(before, after)
+    if deltas is None:
         return []
-    total = sum(after) - sum(before)
-    steal = after[7] - before[7]
+    total, steal = sum(deltas), deltas[7]
     if total <= 0 or steal / total <= threshold:
         return []
     return [

@@ -5,7 +5,11 @@ noisy machine hits both alike:
 
 - ``one lane``: the backend loaded with ``lanes=1`` (one session, every thread), one batch at a time;
 - ``lanes``: the backend as a replica loads it (``TESSERA_CPU_LANES``), one caller per lane, so
-  that batches run side by side on one thread each (``OrtBackend._session_for``).
+  that batches run side by side on one thread each (``OrtBackend._session_for``), each batch in
+  parts of ``LANE_PART_PIXELS``;
+- ``whole batches``: the same lanes, each batch run whole (``lane_part_pixels = 0``).
+
+Each set-up's CPU time per image (this process's) is reported beside its images/s.
 
 Also the latency of one image alone on each (the laned backend runs it on the wide session, so it
 should match). Results: ``bench/results/<host>-<date>-cpu_lanes.json``; the report's "CPU lanes".
@@ -35,6 +39,7 @@ def run(
 ) -> dict[str, Any]:
     from service.bench.service_vs_raw import measure_raw
     from service.runtime import load_backend
+    from service.runtime.ort import OrtBackend
     from service.settings import ServerSettings
 
     settings = ServerSettings.from_env()
@@ -53,6 +58,9 @@ def run(
         spin=spin,
         lanes=settings.cpu_lanes,
     )
+    if not isinstance(laned, OrtBackend):
+        raise SystemExit(f"{model}: CPU lanes are ONNX Runtime's; this host loaded {laned.describe()}")
+    parts = laned.lane_part_pixels
     rng = np.random.default_rng(0)
     pixels = rng.standard_normal((batch, 3, size, size)).astype(np.float32)
     image = pixels[:1].copy()
@@ -60,13 +68,24 @@ def run(
     one.warm_up(pixels)
     rows = []
     for index in range(rounds):
-        single = measure_raw(one, pixels, duration_s, warmup=0)["img_per_s"]
-        side_by_side = measure_raw(laned, pixels, duration_s, warmup=0)["img_per_s"]  # one caller per lane
-        rows.append(
-            {"round": index + 1, "one_lane_img_per_s": round(single, 3), "lanes_img_per_s": round(side_by_side, 3)}
-        )
+        row: dict[str, Any] = {"round": index + 1}
+        for label, backend, part_pixels in (
+            ("one_lane", one, parts),
+            ("lanes", laned, parts),
+            ("whole_batches", laned, 0),
+        ):
+            laned.lane_part_pixels = part_pixels  # the lanes' batches in parts, as served, or whole
+            measured = measure_raw(backend, pixels, duration_s, warmup=0)  # one caller per lane
+            row[f"{label}_img_per_s"] = measured["img_per_s"]
+            row[f"{label}_cpu_ms_per_img"] = measured["cpu_ms_per_img"]
+        laned.lane_part_pixels = parts
+        rows.append(row)
         print(
-            f"round {index + 1}: one lane {single:.2f} img/s, {laned.lanes} lanes {side_by_side:.2f} img/s", flush=True
+            f"round {index + 1}: one lane {row['one_lane_img_per_s']:.2f} img/s, {laned.lanes} lanes "
+            f"{row['lanes_img_per_s']:.2f} img/s (whole batches {row['whole_batches_img_per_s']:.2f}); CPU per "
+            f"image {row['one_lane_cpu_ms_per_img']}, {row['lanes_cpu_ms_per_img']}, "
+            f"{row['whole_batches_cpu_ms_per_img']} ms",
+            flush=True,
         )
     lone = {}  # one image alone: median ms of 15 runs on each
     for label, backend in (("one_lane", one), ("lanes", laned)):
@@ -74,6 +93,7 @@ def run(
         lone[f"{label}_ms"] = round(seconds * 1e3, 2)
     one_rate = statistics.median(r["one_lane_img_per_s"] for r in rows)
     lanes_rate = statistics.median(r["lanes_img_per_s"] for r in rows)
+    whole_rate = statistics.median(r["whole_batches_img_per_s"] for r in rows)
     result = {
         "benchmark": "cpu_lanes",
         "goal": "lanes serve more images/s than one session under load, at the same single-image latency",
@@ -88,6 +108,8 @@ def run(
         "one_lane_img_per_s": round(one_rate, 3),
         "lanes_img_per_s": round(lanes_rate, 3),
         "ratio": round(lanes_rate / one_rate, 3) if one_rate else None,
+        "whole_batches_img_per_s": round(whole_rate, 3),
+        "lane_part_pixels": parts,
         "lone_image": lone,
     }
     print(

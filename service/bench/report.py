@@ -575,9 +575,17 @@ def _section_lanes(result: LanesResult) -> list[str]:
         f"medians. Goal: {result.goal}.",
         "",
     ]
+    whole = result.whole_batches_img_per_s is not None
+    headers = ["round", "one lane img/s", "lanes img/s"]
+    if whole:
+        headers += ["lanes, whole batches img/s", "one lane CPU ms/img", "lanes CPU ms/img", "whole batches CPU ms/img"]
+    cpu = ["whole_batches_img_per_s", "one_lane_cpu_ms_per_img", "lanes_cpu_ms_per_img", "whole_batches_cpu_ms_per_img"]
     out += _table(
-        ["round", "one lane img/s", "lanes img/s"],
-        [[r.round, r.one_lane_img_per_s, r.lanes_img_per_s] for r in result.rows],
+        headers,
+        [
+            [r.round, r.one_lane_img_per_s, r.lanes_img_per_s, *([getattr(r, k) for k in cpu] if whole else [])]
+            for r in result.rows
+        ],
     )
     out += [
         "",
@@ -585,6 +593,12 @@ def _section_lanes(result: LanesResult) -> list[str]:
         f"({_cell(result.ratio)}x). One image alone: {_cell(lone.get('lanes_ms'))} ms with lanes, "
         f"{_cell(lone.get('one_lane_ms'))} ms with one session (a batch alone runs on the session with every thread).",
     ]
+    if whole:
+        out[-1] += (
+            f" The lanes run each batch in parts of at most {_cell(result.lane_part_pixels)} pixels; running "
+            f"them whole gave {_cell(result.whole_batches_img_per_s)} img/s (CPU ms/img: this process's CPU time "
+            "per image)."
+        )
     return out
 
 

@@ -92,6 +92,7 @@ class RawRun(_Model):
     batches: int | None = None
     callers: int | None = Field(default=None, description="Batches run at once (the backend's CPU lanes).")
     img_per_s: float | None = None
+    cpu_ms_per_img: float | None = Field(default=None, description="This process's CPU time per image.")
     median_batch_ms: float | None = None
     seconds: float | None = None
 
@@ -520,6 +521,12 @@ class LanesRow(_Model):
     round: int
     one_lane_img_per_s: float | None = None
     lanes_img_per_s: float | None = None
+    whole_batches_img_per_s: float | None = Field(
+        default=None, description="The lanes each running its batch whole, not in parts (runs from 2026-12-05)."
+    )
+    one_lane_cpu_ms_per_img: float | None = None
+    lanes_cpu_ms_per_img: float | None = None
+    whole_batches_cpu_ms_per_img: float | None = None
 
 
 class LanesResult(BenchResult):
@@ -534,6 +541,8 @@ class LanesResult(BenchResult):
     one_lane_img_per_s: float | None = None
     lanes_img_per_s: float | None = None
     ratio: float | None = None
+    whole_batches_img_per_s: float | None = None
+    lane_part_pixels: int | None = Field(default=None, description="A lane's batch runs in parts of this many pixels.")
     lone_image: dict[str, float] = Field(default_factory=dict, description="one image alone: ms on each")
 
 

@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import io
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -38,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from service.bench._common import write_result
+from service.bench._common import busy_share, cpu_times, write_result
 from service.ports import free_port
 
 __all__ = [
@@ -171,10 +172,11 @@ def measure_raw(
 ) -> dict[str, Any]:
     """Images per second of ``backend.infer(batch)`` looped for ``duration_s`` by ``callers`` worker
     threads at once (default: the backend's CPU lanes, as many batches as a replica runs at once
-    under load; each runs at least once)."""
+    under load; each runs at least once), and this process's CPU time per image meanwhile."""
     callers = callers or int(getattr(backend, "lanes", 1))
     for _ in range(warmup):
         backend.infer(batch)
+    cpu_before = os.times()
     start = time.perf_counter()
 
     def loop() -> list[float]:
@@ -188,8 +190,12 @@ def measure_raw(
     with ThreadPoolExecutor(callers, thread_name_prefix="tessera-raw") as pool:
         times = [t for each in pool.map(lambda _: loop(), range(callers)) for t in each]
     elapsed = time.perf_counter() - start
+    cpu_after = os.times()
+    cpu_s = (cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system)
+    images = len(times) * batch.shape[0]
     return {
-        "img_per_s": round(len(times) * batch.shape[0] / elapsed, 3),
+        "img_per_s": round(images / elapsed, 3),
+        "cpu_ms_per_img": round(1e3 * cpu_s / images, 3) if images else None,
         "batches": len(times),
         "batch_size": int(batch.shape[0]),
         "callers": callers,
@@ -343,17 +349,10 @@ def _grpc_subprocess(
 
 # -- the benchmark ------------------------------------------------------------------------------------------
 def host_busy_share(seconds: float) -> float:
-    """The share of all cores' time that was busy over ``seconds`` (``/proc/stat``)."""
-
-    def sample() -> tuple[int, int]:
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-        return sum(fields[:8]) - idle, sum(fields[:8])
-
-    busy0, total0 = sample()
+    """The share of all cores' time that was busy over ``seconds`` (``/proc/stat``; 0.0 without it)."""
+    before = cpu_times()
     time.sleep(seconds)
-    busy1, total1 = sample()
-    return (busy1 - busy0) / max(1, total1 - total0)
+    return busy_share(before, cpu_times()) or 0.0
 
 
 def result_name(oip_batch: int) -> str:

@@ -187,7 +187,7 @@ def provider_options(
 #: 2-core host (ViT-S, both lanes busy, 3 interleaved rounds, process CPU per image), a batch of 8
 #: as two parts of 4 took 115.1 ms of CPU per image against 120.4 ms whole (17.3 against 16.5
 #: img/s; 4 parts of 2 115.8, single images 118.7); at 384², batches of 4 as single images 410.5
-#: against 441.1 ms. docs/architecture.md, "CPU lanes".
+#: against 441.1 ms. ``tessera bench lanes`` measures parts against whole batches; docs/architecture.md, "CPU lanes".
 LANE_PART_PIXELS = 4 * 224 * 224
 
 #: Operators whose placement on the CPU in a GPU session means real work left the GPU.
@@ -300,6 +300,8 @@ class OrtBackend(Backend):
                 str(model_path), sess_options=options(1), providers=["CPUExecutionProvider"]
             )
         self.lanes = lanes
+        #: a lane's batch runs in parts of at most this many pixels (0: whole; ``tessera bench lanes`` compares)
+        self.lane_part_pixels = LANE_PART_PIXELS
         self._lane_lock = threading.Lock()
         self._running = 0
         #: batches run by the session with every thread and by the narrow one
@@ -338,8 +340,8 @@ class OrtBackend(Backend):
         session = self._session_for()
         names = list(self.output_names)
         step = len(pixels)
-        if session is self._narrow:  # a lane: its batch in cache-sized parts, one after the other
-            step = max(1, LANE_PART_PIXELS // (int(pixels.shape[2]) * int(pixels.shape[3])))
+        if session is self._narrow and self.lane_part_pixels:  # a lane: cache-sized parts, one after another
+            step = max(1, self.lane_part_pixels // max(1, int(pixels.shape[2]) * int(pixels.shape[3])))
         try:
             if step >= len(pixels):
                 values = session.run(names, {self.input_name: pixels})
