@@ -21,6 +21,7 @@ __all__ = [
     "cpu_times",
     "host_facts",
     "median_time",
+    "own_cpu_seconds",
     "peak_and_median",
     "results_dir",
     "steal_note",
@@ -81,6 +82,12 @@ def cpu_times(stat: str = "/proc/stat") -> list[int] | None:
     return [int(v) for v in first[1:]] if first and first[0] == "cpu" else None
 
 
+def own_cpu_seconds() -> float:
+    """CPU seconds (user + system) this process has spent so far, all its threads."""
+    times = os.times()
+    return times.user + times.system
+
+
 def _cpu_deltas(before: list[int] | None, after: list[int] | None) -> list[int] | None:
     """The first eight ``cpu_times`` counters' growth between two readings (guest time is already
     inside user and nice), or None where either reading is missing or short."""
@@ -132,8 +139,7 @@ class CpuReading:
 
     @classmethod
     def now(cls, pid: int) -> CpuReading:
-        own = os.times()
-        return cls(time.perf_counter(), tree_cpu_seconds(pid), own.user + own.system, cpu_times())
+        return cls(time.perf_counter(), tree_cpu_seconds(pid), own_cpu_seconds(), cpu_times())
 
     def since(self, before: CpuReading) -> dict[str, float | None]:
         """Cores busy on average between ``before`` and this reading: ``server_cpu_cores`` (the

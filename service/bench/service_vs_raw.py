@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import io
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -39,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from service.bench._common import busy_share, cpu_times, write_result
+from service.bench._common import busy_share, cpu_times, own_cpu_seconds, write_result
 from service.ports import free_port
 
 __all__ = [
@@ -176,7 +175,7 @@ def measure_raw(
     callers = callers or int(getattr(backend, "lanes", 1))
     for _ in range(warmup):
         backend.infer(batch)
-    cpu_before = os.times()
+    cpu_before = own_cpu_seconds()
     start = time.perf_counter()
 
     def loop() -> list[float]:
@@ -190,8 +189,7 @@ def measure_raw(
     with ThreadPoolExecutor(callers, thread_name_prefix="tessera-raw") as pool:
         times = [t for each in pool.map(lambda _: loop(), range(callers)) for t in each]
     elapsed = time.perf_counter() - start
-    cpu_after = os.times()
-    cpu_s = (cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system)
+    cpu_s = own_cpu_seconds() - cpu_before
     images = len(times) * batch.shape[0]
     return {
         "img_per_s": round(images / elapsed, 3),

@@ -14,7 +14,7 @@ import functools
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -225,6 +225,15 @@ def cpu_placed_ops(model_path: str | Path, pixels: np.ndarray, input_name: str, 
     return heavy_cpu_nodes(events)
 
 
+def _in_parts(run: Callable[[np.ndarray], Sequence[np.ndarray]], pixels: np.ndarray, step: int) -> list[np.ndarray]:
+    """``run``'s outputs for ``pixels``, run in parts of at most ``step`` images one after the other
+    and joined along the batch (one call when they fit)."""
+    if step >= len(pixels):
+        return list(run(pixels))
+    parts = [run(pixels[i : i + step]) for i in range(0, len(pixels), step)]
+    return [np.concatenate(outputs) for outputs in zip(*parts, strict=True)]
+
+
 class OrtBackend(Backend):
     name = "onnxruntime"
 
@@ -330,30 +339,21 @@ class OrtBackend(Backend):
             self._narrow.run(list(self.output_names), {self.input_name: pixels})
 
     def _run(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
-        top = self._max_batch.get(int(pixels.shape[2]), len(pixels))
-        if len(pixels) <= top:
-            return self._run_one(pixels)
-        parts = [self._run_one(pixels[i : i + top]) for i in range(0, len(pixels), top)]
-        return {name: np.concatenate([p[name] for p in parts]) for name in self.output_names}
+        # TensorRT: parts no larger than the bucket's profile; each part takes a session of its own
+        values = _in_parts(self._run_one, pixels, self._max_batch.get(int(pixels.shape[2]), len(pixels)))
+        return {name: np.asarray(v, dtype=np.float32) for name, v in zip(self.output_names, values, strict=True)}
 
-    def _run_one(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+    def _run_one(self, pixels: np.ndarray) -> list[np.ndarray]:
         session = self._session_for()
         names = list(self.output_names)
         step = len(pixels)
         if session is self._narrow and self.lane_part_pixels:  # a lane: cache-sized parts, one after another
             step = max(1, self.lane_part_pixels // max(1, int(pixels.shape[2]) * int(pixels.shape[3])))
         try:
-            if step >= len(pixels):
-                values = session.run(names, {self.input_name: pixels})
-            else:
-                parts = [
-                    session.run(names, {self.input_name: pixels[i : i + step]}) for i in range(0, len(pixels), step)
-                ]
-                values = [np.concatenate(outputs) for outputs in zip(*parts, strict=True)]
+            return _in_parts(lambda part: session.run(names, {self.input_name: part}), pixels, step)
         finally:
             with self._lane_lock:
                 self._running -= 1
-        return {name: np.asarray(v, dtype=np.float32) for name, v in zip(self.output_names, values, strict=True)}
 
     def check_placement(self, side: int) -> list[str]:
         """On the CUDA provider, find heavy ops ONNX Runtime left on the CPU; warn and remember them.

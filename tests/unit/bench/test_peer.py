@@ -223,6 +223,24 @@ def _rows(tessera: float = 28.0, triton: float = 27.0, p50: tuple[float, float] 
     return rows
 
 
+def _peer_results(tmp_path: Path, rows: list[dict[str, Any]], summary: dict[str, Any], **fields: Any) -> Path:
+    """A results folder holding one ``peer`` result of ``rows`` on a fixed host (``fields`` add to it)."""
+    results = tmp_path / "results"
+    results.mkdir()
+    payload = {
+        "benchmark": "peer",
+        "host": {"host": "ci-box", "cpu": "Test CPU", "cores": 2, "gpu": None, "date": "2026-12-03T10:00:00+00:00"},
+        "model": "vit_small",
+        "clients": 16,
+        "servers": ["tessera", "triton"],
+        "rows": rows,
+        "summary": summary,
+        **fields,
+    }
+    (results / "ci-box-2026-12-03-peer.json").write_text(json.dumps(payload))
+    return results
+
+
 def test_summary_meets_the_goal_when_every_comparison_holds() -> None:
     summary = peer.summarize(_rows(), 16)
     assert summary["goal_met"] is True
@@ -257,29 +275,22 @@ def test_a_missing_or_failed_point_is_none_and_never_met() -> None:
 
 
 def test_report_renders_the_peer_section_and_goal(tmp_path: Path) -> None:
-    results = tmp_path / "results"
-    results.mkdir()
-    payload = {
-        "benchmark": "peer",
-        "host": {"host": "ci-box", "cpu": "Test CPU", "cores": 2, "gpu": None, "date": "2026-12-03T10:00:00+00:00"},
-        "model": "vit_small",
-        "noop_model": peer.NOOP_MODEL,
-        "size": 224,
-        "max_batch_size": 8,
-        "batch_wait_timeout_s": 0.01,
-        "clients": 16,
-        "duration_s": 20.0,
-        "warmup_s": 3.0,
-        "servers": ["tessera", "triton"],
-        "backend": {"backend": "onnxruntime", "device": "cpu", "precision": "fp32"},
-        "intra_op_threads": 0,
-        "ort_spin": False,
-        "versions": {"nvidia-pytriton": "0.7.0", "tritonclient": "2.73.0"},
-        "raw": {"img_per_s": 27.0, "before": {"img_per_s": 27.1}, "after": {"img_per_s": 26.9}},
-        "rows": _rows(tessera=20.4, triton=27.2),
-        "summary": {**peer.summarize(_rows(tessera=20.4, triton=27.2), 16), "notes": ["the host was shared"]},
-    }
-    (results / "ci-box-2026-12-03-peer.json").write_text(json.dumps(payload))
+    results = _peer_results(
+        tmp_path,
+        _rows(tessera=20.4, triton=27.2),
+        {**peer.summarize(_rows(tessera=20.4, triton=27.2), 16), "notes": ["the host was shared"]},
+        noop_model=peer.NOOP_MODEL,
+        size=224,
+        max_batch_size=8,
+        batch_wait_timeout_s=0.01,
+        duration_s=20.0,
+        warmup_s=3.0,
+        backend={"backend": "onnxruntime", "device": "cpu", "precision": "fp32"},
+        intra_op_threads=0,
+        ort_spin=False,
+        versions={"nvidia-pytriton": "0.7.0", "tritonclient": "2.73.0"},
+        raw={"img_per_s": 27.0, "before": {"img_per_s": 27.1}, "after": {"img_per_s": 26.9}},
+    )
     goal = next(g for g in evaluate_goals(load_results(results)) if g.source == "peer")
     assert goal.status == "not met (suspect: the host was not quiet, see notes)"  # the notes say it was shared
     assert "gRPC: 0.75x img/s, p50 +1.0 ms, no-op 0.75x" in goal.measured
@@ -509,39 +520,16 @@ def test_a_server_that_failed_one_round_keeps_its_other_rounds_and_says_so() -> 
 
 
 def test_report_shows_each_rounds_rate(tmp_path: Path) -> None:
-    results = tmp_path / "results"
-    results.mkdir()
     rows = peer.merge_rounds([{**r, "round": n} for n in (1, 2) for r in _rows()])
-    payload = {
-        "benchmark": "peer",
-        "host": {"host": "ci-box", "cpu": "Test CPU", "cores": 2, "gpu": None, "date": "2026-12-03T10:00:00+00:00"},
-        "model": "vit_small",
-        "clients": 16,
-        "rounds": 2,
-        "servers": ["tessera", "triton"],
-        "rows": rows,
-        "summary": peer.summarize(rows, 16),
-    }
-    (results / "ci-box-2026-12-03-peer.json").write_text(json.dumps(payload))
+    results = _peer_results(tmp_path, rows, peer.summarize(rows, 16), rounds=2)
     text = write_report(results, tmp_path / "performance.md", tmp_path / "img").read_text()
     assert "2 rounds in turn, each point the median of its rounds" in text
     assert "rounds: 28, 28 img/s" in text
 
 
 def test_a_remark_is_shown_but_does_not_make_the_run_suspect(tmp_path: Path) -> None:
-    results = tmp_path / "results"
-    results.mkdir()
     rows = _rows(tessera=20.4, triton=27.2)
-    payload = {
-        "benchmark": "peer",
-        "host": {"host": "ci-box", "cpu": "Test CPU", "cores": 2, "gpu": None, "date": "2026-12-03T10:00:00+00:00"},
-        "model": "vit_small",
-        "clients": 16,
-        "servers": ["tessera", "triton"],
-        "rows": rows,
-        "summary": {**peer.summarize(rows, 16), "remarks": ["quiet host"], "notes": []},
-    }
-    (results / "ci-box-2026-12-03-peer.json").write_text(json.dumps(payload))
+    results = _peer_results(tmp_path, rows, {**peer.summarize(rows, 16), "remarks": ["quiet host"], "notes": []})
     goal = next(g for g in evaluate_goals(load_results(results)) if g.source == "peer")
     assert goal.status == "not met"
     assert "> Note: quiet host." in write_report(results, tmp_path / "performance.md", tmp_path / "img").read_text()
@@ -586,18 +574,7 @@ def test_the_summary_and_report_give_each_servers_cpu_per_image(tmp_path: Path) 
     summary = peer.summarize(rows, 16)
     assert summary["grpc"]["tessera_cpu_ms_per_img"] == 100.0 and summary["grpc"]["cpu_ratio"] == 0.8
     assert summary["goal_met"] is True  # beside the goal, not part of it
-    results = tmp_path / "results"
-    results.mkdir()
-    payload = {
-        "benchmark": "peer",
-        "host": {"host": "ci-box", "cpu": "Test CPU", "cores": 2, "gpu": None, "date": "2026-12-05T10:00:00+00:00"},
-        "model": "vit_small",
-        "clients": 16,
-        "servers": ["tessera", "triton"],
-        "rows": rows,
-        "summary": summary,
-    }
-    (results / "ci-box-2026-12-05-peer.json").write_text(json.dumps(payload))
+    results = _peer_results(tmp_path, rows, summary)
     text = write_report(results, tmp_path / "performance.md", tmp_path / "img").read_text()
     assert "| Tessera CPU ms/img | Triton CPU ms/img | CPU ratio |" in text
     assert "| 100 | 125 | 0.8 |" in text and "| 99% |" in text
