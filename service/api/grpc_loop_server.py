@@ -3,7 +3,7 @@
 The RPC methods (``GrpcIngressMixin``'s) are coroutines over a serving core whose objects (the
 batcher, the admission limit) belong to one event loop: the Ray replica's, or the test process's.
 ``LoopServer`` runs grpcio's own server, a thread per call in progress, and each handler thread
-hands its call to that loop (``asyncio.run_coroutine_threadsafe``) and waits for the answer.
+hands its call to that loop (a task started there, ``_LoopCall``) and waits for the answer.
 
 Why not ``grpc.aio``, which runs on the loop itself: on the 2-core host, a ``ModelInfer`` that
 only parses its 602 KB request and answers a fixed tensor served 815-834 requests/s from 16
@@ -26,7 +26,7 @@ import concurrent.futures
 import contextlib
 import queue
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -88,10 +88,84 @@ def _finish(context: Any, adapter: ContextAdapter) -> None:
         context.abort(code, adapter.details())
 
 
-def _cancel_with_call(context: Any, future: concurrent.futures.Future[Any]) -> None:
-    """The call ended (the client cancelled, its deadline passed): cancel its coroutine."""
-    if not context.add_callback(future.cancel):  # already over
-        future.cancel()
+class _GeneratedHandlers:
+    """Stands in for the server in a generated ``add_*_to_server``, keeping the service's method
+    handlers (so that a method's request deserializer can be swapped before they are registered)."""
+
+    def __init__(self) -> None:
+        self.service = ""
+        self.handlers: dict[str, Any] = {}
+
+    def add_generic_rpc_handlers(self, _handlers: Any) -> None:
+        pass
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+        self.service, self.handlers = service, dict(handlers)
+
+
+def _with_deserializer(handler: Any, deserializer: Callable[[bytes], Any] | None) -> Any:
+    """``handler`` with ``deserializer`` for its requests (unary or request-streaming methods)."""
+    if deserializer is None:
+        return handler
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(
+            handler.unary_unary, request_deserializer=deserializer, response_serializer=handler.response_serializer
+        )
+    if handler.stream_stream is not None:
+        return grpc.stream_stream_rpc_method_handler(
+            handler.stream_stream, request_deserializer=deserializer, response_serializer=handler.response_serializer
+        )
+    raise ValueError("a request deserializer is swapped only on unary-unary and stream-stream methods")
+
+
+class _LoopCall:
+    """One call's coroutine, run as a task on the loop and waited for by its handler thread.
+
+    One lock, released by the task's done callback, is all the handover: cheaper per call than
+    ``asyncio.run_coroutine_threadsafe``, whose concurrent future chains its state through two
+    callbacks and wakes its waiter through a Python ``Condition``."""
+
+    __slots__ = ("_cancelled", "_coroutine", "_finished", "_over", "_task")
+
+    def __init__(self, coroutine: Any) -> None:
+        self._coroutine = coroutine
+        self._finished = threading.Lock()
+        self._finished.acquire()  # released once the task is over
+        self._task: asyncio.Task[Any] | None = None
+        self._cancelled = False
+        self._over = False
+
+    def start(self) -> None:
+        """On the loop: run the coroutine (unless the call was cancelled before it started)."""
+        if self._cancelled:
+            self._coroutine.close()
+            self._end()
+            return
+        self._task = asyncio.get_running_loop().create_task(self._coroutine)
+        self._task.add_done_callback(self._end)
+
+    def cancel(self) -> None:
+        """On the loop."""
+        self._cancelled = True
+        if self._task is not None:
+            self._task.cancel()
+
+    def _end(self, _task: Any = None) -> None:
+        self._over = True
+        self._finished.release()
+
+    def done(self) -> bool:
+        return self._over
+
+    def wait(self, timeout: float) -> bool:
+        """In the handler thread: whether the call ended within ``timeout`` seconds."""
+        return self._finished.acquire(timeout=timeout)
+
+    def result(self) -> Any:
+        """The coroutine's result or exception, once it ended (``asyncio.CancelledError``: cancelled)."""
+        if self._task is None:
+            raise asyncio.CancelledError
+        return self._task.result()
 
 
 class LoopServer:
@@ -116,12 +190,27 @@ class LoopServer:
         target: Any,
         methods: Sequence[str],
         stream_methods: Sequence[str] = (),
+        deserializers: Mapping[str, Callable[[bytes], Any]] | None = None,
     ) -> None:
         """Register an instance of the generated servicer ``base`` whose RPCs call ``target``'s
-        coroutine methods of the same names (``stream_methods``: request-stream to reply-stream)."""
+        coroutine methods of the same names (``stream_methods``: request-stream to reply-stream).
+
+        ``deserializers``: the request deserializer of the methods named, instead of the generated
+        message's ``FromString``."""
         handlers: dict[str, Any] = {name: self._unary(getattr(target, name)) for name in methods}
         handlers.update({name: self._stream(getattr(target, name)) for name in stream_methods})
-        add_to_server(type(f"Loop{base.__name__}", (base,), handlers)(), self._server)
+        generated = _GeneratedHandlers()
+        add_to_server(type(f"Loop{base.__name__}", (base,), handlers)(), generated)
+        if not generated.service:
+            raise RuntimeError(f"{add_to_server.__qualname__} registered no method handlers")
+        methods_handlers = {
+            name: _with_deserializer(handler, (deserializers or {}).get(name))
+            for name, handler in generated.handlers.items()
+        }
+        self._server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(generated.service, methods_handlers),)
+        )
+        self._server.add_registered_method_handlers(generated.service, methods_handlers)
 
     def add_insecure_port(self, address: str) -> int:
         return self._server.add_insecure_port(address)
@@ -142,35 +231,53 @@ class LoopServer:
         if self._stopped is not None:
             self._stopped.set()
 
-    def _submit(self, coroutine: Any) -> concurrent.futures.Future[Any]:
-        if self._loop is None:
+    def _submit(self, coroutine: Any) -> _LoopCall:
+        loop = self._loop
+        if loop is None:
             coroutine.close()
             raise RuntimeError("the server was not started on an event loop")
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        call = _LoopCall(coroutine)
+        try:
+            loop.call_soon_threadsafe(call.start)
+        except RuntimeError:  # the loop is closed
+            coroutine.close()
+            raise
+        return call
 
     def _loop_gone(self) -> bool:
         return self._loop is None or self._loop.is_closed()
 
-    def _result(self, future: concurrent.futures.Future[Any], context: Any) -> Any:
+    def _cancel_with_call(self, context: Any, call: _LoopCall) -> None:
+        """The call ended (the client cancelled, its deadline passed): cancel its coroutine."""
+        loop = self._loop
+
+        def cancel() -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing runs there any more
+                assert loop is not None
+                loop.call_soon_threadsafe(call.cancel)
+
+        if not context.add_callback(cancel):  # already over
+            cancel()
+
+    def _result(self, call: _LoopCall, context: Any) -> Any:
         """The coroutine's result (a call whose client left is cancelled by ``_cancel_with_call``).
         The handler thread looks up every ``POLL_S``: a call whose loop is gone (closed with the
         call still on it) ends UNAVAILABLE rather than being waited for, so that no pool thread
         blocks the interpreter's exit."""
-        while True:
-            try:
-                return future.result(timeout=POLL_S)
-            except concurrent.futures.CancelledError:
-                context.abort(grpc.StatusCode.CANCELLED, "the call was cancelled")
-            except TimeoutError:
-                if self._loop_gone():
-                    context.abort(grpc.StatusCode.UNAVAILABLE, "the server stopped before answering")
+        while not call.wait(POLL_S):
+            if self._loop_gone():
+                context.abort(grpc.StatusCode.UNAVAILABLE, "the server stopped before answering")
+        try:
+            return call.result()
+        except asyncio.CancelledError:
+            context.abort(grpc.StatusCode.CANCELLED, "the call was cancelled")
 
     def _unary(self, method: Callable[..., Any]) -> Callable[..., Any]:
         def handler(_servicer: Any, request: Any, context: Any) -> Any:
             adapter = ContextAdapter(context)
-            future = self._submit(method(request, grpc_context=adapter))
-            _cancel_with_call(context, future)
-            reply = self._result(future, context)
+            call = self._submit(method(request, grpc_context=adapter))
+            self._cancel_with_call(context, call)
+            reply = self._result(call, context)
             _finish(context, adapter)
             return reply
 
@@ -215,19 +322,19 @@ class LoopServer:
                     outbox.put(_END)
 
             threading.Thread(target=read, name="tessera-grpc-stream", daemon=True).start()
-            future = self._submit(pump())
-            _cancel_with_call(context, future)
+            call = self._submit(pump())
+            self._cancel_with_call(context, call)
             while True:
                 try:
                     reply = outbox.get(timeout=POLL_S)
                 except queue.Empty:
-                    if future.done() or self._loop_gone():
+                    if call.done() or self._loop_gone():
                         break
                     continue
                 if reply is _END:
                     break
                 yield reply
-            self._result(future, context)
+            self._result(call, context)
             _finish(context, adapter)
 
         handler.__name__ = method.__name__

@@ -417,12 +417,104 @@ def _set_param(target: Any, value: Any) -> None:
 _STREAM_PARAMETERS = ("triton_enable_empty_final_response",)
 
 
+#: ``ModelInferRequest.raw_input_contents``'s field number (``protos/grpc_predict_v2.proto``).
+RAW_INPUT_CONTENTS_FIELD = 7
+#: Protobuf's wire types: varint, 64-bit, length-delimited, 32-bit (groups are not split).
+_VARINT, _FIXED64, _LENGTH_DELIMITED, _FIXED32 = 0, 1, 2, 5
+
+
+class ViewedInferRequest:
+    """A ``ModelInferRequest`` whose ``raw_input_contents`` are views of the bytes it was received
+    as (``infer_request_deserializer``); every other field is read from ``message``, parsed from
+    the rest of those bytes."""
+
+    __slots__ = ("message", "raw_input_contents")
+
+    def __init__(self, message: Any, raw_input_contents: list[memoryview]) -> None:
+        self.message = message
+        self.raw_input_contents = raw_input_contents
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.message, name)
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while shift < 64:
+        if pos >= len(data):
+            raise ValueError("truncated varint")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+    raise ValueError("varint longer than 10 bytes")
+
+
+def split_field(data: bytes, number: int) -> tuple[bytes, list[memoryview]]:
+    """``data`` (a serialized message) without its top-level length-delimited field ``number``, and
+    that field's occurrences as views of ``data``, in order. Raises ``ValueError`` on anything it
+    does not split (malformed bytes, groups, the field with another wire type)."""
+    view = memoryview(data)
+    rest: list[memoryview] = []
+    found: list[memoryview] = []
+    pos, end = 0, len(data)
+    while pos < end:
+        start = pos
+        key, pos = _varint(data, pos)
+        wire, field = key & 7, key >> 3
+        if field == 0:
+            raise ValueError("field number 0")
+        if wire == _LENGTH_DELIMITED:
+            size, pos = _varint(data, pos)
+            if field == number:
+                if pos + size > end:
+                    raise ValueError("truncated field")
+                found.append(view[pos : pos + size])
+                pos += size
+                continue
+            pos += size
+        elif field == number:
+            raise ValueError(f"field {number} is not length-delimited")
+        elif wire == _VARINT:
+            _, pos = _varint(data, pos)
+        elif wire == _FIXED64:
+            pos += 8
+        elif wire == _FIXED32:
+            pos += 4
+        else:
+            raise ValueError(f"wire type {wire} is not split")
+        if pos > end:
+            raise ValueError("truncated field")
+        rest.append(view[start:pos])
+    return b"".join(rest), found
+
+
+def infer_request_deserializer(pb: ModuleType) -> Callable[[bytes], Any]:
+    """A ``ModelInferRequest`` deserializer for a gRPC server that leaves the tensors' bytes where
+    gRPC received them: protobuf parses the small rest of the message, and ``raw_input_contents``
+    are views of the received bytes (``ViewedInferRequest``), where parsing the whole message
+    copies each tensor twice (into protobuf's arena, and out of it when the field is read). Bytes
+    it does not split go to protobuf whole, which parses them or raises as it would have."""
+    parse = pb.ModelInferRequest.FromString
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            rest, raws = split_field(data, RAW_INPUT_CONTENTS_FIELD)
+        except ValueError:
+            return parse(data)
+        return ViewedInferRequest(parse(rest), raws)
+
+    return deserialize
+
+
 def infer_request_from_proto(message: Any, *, stream: bool = False) -> InferRequest:
     """A ``ModelInferRequest`` as the transport-free request (inputs raw or typed, as sent).
 
     On a stream, ``triton_enable_empty_final_response`` is accepted and has no effect: every
     request has exactly one response, so no empty final one is ever needed."""
-    raws: Sequence[bytes] = message.raw_input_contents
+    raws: Sequence[bytes | memoryview] = message.raw_input_contents
     if raws and len(raws) != len(message.inputs):
         raise InvalidInput(
             f"raw_input_contents has {len(raws)} entries for {len(message.inputs)} inputs; send one per input",
@@ -431,7 +523,7 @@ def infer_request_from_proto(message: Any, *, stream: bool = False) -> InferRequ
     inputs = []
     for index, tensor in enumerate(message.inputs):
         has_contents = tensor.HasField("contents")
-        raw: bytes | None = None
+        raw: bytes | memoryview | None = None
         values: Any = None
         if raws:
             if has_contents:
@@ -439,7 +531,7 @@ def infer_request_from_proto(message: Any, *, stream: bool = False) -> InferRequ
                     f"input {tensor.name!r} sets contents but the request uses raw_input_contents; use one",
                     param=tensor.name,
                 )
-            raw = bytes(raws[index])
+            raw = raws[index]
         elif has_contents:
             field = _CONTENTS_FIELD.get(tensor.datatype)
             if field is not None:
@@ -591,12 +683,14 @@ def grpc_server(
             ("grpc.so_reuseport", int(reuse_port)),
         ]
     )
+    deserialize = infer_request_deserializer(_module(_OIP_PB2))
     server.add_servicer(
         oip_grpc.add_GRPCInferenceServiceServicer_to_server,
         oip_grpc.GRPCInferenceServiceServicer,
         target,
         _OIP_METHODS,
         _OIP_STREAM_METHODS,
+        deserializers={"ModelInfer": deserialize, "ModelStreamInfer": deserialize},
     )
     server.add_servicer(images_grpc.add_ImagesServicer_to_server, images_grpc.ImagesServicer, target, _IMAGES_METHODS)
     try:

@@ -174,14 +174,16 @@ class InputTensor:
     """One input tensor as it came off the wire, not yet validated.
 
     Exactly one of ``raw`` (the binary form: little-endian elements; BYTES elements each
-    prefixed with a 4-byte little-endian length) and ``values`` (the typed form: a flat or
-    nested sequence of numbers, or for BYTES a sequence of ``bytes`` or base64 ``str``) is set.
+    prefixed with a 4-byte little-endian length; a view of the request's own bytes where the
+    transport gives one, so that a tensor is not copied on its way to the batch) and ``values``
+    (the typed form: a flat or nested sequence of numbers, or for BYTES a sequence of ``bytes``
+    or base64 ``str``) is set.
     """
 
     name: str
     datatype: str
     shape: tuple[int, ...]
-    raw: bytes | None = None
+    raw: bytes | memoryview | None = None
     values: Any = None
     parameters: Mapping[str, Any] = field(default_factory=dict)
 
@@ -248,7 +250,7 @@ def pack_bytes(items: Sequence[bytes]) -> bytes:
     return b"".join(len(item).to_bytes(4, "little") + bytes(item) for item in items)
 
 
-def unpack_bytes(raw: bytes, *, name: str = "input") -> list[bytes]:
+def unpack_bytes(raw: bytes | memoryview, *, name: str = "input") -> list[bytes]:
     """Split the binary form of a BYTES tensor into its elements."""
     items: list[bytes] = []
     offset, end = 0, len(raw)

@@ -315,7 +315,7 @@ def parse_infer_body(body: bytes, header_length: str | None) -> tuple[InferReque
     offset = 0
     for tensor in parsed.inputs:
         size = tensor.parameters.get("binary_data_size")
-        raw: bytes | None = None
+        raw: memoryview | None = None
         if size is not None:
             if isinstance(size, bool) or not isinstance(size, int) or size < 0:
                 raise InvalidInput(
@@ -331,7 +331,7 @@ def parse_infer_body(body: bytes, header_length: str | None) -> tuple[InferReque
                     "binary data remain in the body",
                     param=tensor.name,
                 )
-            raw = bytes(binary[offset : offset + size])
+            raw = binary[offset : offset + size]  # a view: the tensor is not copied out of the body
             offset += size
         elif tensor.data is None:
             raise InvalidInput(f"input {tensor.name!r} has no data and no binary_data_size", param=tensor.name)

@@ -41,7 +41,7 @@ class Target:
 
     async def ModelReady(self, request, grpc_context=None):
         self.deadlines.append(grpc_context.time_remaining())
-        return pb.ModelReadyResponse(ready=threading.get_ident() == self.loop_thread)
+        return pb.ModelReadyResponse(ready=threading.get_ident() == self.loop_thread and request.name == "m!")
 
     async def ModelStreamInfer(self, request_stream, grpc_context=None):
         async for request in request_stream:
@@ -50,8 +50,12 @@ class Target:
 async def main(port):
     target = Target()
     server = LoopServer(options=[])
+    swapped = {  # deserializers of our own, in place of the generated messages' FromString
+        "ModelReady": lambda data: pb.ModelReadyRequest(name=pb.ModelReadyRequest.FromString(data).name + "!"),
+        "ModelStreamInfer": lambda data: pb.ModelInferRequest(id="d" + pb.ModelInferRequest.FromString(data).id),
+    }
     server.add_servicer(pbg.add_GRPCInferenceServiceServicer_to_server, pbg.GRPCInferenceServiceServicer,
-                        target, ["ServerLive", "ServerReady", "ModelReady"], ["ModelStreamInfer"])
+                        target, ["ServerLive", "ServerReady", "ModelReady"], ["ModelStreamInfer"], swapped)
     assert server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     stub = pbg.GRPCInferenceServiceStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
@@ -89,11 +93,12 @@ def test_methods_run_on_the_loop_with_status_deadline_cancellation_and_streams()
     )
     assert run.returncode == 0, run.stderr
     lines = dict(line.split(" ", 1) for line in run.stdout.splitlines())
-    # on the loop; no deadline reads as None (grpcio's own figure is ~1e10 s), a set one as seconds left
+    # on the loop, the request through the swapped deserializer; no deadline reads as None
+    # (grpcio's own figure is ~1e10 s), a set one as seconds left
     assert lines["READY"] == "True None True"
     assert lines["ERROR"] == "NOT_FOUND no such thing"  # the status the method set on the context
     assert lines["DEADLINE"] == "DEADLINE_EXCEEDED True"  # and the method's coroutine was cancelled
-    assert lines["STREAM"] == "0,1,2"
+    assert lines["STREAM"] == "d0,d1,d2"  # each request through the swapped deserializer
 
 
 _EXIT_WITH_A_CALL_IN_FLIGHT = """
