@@ -251,7 +251,9 @@ class LoopServer:
         """The call ended (the client cancelled, its deadline passed): cancel its coroutine."""
         loop = self._loop
 
-        def cancel() -> None:
+        def cancel() -> None:  # grpcio runs this when the call ends, answered or not
+            if call.done():  # answered: nothing to cancel, and no need to wake the loop
+                return
             with contextlib.suppress(RuntimeError):  # the loop is closed: nothing runs there any more
                 assert loop is not None
                 loop.call_soon_threadsafe(call.cancel)
@@ -328,9 +330,12 @@ class LoopServer:
                 try:
                     reply = outbox.get(timeout=POLL_S)
                 except queue.Empty:
-                    if call.done() or self._loop_gone():
+                    if not (call.done() or self._loop_gone()):
+                        continue
+                    try:  # what the method answered between that wait and its end still goes out
+                        reply = outbox.get_nowait()
+                    except queue.Empty:
                         break
-                    continue
                 if reply is _END:
                     break
                 yield reply

@@ -419,6 +419,10 @@ _STREAM_PARAMETERS = ("triton_enable_empty_final_response",)
 
 #: ``ModelInferRequest.raw_input_contents``'s field number (``protos/grpc_predict_v2.proto``).
 RAW_INPUT_CONTENTS_FIELD = 7
+#: Top-level fields ``split_field`` walks before it leaves a message to protobuf whole: a request
+#: has a handful plus one per input, and a walk in Python over a message of many tiny fields
+#: would cost far more than protobuf's parse.
+MAX_SPLIT_FIELDS = 64
 #: Protobuf's wire types: varint, 64-bit, length-delimited, 32-bit (groups are not split).
 _VARINT, _FIXED64, _LENGTH_DELIMITED, _FIXED32 = 0, 1, 2, 5
 
@@ -452,31 +456,46 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
     raise ValueError("varint longer than 10 bytes")
 
 
-def split_field(data: bytes, number: int) -> tuple[bytes, list[memoryview]]:
+def _canonical(data: bytes, start: int, pos: int, max_bytes: int) -> bool:
+    """Whether the varint in ``data[start:pos]`` is at most ``max_bytes`` long and has no padding
+    (a multi-byte varint that ends in a zero byte encodes its value in fewer bytes)."""
+    return pos - start <= max_bytes and (pos - start == 1 or data[pos - 1] != 0)
+
+
+def split_field(data: bytes, number: int, max_fields: int = MAX_SPLIT_FIELDS) -> tuple[bytes, list[memoryview]]:
     """``data`` (a serialized message) without its top-level length-delimited field ``number``, and
-    that field's occurrences as views of ``data``, in order. Raises ``ValueError`` on anything it
-    does not split (malformed bytes, groups, the field with another wire type)."""
+    that field's occurrences as views of ``data``, in order.
+
+    Raises ``ValueError`` on anything it does not split, for the caller to hand to protobuf whole:
+    malformed bytes, groups, the field with another wire type or with its tag or length encoded in
+    more bytes than they need (protobuf takes some such encodings and refuses others; this takes
+    none), or more than ``max_fields`` top-level fields (this walk runs in Python; protobuf's is C).
+    """
     view = memoryview(data)
     rest: list[memoryview] = []
     found: list[memoryview] = []
     pos, end = 0, len(data)
     while pos < end:
+        if len(rest) + len(found) >= max_fields:
+            raise ValueError(f"more than {max_fields} top-level fields")
         start = pos
         key, pos = _varint(data, pos)
         wire, field = key & 7, key >> 3
         if field == 0:
             raise ValueError("field number 0")
+        if field == number:
+            if wire != _LENGTH_DELIMITED or not _canonical(data, start, pos, 5):
+                raise ValueError(f"field {number} is not a plainly encoded length-delimited field")
+            size_at = pos
+            size, pos = _varint(data, pos)
+            if not _canonical(data, size_at, pos, 5) or size >= 1 << 31 or pos + size > end:
+                raise ValueError(f"field {number} has a length protobuf may not take")
+            found.append(view[pos : pos + size])
+            pos += size
+            continue
         if wire == _LENGTH_DELIMITED:
             size, pos = _varint(data, pos)
-            if field == number:
-                if pos + size > end:
-                    raise ValueError("truncated field")
-                found.append(view[pos : pos + size])
-                pos += size
-                continue
             pos += size
-        elif field == number:
-            raise ValueError(f"field {number} is not length-delimited")
         elif wire == _VARINT:
             _, pos = _varint(data, pos)
         elif wire == _FIXED64:
@@ -496,13 +515,16 @@ def infer_request_deserializer(pb: ModuleType) -> Callable[[bytes], Any]:
     gRPC received them: protobuf parses the small rest of the message, and ``raw_input_contents``
     are views of the received bytes (``ViewedInferRequest``), where parsing the whole message
     copies each tensor twice (into protobuf's arena, and out of it when the field is read). Bytes
-    it does not split go to protobuf whole, which parses them or raises as it would have."""
+    it does not split (``split_field``) go to protobuf whole, which parses them or raises as it
+    would have; the fields it keeps out of protobuf's parse are only plainly encoded tensors."""
     parse = pb.ModelInferRequest.FromString
 
     def deserialize(data: bytes) -> Any:
         try:
             rest, raws = split_field(data, RAW_INPUT_CONTENTS_FIELD)
         except ValueError:
+            return parse(data)
+        if not raws:  # typed contents: nothing to keep out of protobuf's parse
             return parse(data)
         return ViewedInferRequest(parse(rest), raws)
 

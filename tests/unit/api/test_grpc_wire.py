@@ -14,6 +14,7 @@ import pytest
 import tritonclient.grpc.service_pb2 as pb
 
 from service.api.grpc_servicer import (
+    MAX_SPLIT_FIELDS,
     RAW_INPUT_CONTENTS_FIELD,
     ViewedInferRequest,
     infer_request_deserializer,
@@ -24,11 +25,11 @@ from service.api.grpc_servicer import (
 deserialize = infer_request_deserializer(pb)
 
 
-def _request(rng: random.Random) -> Any:
+def _request(rng: random.Random, min_inputs: int = 0) -> Any:
     request = pb.ModelInferRequest(model_name="m" * rng.randint(0, 3), id="i" * rng.randint(0, 200))
     if rng.random() < 0.5:
         request.model_version = str(rng.randint(1, 9))
-    for index in range(rng.randint(0, 3)):
+    for index in range(rng.randint(min_inputs, 3)):
         tensor = request.inputs.add(name=f"in{index}", datatype="FP32")
         tensor.shape.extend(rng.randint(1, 9) for _ in range(rng.randint(0, 4)))
         request.raw_input_contents.append(rng.randbytes(rng.randint(0, 3000)))
@@ -52,7 +53,7 @@ def _whole(received: Any) -> Any:
 def test_the_tensors_are_views_of_the_received_bytes_and_the_rest_is_parsed() -> None:
     rng = random.Random(7)
     for _ in range(300):
-        request = _request(rng)
+        request = _request(rng, min_inputs=1)
         data = request.SerializeToString()
         received = deserialize(data)
         assert isinstance(received, ViewedInferRequest)
@@ -95,7 +96,7 @@ def test_what_it_does_not_split_goes_to_protobuf_whole() -> None:
     assert received == pb.ModelInferRequest.FromString(data) and list(received.raw_input_contents) == [b"\x01\x02"]
 
     as_varint = _key(RAW_INPUT_CONTENTS_FIELD, 0) + b"\x05"  # the tensors' field with the wrong wire type
-    with pytest.raises(ValueError, match="not length-delimited"):
+    with pytest.raises(ValueError, match="plainly encoded"):
         split_field(as_varint, RAW_INPUT_CONTENTS_FIELD)
     try:
         expected: Any = pb.ModelInferRequest.FromString(as_varint)
@@ -104,6 +105,46 @@ def test_what_it_does_not_split_goes_to_protobuf_whole() -> None:
             deserialize(as_varint)
     else:
         assert deserialize(as_varint) == expected
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        b"\xba\x80\x80\x80\x80\x00\x02ab",  # the tensors' tag in 6 bytes: protobuf refuses it
+        b"\xba\x00\x02ab",  # the tag in 2 bytes: protobuf takes it
+        b"\x3a\x82\x00ab",  # the length in 2 bytes: protobuf takes it
+        b"\x3a\x85\x80\x80\x80\x80\x00ab",  # the length in 7 bytes: protobuf refuses it
+    ],
+)
+def test_tensors_encoded_in_more_bytes_than_they_need_go_to_protobuf_whole(record: bytes) -> None:
+    data = b"\x0a\x01m" + record  # model_name "m", then the tensor
+    with pytest.raises(ValueError, match="field 7"):
+        split_field(data, RAW_INPUT_CONTENTS_FIELD)
+    try:
+        expected: Any = pb.ModelInferRequest.FromString(data)
+    except Exception as exc:
+        with pytest.raises(type(exc)):
+            deserialize(data)
+    else:
+        received = deserialize(data)
+        assert not isinstance(received, ViewedInferRequest) and received == expected
+
+
+def test_a_message_of_many_fields_goes_to_protobuf_whole() -> None:
+    many = pb.ModelInferRequest(raw_input_contents=[b"x"] * (MAX_SPLIT_FIELDS + 1))
+    with pytest.raises(ValueError, match="top-level fields"):
+        split_field(many.SerializeToString(), RAW_INPUT_CONTENTS_FIELD)
+    received = deserialize(many.SerializeToString())
+    assert not isinstance(received, ViewedInferRequest) and received == many
+    fewer = pb.ModelInferRequest(raw_input_contents=[b"x"] * MAX_SPLIT_FIELDS)
+    assert isinstance(deserialize(fewer.SerializeToString()), ViewedInferRequest)
+
+
+def test_typed_contents_are_parsed_whole() -> None:
+    request = pb.ModelInferRequest(model_name="m")
+    request.inputs.add(name="x", datatype="FP32", shape=[1]).contents.fp32_contents.append(1.0)
+    received = deserialize(request.SerializeToString())
+    assert not isinstance(received, ViewedInferRequest) and received == request
 
 
 def test_the_views_become_the_inputs_raw_data() -> None:
