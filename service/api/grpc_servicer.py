@@ -523,8 +523,8 @@ def infer_request_deserializer(pb: ModuleType) -> Callable[[bytes], Any]:
         try:
             rest, raws = split_field(data, RAW_INPUT_CONTENTS_FIELD)
         except ValueError:
-            return parse(data)
-        if not raws:  # typed contents: nothing to keep out of protobuf's parse
+            raws = []
+        if not raws:  # not split, or typed contents: nothing to keep out of protobuf's parse
             return parse(data)
         return ViewedInferRequest(parse(rest), raws)
 

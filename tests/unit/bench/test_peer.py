@@ -224,9 +224,10 @@ def _rows(tessera: float = 28.0, triton: float = 27.0, p50: tuple[float, float] 
 
 
 def _peer_results(tmp_path: Path, rows: list[dict[str, Any]], summary: dict[str, Any], **fields: Any) -> Path:
-    """A results folder holding one ``peer`` result of ``rows`` on a fixed host (``fields`` add to it)."""
+    """A results folder holding one ``peer`` result of ``rows`` on a fixed host (``fields`` add to it
+    or replace its own; a second call with the same ``benchmark`` rewrites the result)."""
     results = tmp_path / "results"
-    results.mkdir()
+    results.mkdir(exist_ok=True)
     payload = {
         "benchmark": "peer",
         "host": {"host": "ci-box", "cpu": "Test CPU", "cores": 2, "gpu": None, "date": "2026-12-03T10:00:00+00:00"},
@@ -237,7 +238,7 @@ def _peer_results(tmp_path: Path, rows: list[dict[str, Any]], summary: dict[str,
         "summary": summary,
         **fields,
     }
-    (results / "ci-box-2026-12-03-peer.json").write_text(json.dumps(payload))
+    (results / f"ci-box-2026-12-03-{payload['benchmark']}.json").write_text(json.dumps(payload))
     return results
 
 
@@ -404,21 +405,16 @@ def test_result_name_keeps_lever_runs_apart() -> None:
 
 
 def test_report_of_a_lever_run_compares_variants_with_plain_tessera(tmp_path: Path) -> None:
-    results = tmp_path / "results"
-    results.mkdir()
     rows = [r for r in _rows() if r["server"] == "tessera"]
     rows += [{**r, "server": "tessera:fast", "img_per_s": 2 * r["img_per_s"], "p50_ms": 40.0} for r in rows]
-    payload = {
-        "benchmark": "peer_fast",
-        "host": {"host": "ci-box", "cpu": "Test CPU", "cores": 2, "gpu": None, "date": "2026-12-03T10:00:00+00:00"},
-        "model": "vit_small",
-        "clients": 16,
-        "servers": ["tessera", "tessera:fast"],
-        "variants": {"tessera:fast": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}},
-        "rows": rows,
-        "summary": peer.summarize(rows, 16),
-    }
-    (results / "ci-box-2026-12-03-peer_fast.json").write_text(json.dumps(payload))
+    results = _peer_results(
+        tmp_path,
+        rows,
+        peer.summarize(rows, 16),
+        benchmark="peer_fast",
+        servers=["tessera", "tessera:fast"],
+        variants={"tessera:fast": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}},
+    )
     text = write_report(results, tmp_path / "performance.md", tmp_path / "img").read_text()
     assert '## Service vs Triton, levers (`tessera:fast`: {"RAY_SERVE_THROUGHPUT_OPTIMIZED":"1"})' in text
     assert "| tessera:fast | grpc | 2.00x | -12.0 | 2.00x |" in text
@@ -428,25 +424,15 @@ def test_report_of_a_lever_run_compares_variants_with_plain_tessera(tmp_path: Pa
 
 
 def test_report_of_a_lever_run_with_triton_compares_variants_with_both(tmp_path: Path) -> None:
-    results = tmp_path / "results"
-    results.mkdir()
     rows = _rows(tessera=20.0, triton=27.0)
     rows += [
         {**r, "server": "tessera:fast", "img_per_s": 2 * r["img_per_s"], "p50_ms": 40.0}
         for r in rows
         if r["server"] == "tessera"
     ]
-    payload = {
-        "benchmark": "peer_fast",
-        "host": {"host": "ci-box", "cpu": "Test CPU", "cores": 2, "gpu": None, "date": "2026-12-03T10:00:00+00:00"},
-        "model": "vit_small",
-        "clients": 16,
-        "servers": ["tessera", "tessera:fast", "triton"],
-        "variants": {"tessera:fast": {"TESSERA_TOPOLOGY": "colocated"}},
-        "rows": rows,
-        "summary": peer.summarize(rows, 16),
-    }
-    (results / "ci-box-2026-12-03-peer_fast.json").write_text(json.dumps(payload))
+    summary = peer.summarize(rows, 16)
+    lever = {"benchmark": "peer_fast", "variants": {"tessera:fast": {"TESSERA_TOPOLOGY": "colocated"}}}
+    results = _peer_results(tmp_path, rows, summary, servers=["tessera", "tessera:fast", "triton"], **lever)
     text = write_report(results, tmp_path / "performance.md", tmp_path / "img").read_text()
     assert "Each variant against plain Tessera and against Triton" in text
     # img/s 40 against 20 and 27; p50 40 ms against 52 and 51; no-op 800 against 400 and 540
@@ -454,8 +440,8 @@ def test_report_of_a_lever_run_with_triton_compares_variants_with_both(tmp_path:
     assert "Tessera against Triton" in text  # plain Tessera's own comparison is still there
     # a Triton run with two model instances is one more peer for every variant
     rows += [{**r, "server": "triton:x2", "img_per_s": 2 * r["img_per_s"]} for r in rows if r["server"] == "triton"]
-    payload.update(rows=rows, servers=[*payload["servers"], "triton:x2"], triton_instances={"triton:x2": 2})
-    (results / "ci-box-2026-12-03-peer_fast.json").write_text(json.dumps(payload))
+    servers = ["tessera", "tessera:fast", "triton", "triton:x2"]
+    _peer_results(tmp_path, rows, summary, servers=servers, triton_instances={"triton:x2": 2}, **lever)
     text = write_report(results, tmp_path / "performance.md", tmp_path / "img").read_text()
     assert "| tessera:fast | grpc | 2.00x | 1.48x | 0.74x | -12.0 | -11.0 | -11.0 | 2.00x | 1.48x | 0.74x |" in text
     assert "`triton:x2` runs 2 model instances sharing the backend" in text
